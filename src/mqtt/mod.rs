@@ -1,0 +1,284 @@
+//! The one connection layer used by `pub`, `sub`, `bench`, `doctor` and the
+//! broker health check: flags and profiles resolved into an [`Endpoint`],
+//! then rumqttc options over rustls.
+
+pub mod profile;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use rumqttc::{MqttOptions, TlsConfiguration};
+use serde::{Deserialize, Serialize};
+
+pub use profile::Profile;
+
+/// Topic a device publishes its telemetry to.
+pub fn telemetry_topic(device_id: &str) -> String {
+    format!("devices/{device_id}/telemetry")
+}
+
+/// Topic a device receives its commands on.
+pub fn command_topic(device_id: &str) -> String {
+    format!("devices/{device_id}/commands")
+}
+
+pub const ALL_TELEMETRY: &str = "devices/+/telemetry";
+
+/// The device id in `devices/ID/...`.
+pub fn device_of_topic(topic: &str) -> Option<&str> {
+    let mut parts = topic.split('/');
+    match (parts.next(), parts.next()) {
+        (Some("devices"), Some(id)) => Some(id),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT over TLS (port 8883).
+    #[default]
+    Tls,
+    /// MQTT over TLS on 443 offering ALPN `x-amzn-mqtt-ca` (AWS IoT Core).
+    Alpn,
+    /// MQTT over TLS WebSocket (`wss://HOST:PORT/mqtt`).
+    Wss,
+}
+
+/// Connection options shared by every networked command.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ConnectionArgs {
+    /// Read connection settings from OUT/profiles/NAME.toml; flags override them.
+    #[arg(long, value_name = "NAME", env = "MQTTKIT_PROFILE")]
+    pub profile: Option<String>,
+    /// Output root holding certs/ and profiles/.
+    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    pub out: PathBuf,
+    /// Broker host name or IP address.
+    #[arg(long, short = 'H')]
+    pub host: Option<String>,
+    /// Broker port.
+    #[arg(long, short = 'p')]
+    pub port: Option<u16>,
+    /// CA certificate(s) that sign the broker's certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM, or PKCS#8 DER).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// MQTT client id.
+    #[arg(long, short = 'i')]
+    pub client_id: Option<String>,
+    #[arg(long, value_enum)]
+    pub transport: Option<Transport>,
+    /// Keep-alive interval in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub keepalive: u64,
+}
+
+/// Which identity a command acts as when the profile holds several.
+#[derive(Debug, Clone, Copy)]
+pub enum Role<'a> {
+    Device(&'a str),
+    Server,
+}
+
+/// A fully resolved place to connect to, with its TLS configuration.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+    pub cafile: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Client id from the flags or profile; commands choose one otherwise.
+    pub client_id: Option<String>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub keepalive: Duration,
+    pub region: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("transport", &self.transport)
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+impl ConnectionArgs {
+    pub fn load_profile(&self) -> Result<Option<Profile>> {
+        match &self.profile {
+            Some(name) => Ok(Some(Profile::load(&self.out, name)?)),
+            None => {
+                // Without flags, the `local` profile (if any) supplies the defaults.
+                let local = profile::profile_path(&self.out, profile::LOCAL_PROFILE);
+                if self.host.is_none() && self.cafile.is_none() && local.exists() {
+                    Ok(Some(Profile::load(&self.out, profile::LOCAL_PROFILE)?))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// The device id a device-side command acts as: the flag, else the profile's.
+    pub fn default_device(&self) -> Result<Option<String>> {
+        Ok(self.load_profile()?.and_then(|p| p.device_id))
+    }
+
+    pub fn resolve(&self, role: Role<'_>) -> Result<Endpoint> {
+        let profile = self.load_profile()?;
+        let p = profile.as_ref();
+        let host = self
+            .host
+            .clone()
+            .or_else(|| p.map(|p| p.host.clone()))
+            .unwrap_or_else(|| "localhost".to_string());
+        let transport = self
+            .transport
+            .or_else(|| p.map(|p| p.transport))
+            .unwrap_or_default();
+        let port = self
+            .port
+            .or_else(|| p.map(|p| p.port))
+            .unwrap_or(match transport {
+                Transport::Tls => 8883,
+                Transport::Alpn | Transport::Wss => 443,
+            });
+        let cafile = match self.cafile.clone().or_else(|| p.map(|p| p.cafile.clone())) {
+            Some(c) => c,
+            None => bail!(
+                "no CA certificate: pass --cafile FILE or --profile NAME (run `mqttkit pki init` and `mqttkit broker up` to create the `local` profile)"
+            ),
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => p.and_then(|p| identity_from_profile(p, role)),
+        };
+        if let Some((cert, _)) = &identity {
+            if !cert.exists() {
+                let who = match role {
+                    Role::Device(d) => format!("device '{d}'"),
+                    Role::Server => "the server identity".to_string(),
+                };
+                bail!(
+                    "no certificate for {who}: {} does not exist; issue one with `mqttkit pki issue NAME` or pass --cert/--key",
+                    cert.display()
+                );
+            }
+        }
+        let client_id = self
+            .client_id
+            .clone()
+            .or_else(|| p.and_then(|p| p.client_id.clone()));
+        let alpn = (transport == Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
+        let tls = tls::client_config(
+            &cafile,
+            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            alpn,
+        )?;
+        Ok(Endpoint {
+            host,
+            port,
+            transport,
+            cafile,
+            identity,
+            client_id,
+            tls,
+            keepalive: Duration::from_secs(self.keepalive.max(5)),
+            region: p.and_then(|p| p.region.clone()),
+        })
+    }
+}
+
+fn identity_from_profile(p: &Profile, role: Role<'_>) -> Option<(PathBuf, PathBuf)> {
+    if let (Some(c), Some(k)) = (&p.cert, &p.key) {
+        return Some((c.clone(), k.clone()));
+    }
+    let dir = p.certs_dir.as_ref()?;
+    let name = match role {
+        Role::Device(d) => d.to_string(),
+        Role::Server => p
+            .server_identity
+            .clone()
+            .unwrap_or_else(|| crate::pki::DEFAULT_SERVER.to_string()),
+    };
+    Some(identity_in(dir, &name))
+}
+
+pub fn identity_in(certs_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        certs_dir.join(format!("{name}.crt")),
+        certs_dir.join(format!("{name}.key")),
+    )
+}
+
+impl Endpoint {
+    /// rumqttc options for this endpoint (MQTT 3.1.1).
+    pub fn mqtt_options(&self, client_id: &str) -> MqttOptions {
+        let tls = TlsConfiguration::Rustls(self.tls.clone());
+        let mut opts = match self.transport {
+            Transport::Tls | Transport::Alpn => {
+                let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
+                o.set_transport(rumqttc::Transport::tls_with_config(tls));
+                o
+            }
+            Transport::Wss => {
+                let url = format!("wss://{}:{}/mqtt", self.host_for_url(), self.port);
+                let mut o = MqttOptions::new(client_id, url, self.port);
+                o.set_transport(rumqttc::Transport::wss_with_config(tls));
+                o
+            }
+        };
+        opts.set_keep_alive(self.keepalive);
+        opts.set_max_packet_size(256 * 1024, 256 * 1024);
+        opts
+    }
+
+    fn host_for_url(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let scheme = match self.transport {
+            Transport::Tls => "mqtts",
+            Transport::Alpn => "mqtts+alpn",
+            Transport::Wss => "wss",
+        };
+        format!("{scheme}://{}:{}", self.host_for_url(), self.port)
+    }
+}
+
+/// A fresh, unique client id with a readable prefix.
+pub fn unique_client_id(prefix: &str) -> String {
+    let n: u32 = rand::random();
+    format!("{prefix}-{n:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        assert_eq!(telemetry_topic("d1"), "devices/d1/telemetry");
+        assert_eq!(command_topic("d1"), "devices/d1/commands");
+        assert_eq!(device_of_topic("devices/d1/telemetry"), Some("d1"));
+        assert_eq!(device_of_topic("other/d1"), None);
+    }
+}
