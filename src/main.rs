@@ -5,7 +5,17 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = mqttkit::cli::Cli::parse();
     mqttkit::cli::init_tracing(cli.verbose);
-    match mqttkit::cli::run(cli) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mqttkit::cli::run(cli)) {
         Ok(code) => code,
         Err(err) => {
             // One line: the outermost context first, then its causes.

@@ -1,0 +1,762 @@
+//! `mqttkit broker`: a Mosquitto broker with mutual TLS and per-device ACLs,
+//! rendered from `templates/` and run natively or with docker compose.
+//!
+//! Layout under `OUT/mosquitto/`: `mosquitto.conf`, `acl`, `passwd`, `data/`,
+//! `mosquitto.log` and `state.json` (what `up` started, for `status`/`down`).
+
+mod native;
+pub mod passwd;
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC, MODE_SECRET};
+use crate::mqtt::{self, profile, ConnectionArgs, Role};
+use crate::note;
+use crate::output;
+
+pub use render::{MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES};
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    #[command(subcommand)]
+    pub command: BrokerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Render the configuration and start the broker; returns once it accepts a client certificate.
+    Up(UpArgs),
+    /// Is the broker running and accepting connections? Exit 0 only if so.
+    Status(StatusArgs),
+    /// Stop the broker `up` started (and nothing else).
+    Down(DownArgs),
+    /// Show the broker's log.
+    Logs(LogsArgs),
+    /// Manage password-file users (for --auth password|both).
+    User(UserArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Docker when an engine answers, else the native mosquitto binary.
+    #[default]
+    Auto,
+    /// `docker compose -f COMPOSE up -d`.
+    Docker,
+    /// The `mosquitto` binary, in the background.
+    Native,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// Client certificates; the certificate CN is the user name.
+    #[default]
+    Cert,
+    /// User name and password from the password file (no client certificate).
+    Password,
+    /// A client certificate and a user name/password.
+    Both,
+}
+
+impl Auth {
+    fn as_str(self) -> &'static str {
+        match self {
+            Auth::Cert => "cert",
+            Auth::Password => "password",
+            Auth::Both => "both",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct OutDir {
+    /// Output root holding certs/ and mosquitto/.
+    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub out: OutDir,
+    /// MQTT over TLS port.
+    #[arg(long, default_value_t = 8883)]
+    pub port: u16,
+    /// Address to listen on (default: all addresses).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub runtime: Runtime,
+    /// Where to write the compose file.
+    #[arg(long, value_name = "PATH", default_value = "compose.yaml")]
+    pub compose_file: PathBuf,
+    /// Also listen for MQTT over TLS WebSocket on this port.
+    #[arg(long, value_name = "N")]
+    pub websockets_port: Option<u16>,
+    #[arg(long, value_enum, default_value_t)]
+    pub auth: Auth,
+    /// Identity (certificate CN or user) allowed to read all telemetry and send commands; repeatable.
+    #[arg(long = "server-identity", value_name = "NAME", default_value = crate::pki::DEFAULT_SERVER)]
+    pub server_identities: Vec<String>,
+    /// Seconds to wait for the broker to accept a connection.
+    #[arg(long, default_value_t = 20)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub out: OutDir,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub out: OutDir,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub out: OutDir,
+    /// Keep printing new lines as they are written.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    #[command(subcommand)]
+    pub command: UserCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add (or change the password of) a user in OUT/mosquitto/passwd.
+    Add(UserAddArgs),
+    /// Remove a user from OUT/mosquitto/passwd.
+    Remove(UserRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    pub name: String,
+    /// Read the password from standard input (one line) instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub out: OutDir,
+}
+
+#[derive(Debug, Args)]
+pub struct UserRemoveArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub out: OutDir,
+}
+
+/// What `up` started, so `status`/`down` act on that and nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerState {
+    pub runtime: Runtime,
+    pub port: u16,
+    pub websockets_port: Option<u16>,
+    pub auth: Auth,
+    /// Native: the mosquitto process id.
+    pub pid: Option<i32>,
+    pub conf: PathBuf,
+    pub compose_file: Option<PathBuf>,
+    pub log: PathBuf,
+    pub started_at: String,
+}
+
+pub fn mosquitto_dir(out: &Path) -> PathBuf {
+    out.join("mosquitto")
+}
+
+fn state_path(out: &Path) -> PathBuf {
+    mosquitto_dir(out).join("state.json")
+}
+
+pub fn load_state(out: &Path) -> Result<Option<BrokerState>> {
+    let path = state_path(out);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{}: not a valid broker state file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub async fn run(args: BrokerArgs) -> Result<ExitCode> {
+    match args.command {
+        BrokerCommand::Up(a) => up(a).await,
+        BrokerCommand::Status(a) => status(a).await,
+        BrokerCommand::Down(a) => down(a).await,
+        BrokerCommand::Logs(a) => logs(a).await,
+        BrokerCommand::User(UserArgs {
+            command: UserCommand::Add(a),
+        }) => user_add(a),
+        BrokerCommand::User(UserArgs {
+            command: UserCommand::Remove(a),
+        }) => user_remove(a),
+    }
+}
+
+fn require_certs(out: &Path) -> Result<PathBuf> {
+    let certs = crate::pki::certs_dir(out);
+    let missing: Vec<&str> = ["ca.crt", "broker.crt", "broker.key"]
+        .into_iter()
+        .filter(|f| !certs.join(f).exists())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "no broker certificates in {} (missing {}); create them with `mqttkit pki init --out {}`",
+            certs.display(),
+            missing.join(", "),
+            out.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// A relative path from `from` (a directory) to `to`, both made absolute.
+fn relative_to(to: &Path, from: &Path) -> PathBuf {
+    let to = profile::absolute(to);
+    let from = profile::absolute(from);
+    let to_c: Vec<_> = to.components().collect();
+    let from_c: Vec<_> = from.components().collect();
+    let common = to_c.iter().zip(&from_c).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from_c.len() {
+        rel.push("..");
+    }
+    for c in &to_c[common..] {
+        rel.push(c);
+    }
+    if rel.as_os_str().is_empty() {
+        rel.push(".");
+    }
+    rel
+}
+
+fn compose_path_str(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.starts_with('.') || s.starts_with('/') {
+        s
+    } else {
+        format!("./{s}")
+    }
+}
+
+async fn up(args: UpArgs) -> Result<ExitCode> {
+    let out = &args.out.out;
+    let certs = require_certs(out)?;
+    for s in &args.server_identities {
+        crate::pki::validate_identity(s)
+            .map_err(|e| anyhow::anyhow!("--server-identity '{s}': {e}"))?;
+    }
+    if args.websockets_port == Some(args.port) {
+        bail!("--websockets-port must differ from --port ({})", args.port);
+    }
+    let dir = mosquitto_dir(out);
+    if let Some(state) = load_state(out)? {
+        if native::is_running(&state) {
+            if state.port == args.port {
+                note!(
+                    "broker already running (pid {}, port {}); nothing to do",
+                    state.pid.unwrap_or_default(),
+                    state.port
+                );
+                profile::write_local(out, "localhost", state.port)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            bail!(
+                "a broker from {} is already running on port {}; stop it first with `mqttkit broker down --out {}`",
+                dir.display(),
+                state.port,
+                out.display()
+            );
+        }
+    }
+    let runtime = resolve_runtime(args.runtime)?;
+    let password_file = args.auth != Auth::Cert;
+    let passwd_path = dir.join("passwd");
+    if password_file && !passwd_path.exists() {
+        bail!(
+            "--auth {} needs users; add one with `mqttkit broker user add NAME --out {}`",
+            args.auth.as_str(),
+            out.display()
+        );
+    }
+    for port in std::iter::once(args.port).chain(args.websockets_port) {
+        native::check_port_free(args.bind.as_deref(), port)?;
+    }
+
+    // As root, mosquitto drops to user `mosquitto`, which must still read the
+    // broker key and write its data: give that user exactly those files.
+    let drop_to = native::privilege_drop_user(runtime);
+    let certs_rel = relative_to(&certs, &dir);
+    let queue_mib = MAX_QUEUED_MESSAGES * 200 / (1024 * 1024);
+    let conf = render::mosquitto_conf(&render::ConfVars {
+        port: args.port,
+        bind: args.bind.as_deref(),
+        websockets_port: args.websockets_port,
+        user: drop_to.as_ref().map(|u| u.name.as_str()),
+        auth: args.auth.as_str(),
+        password_file,
+        certs: &certs_rel.display().to_string(),
+        max_queued_messages: MAX_QUEUED_MESSAGES,
+        queue_mib,
+        max_inflight_messages: MAX_INFLIGHT_MESSAGES,
+    })?;
+    let acl = render::acl(&args.server_identities)?;
+    let compose_dir = match args.compose_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let compose = render::compose(&render::ComposeVars {
+        container_name: "mqttkit-mosquitto",
+        port: args.port,
+        publish_port: publish(args.bind.as_deref(), args.port),
+        websockets_port: args.websockets_port,
+        publish_websockets_port: args
+            .websockets_port
+            .map(|p| publish(args.bind.as_deref(), p))
+            .unwrap_or_default(),
+        mosquitto_dir: &compose_path_str(&relative_to(&dir, &compose_dir)),
+        certs_dir: &compose_path_str(&relative_to(&certs, &compose_dir)),
+    })?;
+    let mut files = StagedFiles::new();
+    files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);
+    files.add(dir.join("acl"), acl, MODE_PUBLIC);
+    files.add(&args.compose_file, compose, MODE_PUBLIC);
+    files.commit(true)?;
+    crate::fsutil::create_dir_all(&dir.join("data"))?;
+    if let Some(user) = &drop_to {
+        native::grant(user, &certs.join("broker.key"))?;
+        native::grant(user, &dir.join("data"))?;
+        if password_file {
+            native::grant(user, &passwd_path)?;
+        }
+    }
+    let conf_path = dir.join("mosquitto.conf");
+    let log = dir.join("mosquitto.log");
+    let started = Instant::now();
+    let mut state = BrokerState {
+        runtime,
+        port: args.port,
+        websockets_port: args.websockets_port,
+        auth: args.auth,
+        pid: None,
+        conf: profile::absolute(&conf_path),
+        compose_file: Some(profile::absolute(&args.compose_file)),
+        log: profile::absolute(&log),
+        started_at: now_rfc3339(),
+    };
+    match runtime {
+        Runtime::Native => {
+            state.pid = Some(native::spawn(&dir, &log)?);
+        }
+        Runtime::Docker => native::compose_up(&args.compose_file)?,
+        Runtime::Auto => unreachable!("resolved above"),
+    }
+    write_atomic(
+        &state_path(out),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+        MODE_PUBLIC,
+    )?;
+    let host = match args.bind.as_deref() {
+        None | Some("0.0.0.0") | Some("::") => "localhost".to_string(),
+        Some(b) => b.to_string(),
+    };
+    let profile_path = profile::write_local(out, &host, args.port)?;
+
+    let spinner = output::spinner(format!("waiting for mosquitto on port {}", args.port));
+    let health = wait_healthy(
+        out,
+        &state,
+        args.auth,
+        Duration::from_secs(args.timeout.max(1)),
+    )
+    .await;
+    spinner.finish_and_clear();
+    if let Err(e) = health {
+        let tail = native::log_tail(&state, 15);
+        if runtime == Runtime::Native {
+            native::stop(&state, Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_file(state_path(out));
+        bail!(
+            "the broker did not become healthy: {e:#}\n--- {} (last lines) ---\n{tail}",
+            log.display()
+        );
+    }
+    let mut summary = format!(
+        "mosquitto is up ({} runtime, pid {}) on port {} with mutual TLS ({} auth), healthy after {:.1?}\n",
+        match runtime {
+            Runtime::Native => "native",
+            _ => "docker",
+        },
+        state
+            .pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into()),
+        args.port,
+        args.auth.as_str(),
+        started.elapsed()
+    );
+    if let Some(ws) = args.websockets_port {
+        summary.push_str(&format!("  websockets  wss://{host}:{ws}/mqtt\n"));
+    }
+    summary.push_str(&format!(
+        "  config      {}\n  compose     {}\n  log         {}\n  profile     {} (use --profile local)\n",
+        conf_path.display(),
+        args.compose_file.display(),
+        log.display(),
+        profile_path.display()
+    ));
+    output::print_stdout(&summary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish(bind: Option<&str>, port: u16) -> String {
+    match bind {
+        Some(b) if b != "0.0.0.0" && b != "::" => format!("{b}:{port}"),
+        _ => port.to_string(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn resolve_runtime(requested: Runtime) -> Result<Runtime> {
+    match requested {
+        Runtime::Native => {
+            native::mosquitto_binary()?;
+            Ok(Runtime::Native)
+        }
+        Runtime::Docker => {
+            if !native::docker_engine_answers() {
+                bail!("--runtime docker: no Docker engine answers (`docker info` failed); start Docker or use --runtime native (needs the mosquitto package)");
+            }
+            Ok(Runtime::Docker)
+        }
+        Runtime::Auto => {
+            if native::docker_engine_answers() {
+                Ok(Runtime::Docker)
+            } else if native::mosquitto_binary().is_ok() {
+                Ok(Runtime::Native)
+            } else {
+                bail!("no broker runtime: no Docker engine answers and no `mosquitto` binary was found; install mosquitto (Debian/Ubuntu: `apt-get install mosquitto`, macOS: `brew install mosquitto`) or start Docker")
+            }
+        }
+    }
+}
+
+/// Connects as the server identity until CONNACK, or fails when the process dies.
+async fn wait_healthy(
+    out: &Path,
+    state: &BrokerState,
+    auth: Auth,
+    timeout: Duration,
+) -> Result<Duration> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if state.runtime == Runtime::Native && !native::is_running(state) {
+            bail!("mosquitto exited during start-up");
+        }
+        let err = match probe(out, state, auth).await {
+            Ok(d) => return Ok(d),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            bail!("no healthy CONNACK within {timeout:.0?} ({err:#})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One health check: a real TLS + MQTT CONNECT with the server identity.
+async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> {
+    if auth != Auth::Cert {
+        // Password auth: a TLS handshake and CONNACK (refused or not) proves it serves.
+        let conn = ConnectionArgs {
+            out: out.to_path_buf(),
+            host: Some("localhost".into()),
+            port: Some(state.port),
+            cafile: Some(crate::pki::certs_dir(out).join("ca.crt")),
+            keepalive: 30,
+            ..Default::default()
+        };
+        let mut endpoint = conn.resolve(Role::Server)?;
+        if auth == Auth::Both {
+            let (c, k) = mqtt::identity_in(&crate::pki::certs_dir(out), crate::pki::DEFAULT_SERVER);
+            endpoint.tls = mqtt::tls::client_config(&endpoint.cafile, Some((&c, &k)), None)?;
+        }
+        return match mqtt::probe::connect_once(
+            &endpoint,
+            &mqtt::unique_client_id("mqttkit-health"),
+            Duration::from_secs(3),
+        )
+        .await
+        {
+            Ok(d) => Ok(d),
+            Err(e) if e.explanation.contains("refused the MQTT CONNECT") => Ok(Duration::ZERO),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let conn = ConnectionArgs {
+        out: out.to_path_buf(),
+        profile: Some(profile::LOCAL_PROFILE.into()),
+        port: Some(state.port),
+        keepalive: 30,
+        ..Default::default()
+    };
+    let endpoint = conn.resolve(Role::Server)?;
+    Ok(mqtt::probe::connect_once(
+        &endpoint,
+        &mqtt::unique_client_id("mqttkit-health"),
+        Duration::from_secs(3),
+    )
+    .await?)
+}
+
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    running: bool,
+    healthy: bool,
+    runtime: Option<Runtime>,
+    pid: Option<i32>,
+    port: Option<u16>,
+    websockets_port: Option<u16>,
+    connect_ms: Option<f64>,
+    error: Option<String>,
+    log: Option<PathBuf>,
+}
+
+async fn status(args: StatusArgs) -> Result<ExitCode> {
+    let out = &args.out.out;
+    let state = load_state(out)?;
+    let mut report = StatusReport {
+        running: false,
+        healthy: false,
+        runtime: state.as_ref().map(|s| s.runtime),
+        pid: state.as_ref().and_then(|s| s.pid),
+        port: state.as_ref().map(|s| s.port),
+        websockets_port: state.as_ref().and_then(|s| s.websockets_port),
+        connect_ms: None,
+        error: None,
+        log: state.as_ref().map(|s| s.log.clone()),
+    };
+    match &state {
+        None => report.error = Some(format!("no broker was started from {}", out.display())),
+        Some(s) => {
+            report.running = native::is_running(s);
+            if !report.running {
+                report.error = Some("the broker process is not running".into());
+            } else {
+                match probe(out, s, s.auth).await {
+                    Ok(d) => {
+                        report.healthy = true;
+                        report.connect_ms = Some(d.as_secs_f64() * 1000.0);
+                    }
+                    Err(e) => report.error = Some(format!("{e:#}")),
+                }
+            }
+        }
+    }
+    if args.json {
+        output::print_json(&report)?;
+    } else if report.healthy {
+        output::print_stdout(&format!(
+            "running and healthy: pid {}, port {}, CONNACK in {:.1} ms\n",
+            report
+                .pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            report.port.unwrap_or_default(),
+            report.connect_ms.unwrap_or_default()
+        ))?;
+    } else {
+        output::print_stdout(&format!(
+            "{}: {}\n",
+            if report.running {
+                "running but unhealthy"
+            } else {
+                "down"
+            },
+            report.error.as_deref().unwrap_or("unknown")
+        ))?;
+    }
+    Ok(if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn down(args: DownArgs) -> Result<ExitCode> {
+    let out = &args.out.out;
+    let Some(state) = load_state(out)? else {
+        note!(
+            "no broker was started from {}; nothing to stop",
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    match state.runtime {
+        Runtime::Docker => {
+            if let Some(f) = &state.compose_file {
+                native::compose_down(f)?;
+            }
+        }
+        _ => {
+            if native::is_running(&state) {
+                native::stop(&state, Duration::from_secs(10));
+                note!("stopped mosquitto (pid {})", state.pid.unwrap_or_default());
+            } else {
+                note!("the broker was not running");
+            }
+        }
+    }
+    std::fs::remove_file(state_path(out))
+        .with_context(|| format!("removing {}", state_path(out).display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(args: LogsArgs) -> Result<ExitCode> {
+    let out = &args.out.out;
+    let log = load_state(out)?
+        .map(|s| s.log)
+        .unwrap_or_else(|| mosquitto_dir(out).join("mosquitto.log"));
+    if !log.exists() {
+        bail!(
+            "no broker log at {}; start the broker with `mqttkit broker up --out {}`",
+            log.display(),
+            out.display()
+        );
+    }
+    native::print_log(&log, args.tail, args.follow).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_password(args: &UserAddArgs) -> Result<String> {
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else if output::stdin_is_tty() && output::stderr_is_tty() {
+        dialoguer::Password::new()
+            .with_prompt(format!("Password for '{}'", args.name))
+            .with_confirmation("Repeat it", "the two passwords differ")
+            .interact()
+            .context("reading the password")?
+    } else {
+        bail!("no terminal to prompt for the password; pass --password-stdin and pipe it in");
+    };
+    if password.is_empty() {
+        bail!("the password is empty; give a non-empty password");
+    }
+    Ok(password)
+}
+
+fn user_add(args: UserAddArgs) -> Result<ExitCode> {
+    crate::pki::validate_identity(&args.name)
+        .map_err(|e| anyhow::anyhow!("NAME '{}': {e}", args.name))?;
+    let password = read_password(&args)?;
+    let path = mosquitto_dir(&args.out.out).join("passwd");
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let (text, replaced) = passwd::upsert(
+        &existing,
+        &args.name,
+        &passwd::new_entry(&args.name, &password),
+    );
+    write_atomic(&path, text.as_bytes(), MODE_SECRET)?;
+    if let Some(user) = native::privilege_drop_user(Runtime::Native) {
+        native::grant(&user, &path)?;
+    }
+    note!(
+        "{} user '{}' in {}{}",
+        if replaced { "updated" } else { "added" },
+        args.name,
+        path.display(),
+        reload_hint(&args.out.out)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn user_remove(args: UserRemoveArgs) -> Result<ExitCode> {
+    let path = mosquitto_dir(&args.out.out).join("passwd");
+    let existing =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let Some(text) = passwd::remove(&existing, &args.name) else {
+        bail!("no user '{}' in {}", args.name, path.display());
+    };
+    write_atomic(&path, text.as_bytes(), MODE_SECRET)?;
+    if let Some(user) = native::privilege_drop_user(Runtime::Native) {
+        native::grant(&user, &path)?;
+    }
+    note!(
+        "removed user '{}' from {}{}",
+        args.name,
+        path.display(),
+        reload_hint(&args.out.out)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A running native broker re-reads its password file on SIGHUP.
+fn reload_hint(out: &Path) -> String {
+    match load_state(out).ok().flatten() {
+        Some(s) if native::is_running(&s) && native::reload(&s) => {
+            "; the running broker reloaded it".into()
+        }
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative_to(Path::new("/a/out/certs"), Path::new("/a/out/mosquitto")),
+            PathBuf::from("../certs")
+        );
+        assert_eq!(
+            relative_to(Path::new("/a/out/mosquitto"), Path::new("/a")),
+            PathBuf::from("out/mosquitto")
+        );
+        assert_eq!(
+            compose_path_str(Path::new("out/mosquitto")),
+            "./out/mosquitto"
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! Running mosquitto: the native binary in the background, or docker compose.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+
+use super::{BrokerState, Runtime};
+
+/// Where Debian and Homebrew put mosquitto when it is not on PATH (sbin).
+const MOSQUITTO_CANDIDATES: &[&str] = &[
+    "/usr/sbin/mosquitto",
+    "/usr/local/sbin/mosquitto",
+    "/opt/homebrew/sbin/mosquitto",
+];
+
+pub fn mosquitto_binary() -> Result<PathBuf> {
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("mosquitto");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    for c in MOSQUITTO_CANDIDATES {
+        if Path::new(c).is_file() {
+            return Ok(PathBuf::from(c));
+        }
+    }
+    bail!("--runtime native: no `mosquitto` binary found; install it (Debian/Ubuntu: `apt-get install mosquitto`, macOS: `brew install mosquitto`)")
+}
+
+pub fn docker_engine_answers() -> bool {
+    let Ok(mut child) = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+pub fn check_port_free(bind: Option<&str>, port: u16) -> Result<()> {
+    let ip: IpAddr = match bind {
+        Some(b) => b.parse().map_err(|_| {
+            anyhow::anyhow!("--bind '{b}' is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0")
+        })?,
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    match TcpListener::bind(SocketAddr::new(ip, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "port {port} is already in use by another process; choose another --port or stop that process"
+        ),
+        Err(e) => bail!("cannot listen on {ip}:{port}: {e}; choose another --port or --bind"),
+    }
+}
+
+/// The user mosquitto will drop to, when we start it as root.
+pub fn privilege_drop_user(runtime: Runtime) -> Option<User> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    match runtime {
+        Runtime::Docker => Some(User {
+            // The eclipse-mosquitto image's user.
+            uid: nix::unistd::Uid::from_raw(1883),
+            gid: nix::unistd::Gid::from_raw(1883),
+            ..User::from_uid(nix::unistd::Uid::from_raw(0))
+                .ok()
+                .flatten()?
+        }),
+        _ => User::from_name("mosquitto").ok().flatten(),
+    }
+}
+
+/// Hands one file or directory to the broker's user (mode unchanged: keys stay 0600).
+pub fn grant(user: &User, path: &Path) -> Result<()> {
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).with_context(|| {
+        format!(
+            "giving {} to user {} so the broker can read it",
+            path.display(),
+            user.name
+        )
+    })
+}
+
+/// Starts mosquitto in `dir` (its working directory: the config's paths are
+/// relative to it), detached in its own process group, logging to `log`.
+pub fn spawn(dir: &Path, log: &Path) -> Result<i32> {
+    let bin = mosquitto_binary()?;
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err_file = log_file.try_clone()?;
+    let child = Command::new(&bin)
+        .arg("-c")
+        .arg("mosquitto.conf")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file)
+        // Its own process group: Ctrl-C in the terminal that ran `up` does not stop it.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id() as i32;
+    // Reap it in the background if it exits while we still run (no zombie for is_running).
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    std::fs::write(dir.join("mosquitto.pid"), format!("{pid}\n"))
+        .with_context(|| format!("writing {}", dir.join("mosquitto.pid").display()))?;
+    Ok(pid)
+}
+
+/// Is the process `up` started still alive, and still mosquitto with our config?
+pub fn is_running(state: &BrokerState) -> bool {
+    match state.runtime {
+        Runtime::Docker => docker_container_running(),
+        _ => state
+            .pid
+            .is_some_and(|pid| is_our_mosquitto(pid, &state.conf)),
+    }
+}
+
+fn is_our_mosquitto(pid: i32, conf: &Path) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // Guard against PID reuse: the process must be mosquitto started in our directory.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_mosquitto = cmdline
+        .split(|b| *b == 0)
+        .next()
+        .is_some_and(|argv0| argv0.ends_with(b"mosquitto"));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let same_dir = match (cwd, conf.parent()) {
+        (Some(cwd), Some(dir)) => std::fs::canonicalize(dir)
+            .map(|d| d == cwd)
+            .unwrap_or(false),
+        _ => false,
+    };
+    is_mosquitto && !zombie && same_dir
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+pub fn stop(state: &BrokerState, grace: Duration) {
+    let Some(pid) = state.pid else { return };
+    if !is_our_mosquitto(pid, &state.conf) {
+        return;
+    }
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !is_our_mosquitto(pid.as_raw(), &state.conf) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Asks a running native broker to reload its configuration and password file.
+pub fn reload(state: &BrokerState) -> bool {
+    state.runtime == Runtime::Native
+        && state
+            .pid
+            .is_some_and(|pid| kill(Pid::from_raw(pid), Signal::SIGHUP).is_ok())
+}
+
+fn docker_container_running() -> bool {
+    Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", "mqttkit-mosquitto"])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true")
+        .unwrap_or(false)
+}
+
+pub fn compose_up(file: &Path) -> Result<()> {
+    let status = Command::new("docker")
+        .args(["compose", "-f"])
+        .arg(file)
+        .args(["up", "-d"])
+        .status()
+        .context("running `docker compose up -d`")?;
+    if !status.success() {
+        bail!(
+            "`docker compose -f {} up -d` failed ({status})",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn compose_down(file: &Path) -> Result<()> {
+    let status = Command::new("docker")
+        .args(["compose", "-f"])
+        .arg(file)
+        .arg("down")
+        .status()
+        .context("running `docker compose down`")?;
+    if !status.success() {
+        bail!(
+            "`docker compose -f {} down` failed ({status})",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn log_tail(state: &BrokerState, lines: usize) -> String {
+    if state.runtime == Runtime::Docker {
+        return Command::new("docker")
+            .args(["logs", "--tail", &lines.to_string(), "mqttkit-mosquitto"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default();
+    }
+    let text = std::fs::read_to_string(&state.log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub async fn print_log(log: &Path, tail: Option<usize>, follow: bool) -> Result<()> {
+    use std::io::Write;
+    let mut file =
+        std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
+    let mut out = std::io::stdout().lock();
+    let reader = std::io::BufReader::new(&mut file);
+    let lines: Vec<String> = reader.lines().collect::<std::io::Result<_>>()?;
+    let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    for l in &lines[start..] {
+        writeln!(out, "{l}")?;
+    }
+    out.flush()?;
+    drop(out);
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = file.seek(SeekFrom::End(0))?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let len = std::fs::metadata(log)?.len();
+        if len < pos {
+            pos = 0; // truncated or rotated
+        }
+        if len > pos {
+            file.seek(SeekFrom::Start(pos))?;
+            let mut buf = Vec::new();
+            file.read_to_end(&mut buf)?;
+            pos += buf.len() as u64;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()?;
+        }
+    }
+}

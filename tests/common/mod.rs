@@ -1,0 +1,281 @@
+//! Test support: a real mosquitto started by the real binary (`pki init` +
+//! `broker up --runtime native`) on a free loopback port in a temp dir,
+//! stopped on drop; bounded waits for every child process.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mqttkit")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The venv's Python with paho-mqtt, protobuf, grpcio-tools (and moto).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MQTTKIT_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no test Python: run `bash scripts/test.sh` once (it creates .venv) or set MQTTKIT_TEST_PYTHON"
+    );
+    venv
+}
+
+/// Waits for `child` at most `limit`; kills it and panics on timeout.
+pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => return child.wait_with_output().expect("output"),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "{what} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Runs a command to completion with a time limit, capturing output.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    wait_output(child, limit, &what)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success, showing both streams otherwise.
+#[track_caller]
+pub fn ok(o: &Output) -> &Output {
+    assert!(
+        o.status.success(),
+        "command failed ({})\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    o
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BrokerOptions {
+    /// Extra client identities for `pki init` (device-001 and server are always there).
+    pub clients: Vec<String>,
+    pub websockets: bool,
+    /// Extra arguments for `broker up`.
+    pub up_args: Vec<String>,
+    /// Skip `broker up` (only `pki init`).
+    pub no_broker: bool,
+}
+
+/// A temp dir with certificates and a running mosquitto.
+pub struct Broker {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub ws_port: Option<u16>,
+    pub up_args: Vec<String>,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        Self::start_with(BrokerOptions::default())
+    }
+
+    pub fn start_with(opts: BrokerOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut clients = vec!["device-001".to_string(), "server".to_string()];
+        for c in &opts.clients {
+            if !clients.contains(c) {
+                clients.push(c.clone());
+            }
+        }
+        let mut init = Command::new(bin());
+        init.current_dir(dir.path())
+            .args(["pki", "init", "--out", "out"]);
+        for c in &clients {
+            init.args(["--client", c]);
+        }
+        ok(&run(&mut init, Duration::from_secs(60)));
+        let port = free_port();
+        let ws_port = opts.websockets.then(free_port);
+        let mut up_args = vec![
+            "--port".to_string(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--runtime".into(),
+            "native".into(),
+        ];
+        if let Some(ws) = ws_port {
+            up_args.extend(["--websockets-port".into(), ws.to_string()]);
+        }
+        up_args.extend(opts.up_args.iter().cloned());
+        let broker = Broker {
+            dir,
+            port,
+            ws_port,
+            up_args,
+        };
+        if !opts.no_broker {
+            broker.up();
+        }
+        broker
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.out().join("certs")
+    }
+
+    /// `mqttkit` run in the temp dir (so `out/` and `--profile local` are this broker's).
+    pub fn mqttkit(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.current_dir(self.dir.path());
+        c.env_remove("MQTTKIT_OUT").env_remove("MQTTKIT_PROFILE");
+        c
+    }
+
+    /// `broker up` with this broker's arguments (also restarts it after `stop`).
+    pub fn up(&self) -> Output {
+        let mut c = self.mqttkit();
+        c.args([
+            "broker",
+            "up",
+            "--out",
+            "out",
+            "--compose-file",
+            "compose.yaml",
+        ])
+        .args(&self.up_args);
+        ok(&run(&mut c, Duration::from_secs(60))).clone()
+    }
+
+    pub fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.out().join("mosquitto/state.json"))
+            .expect("broker state.json");
+        serde_json::from_str(&text).expect("state json")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.state()["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// SIGTERM to mosquitto (like a crash/restart of the service); waits until it is gone.
+    pub fn stop(&self) {
+        let pid = self.pid();
+        unsafe_kill(pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+            assert!(Instant::now() < deadline, "mosquitto {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again on the same port after `stop`.
+    pub fn restart(&self) {
+        self.up();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.out().join("mosquitto/mosquitto.log")).unwrap_or_default()
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn unsafe_kill(pid: i32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let state = self.out().join("mosquitto/state.json");
+        if let Ok(text) = std::fs::read_to_string(&state) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(pid) = v["pid"].as_i64() {
+                let pid = pid as i32;
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    unsafe_kill(pid, "TERM");
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while Path::new(&format!("/proc/{pid}")).exists()
+                        && !is_zombie(pid)
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+                        unsafe_kill(pid, "KILL");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// mosquitto_pub/mosquitto_sub TLS arguments for identity `name` of `broker`.
+pub fn mosquitto_tls_args(broker: &Broker, name: Option<&str>) -> Vec<String> {
+    let certs = broker.certs();
+    let mut v = vec![
+        "-h".to_string(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        broker.port.to_string(),
+        "--cafile".into(),
+        certs.join("ca.crt").display().to_string(),
+    ];
+    if let Some(n) = name {
+        v.extend([
+            "--cert".into(),
+            certs.join(format!("{n}.crt")).display().to_string(),
+            "--key".into(),
+            certs.join(format!("{n}.key")).display().to_string(),
+        ]);
+    }
+    v
+}
