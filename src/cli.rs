@@ -18,6 +18,18 @@ pub struct Cli {
 pub enum Command {
     /// Certificates: a private CA, the broker's and the clients'.
     Pki(crate::pki::PkiArgs),
+    /// A Mosquitto broker with mutual TLS and per-device ACLs: up, status, down, logs, users.
+    Broker(crate::broker::BrokerArgs),
+    /// Check a connection step by step and name the fix for the first failure.
+    Doctor(crate::doctor::DoctorArgs),
+    /// AWS IoT Core things: create (certificate, least-privilege policy, profile), delete, list.
+    Iot(crate::iot::IotArgs),
+    /// Telemetry stores filled by `sub telemetry --sink`: stats of what arrived.
+    Sink(crate::sink::SinkArgs),
+    /// Publish protobuf telemetry (as a device) or commands (as the server).
+    Pub(crate::flows::PubArgs),
+    /// Receive and decode telemetry (as the server) or commands (as a device).
+    Sub(crate::flows::SubArgs),
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -35,8 +47,15 @@ pub fn init_tracing(verbose: u8) {
         .try_init();
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs one command. Async so networked commands share one runtime.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Pki(args) => crate::pki::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Broker(args) => crate::broker::run(args).await,
+        Command::Doctor(args) => crate::doctor::run(args).await,
+        Command::Iot(args) => crate::iot::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Sink(args) => crate::sink::run(args).await,
+        Command::Pub(args) => crate::flows::run_pub(args).await,
+        Command::Sub(args) => crate::flows::run_sub(args).await,
     }
 }

@@ -2,9 +2,14 @@
 //! flows from one binary. `main.rs` only parses arguments and reports errors;
 //! each subcommand family lives in its own module here.
 
+pub mod broker;
 pub mod cli;
+pub mod doctor;
+pub mod flows;
 pub mod fsutil;
+pub mod iot;
 pub mod mqtt;
 pub mod output;
 pub mod pki;
 pub mod proto;
+pub mod sink;

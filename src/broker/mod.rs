@@ -386,6 +386,11 @@ async fn up(args: UpArgs) -> Result<ExitCode> {
         Some(b) => b.to_string(),
     };
     let profile_path = profile::write_local(out, &host, args.port)?;
+    if !broker_cert_names(out).contains(&host) {
+        note!(
+            "warning: the broker certificate does not carry '{host}', so clients connecting by it will fail to verify the broker; reissue with `mqttkit pki init --host {host} --force`"
+        );
+    }
 
     let spinner = output::spinner(format!("waiting for mosquitto on port {}", args.port));
     let health = wait_healthy(
@@ -531,13 +536,33 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
         keepalive: 30,
         ..Default::default()
     };
-    let endpoint = conn.resolve(Role::Server)?;
+    let mut endpoint = conn.resolve(Role::Server)?;
+    if !broker_cert_names(out).contains(&endpoint.host) {
+        // Listening on an address the certificate lacks: still prove the broker
+        // serves our certificate and accepts our client (`up` warns about the name).
+        if let Some((cert, key)) = &endpoint.identity {
+            endpoint.tls = mqtt::tls::client_config_for_name(&endpoint.cafile, (cert, key), "localhost")?;
+        }
+    }
     Ok(mqtt::probe::connect_once(
         &endpoint,
         &mqtt::unique_client_id("mqttkit-health"),
         Duration::from_secs(3),
     )
     .await?)
+}
+
+/// DNS names and IP addresses in the broker certificate.
+fn broker_cert_names(out: &Path) -> Vec<String> {
+    let path = crate::pki::certs_dir(out).join("broker.crt");
+    crate::pki::inspect::inspect_file(&path, None)
+        .map(|i| {
+            i.sans
+                .iter()
+                .filter_map(|s| s.split_once(':').map(|(_, v)| v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Serialize)]

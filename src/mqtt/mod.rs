@@ -2,7 +2,9 @@
 //! broker health check: flags and profiles resolved into an [`Endpoint`],
 //! then rumqttc options over rustls.
 
+pub mod probe;
 pub mod profile;
+pub mod sigv4;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -121,9 +123,9 @@ impl ConnectionArgs {
         match &self.profile {
             Some(name) => Ok(Some(Profile::load(&self.out, name)?)),
             None => {
-                // Without flags, the `local` profile (if any) supplies the defaults.
+                // The `local` profile (if any) is the default; flags override its fields.
                 let local = profile::profile_path(&self.out, profile::LOCAL_PROFILE);
-                if self.host.is_none() && self.cafile.is_none() && local.exists() {
+                if local.exists() {
                     Ok(Some(Profile::load(&self.out, profile::LOCAL_PROFILE)?))
                 } else {
                     Ok(None)
@@ -149,13 +151,16 @@ impl ConnectionArgs {
             .transport
             .or_else(|| p.map(|p| p.transport))
             .unwrap_or_default();
-        let port = self
-            .port
-            .or_else(|| p.map(|p| p.port))
-            .unwrap_or(match transport {
-                Transport::Tls => 8883,
-                Transport::Alpn | Transport::Wss => 443,
-            });
+        let default_port = match transport {
+            Transport::Tls => 8883,
+            Transport::Alpn | Transport::Wss => 443,
+        };
+        // The profile's port belongs to the profile's transport: `--transport alpn`
+        // on an 8883 profile means 443.
+        let port = self.port.unwrap_or(match p {
+            Some(p) if p.transport == transport => p.port,
+            _ => default_port,
+        });
         let cafile = match self.cafile.clone().or_else(|| p.map(|p| p.cafile.clone())) {
             Some(c) => c,
             None => bail!(
@@ -235,15 +240,31 @@ impl Endpoint {
                 o
             }
             Transport::Wss => {
-                let url = format!("wss://{}:{}/mqtt", self.host_for_url(), self.port);
+                // Port 443 stays out of the URL so the Host header (which SigV4 signs) is the bare host.
+                let url = match self.port {
+                    443 => format!("wss://{}/mqtt", self.host_for_url()),
+                    port => format!("wss://{}:{port}/mqtt", self.host_for_url()),
+                };
                 let mut o = MqttOptions::new(client_id, url, self.port);
                 o.set_transport(rumqttc::Transport::wss_with_config(tls));
+                // AWS IoT: presign each (re)connect with fresh credentials from aws-config.
+                if let Some(region) = self.sigv4_region() {
+                    o.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
+                }
                 o
             }
         };
         opts.set_keep_alive(self.keepalive);
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
         opts
+    }
+
+    /// The region to SigV4-sign a WebSocket connection for: the profile's, or
+    /// the one in an AWS IoT endpoint name. None for other brokers.
+    fn sigv4_region(&self) -> Option<String> {
+        self.region
+            .clone()
+            .or_else(|| sigv4::region_of_endpoint(&self.host).map(str::to_string))
     }
 
     fn host_for_url(&self) -> String {

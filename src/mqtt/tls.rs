@@ -128,6 +128,76 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// Verifies the server's chain as usual but against a fixed name instead of
+/// the host dialled: for health checks of a broker listening on an address its
+/// certificate does not carry (the mismatch is reported separately).
+#[derive(Debug)]
+struct FixedNameVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for FixedNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Like [`client_config`], but the broker certificate must be valid for `name`
+/// whatever host is dialled.
+pub fn client_config_for_name(
+    cafile: &Path,
+    identity: (&Path, &Path),
+    name: &str,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let roots = Arc::new(load_roots(cafile)?);
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    let chain = load_chain(identity.0)?;
+    let key = load_key(identity.1)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(FixedNameVerifier { inner, name }))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! and for each client `NAME.crt`, `NAME.key` (PKCS#8 PEM) and
 //! `NAME_pkcs8.key` (PKCS#8 DER, for Java's `PKCS8EncodedKeySpec`).
 
-mod inspect;
+pub mod inspect;
 mod names;
 
 use std::path::{Path, PathBuf};

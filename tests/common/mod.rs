@@ -95,6 +95,8 @@ pub struct BrokerOptions {
     pub up_args: Vec<String>,
     /// Skip `broker up` (only `pki init`).
     pub no_broker: bool,
+    /// Listen address (default 127.0.0.1).
+    pub bind: Option<String>,
 }
 
 /// A temp dir with certificates and a running mosquitto.
@@ -131,7 +133,7 @@ impl Broker {
             "--port".to_string(),
             port.to_string(),
             "--bind".into(),
-            "127.0.0.1".into(),
+            opts.bind.clone().unwrap_or_else(|| "127.0.0.1".into()),
             "--runtime".into(),
             "native".into(),
         ];

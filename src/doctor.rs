@@ -1,0 +1,611 @@
+//! `mqttkit doctor`: checks a connection step by step (configuration, name
+//! resolution, TCP, TLS, certificates, MQTT CONNECT, topic permissions) and
+//! names the fix at the first failing step.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeReasonCode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use x509_parser::prelude::*;
+
+use crate::mqtt::{self, ConnectionArgs, Endpoint, Role, Transport};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// The device identity to check (default: the profile's device).
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Check the server identity (wildcard telemetry, commands out) instead of a device.
+    #[arg(long, conflicts_with = "device_id")]
+    pub server: bool,
+    /// Seconds allowed for each network step.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Step {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+struct Report {
+    steps: Vec<Step>,
+    json: bool,
+}
+
+impl Report {
+    fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(Step {
+            name,
+            ok: true,
+            detail: detail.into(),
+            fix: None,
+        });
+    }
+
+    fn fail(&mut self, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(Step {
+            name,
+            ok: false,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
+    fn push(&mut self, step: Step) {
+        if !self.json {
+            let mark = if step.ok { " ok " } else { "FAIL" };
+            let mut line = format!("[{mark}] {:<22} {}\n", step.name, step.detail);
+            if let Some(fix) = step.fix.as_ref().filter(|f| !f.is_empty()) {
+                line.push_str(&format!("       fix: {fix}\n"));
+            }
+            let _ = output::print_stdout(&line);
+        }
+        self.steps.push(step);
+    }
+
+    fn finish(self) -> Result<ExitCode> {
+        let healthy = self.steps.iter().all(|s| s.ok);
+        if self.json {
+            output::print_json(&serde_json::json!({ "ok": healthy, "steps": self.steps }))?;
+        } else if healthy {
+            output::print_stdout("all checks passed\n")?;
+        }
+        Ok(if healthy {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
+    let mut report = Report {
+        steps: Vec::new(),
+        json: args.json,
+    };
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let device = match (&args.device_id, args.server) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => None,
+        (None, false) => args.conn.default_device().ok().flatten(),
+    };
+    let role = match &device {
+        Some(d) => Role::Device(d),
+        None => Role::Server,
+    };
+
+    // 1. Configuration: files exist, parse, and the key matches the certificate.
+    let endpoint = match args.conn.resolve(role) {
+        Ok(e) => e,
+        Err(e) => {
+            // The error already names the file or flag and the fix.
+            report.fail("configuration", format!("{e:#}"), "");
+            return report.finish();
+        }
+    };
+    let who = match (&endpoint.identity, &device) {
+        (Some((cert, _)), _) => format!("identity {}", cert.display()),
+        (None, _) => "no client certificate".to_string(),
+    };
+    report.pass(
+        "configuration",
+        format!("{} as {who}, CA {}", endpoint.describe(), endpoint.cafile.display()),
+    );
+    if let Some((cert, _)) = &endpoint.identity {
+        if !check_client_cert(&mut report, cert, &endpoint.cafile) {
+            return report.finish();
+        }
+    }
+
+    // 2. Name resolution.
+    let addrs: Vec<SocketAddr> =
+        match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                report.fail(
+                    "name resolution",
+                    format!("'{}' does not resolve: {e}", endpoint.host),
+                    "check --host (or the profile's host) and DNS",
+                );
+                return report.finish();
+            }
+        };
+    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    report.pass(
+        "name resolution",
+        format!("{} -> {}", endpoint.host, shown.join(", ")),
+    );
+
+    // 3. TCP connect.
+    let start = Instant::now();
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&addrs[..])).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            report.fail(
+                "TCP connect",
+                format!(
+                    "nothing is listening on {}:{} (connection refused)",
+                    endpoint.host, endpoint.port
+                ),
+                "start the broker (`mqttkit broker up`) or check --port",
+            );
+            return report.finish();
+        }
+        Ok(Err(e)) => {
+            report.fail(
+                "TCP connect",
+                format!("{}:{}: {e}", endpoint.host, endpoint.port),
+                "check --host/--port, routes and firewalls",
+            );
+            return report.finish();
+        }
+        Err(_) => {
+            report.fail(
+                "TCP connect",
+                format!(
+                    "no answer from {}:{} within {timeout:?}",
+                    endpoint.host, endpoint.port
+                ),
+                "a firewall may drop the traffic; check --host/--port (AWS IoT: try --transport alpn on 443)",
+            );
+            return report.finish();
+        }
+    };
+    report.pass(
+        "TCP connect",
+        format!(
+            "{} in {:.1} ms",
+            tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            start.elapsed().as_secs_f64() * 1000.0
+        ),
+    );
+
+    // 4. TLS handshake, verifying the broker by the CA and the host name.
+    if endpoint.transport != Transport::Wss
+        && !check_tls(&mut report, &endpoint, tcp, timeout).await
+    {
+        return report.finish();
+    }
+
+    // 5. MQTT CONNECT/CONNACK (the broker's verdict on our client certificate).
+    let client_id = endpoint
+        .client_id
+        .clone()
+        .or_else(|| device.clone())
+        .unwrap_or_else(|| mqtt::unique_client_id("mqttkit-doctor"));
+    match mqtt::probe::connect_once(&endpoint, &mqtt::unique_client_id(&client_id), timeout)
+        .await
+    {
+        Ok(d) => report.pass(
+            "MQTT CONNECT",
+            format!("CONNACK accepted in {:.1} ms", d.as_secs_f64() * 1000.0),
+        ),
+        Err(e) => {
+            let fix = if e.explanation.contains("rejected the client certificate")
+                || e.explanation.contains("closed the connection during the handshake")
+            {
+                "issue a certificate from the broker's CA (`mqttkit pki issue NAME`) or pass the CA the broker trusts"
+            } else if e.explanation.contains("requires a client certificate") {
+                "pass --cert/--key or --profile"
+            } else {
+                "see the broker log (`mqttkit broker logs`)"
+            };
+            report.fail("MQTT CONNECT", e.explanation, fix);
+            return report.finish();
+        }
+    }
+
+    // 6. Topic permissions.
+    check_permissions(&mut report, &args.conn, &endpoint, device.as_deref(), &client_id, timeout).await;
+    report.finish()
+}
+
+/// Local checks of the client certificate: dates and chain to --cafile.
+fn check_client_cert(report: &mut Report, cert: &Path, cafile: &Path) -> bool {
+    let Ok(info) = crate::pki::inspect::inspect_file(cert, std::fs::read(cafile).ok().and_then(|d| {
+        parse_x509_pem(&d).ok().map(|(_, p)| p.contents)
+    }).as_deref()) else {
+        return true; // already validated by rustls when loading
+    };
+    if info.days_left < 0 {
+        report.fail(
+            "client certificate",
+            format!("{} expired on {}", cert.display(), info.not_after),
+            "issue a new one with `mqttkit pki issue NAME --force`",
+        );
+        return false;
+    }
+    let chain = if info.chains_to_ca {
+        "signed by --cafile's CA".to_string()
+    } else {
+        "NOT signed by --cafile's CA (the broker may still trust its issuer)".to_string()
+    };
+    report.pass(
+        "client certificate",
+        format!(
+            "CN {} valid until {} ({} days), key matches, {chain}",
+            info.common_name.as_deref().unwrap_or("?"),
+            info.not_after,
+            info.days_left
+        ),
+    );
+    true
+}
+
+async fn check_tls(report: &mut Report, endpoint: &Endpoint, tcp: TcpStream, timeout: Duration) -> bool {
+    let Ok(server_name) = ServerName::try_from(endpoint.host.clone()) else {
+        report.fail(
+            "TLS handshake",
+            format!("'{}' is not a valid TLS server name", endpoint.host),
+            "use a DNS name or IP address for --host",
+        );
+        return false;
+    };
+    let connector = tokio_rustls::TlsConnector::from(endpoint.tls.clone());
+    let result = tokio::time::timeout(timeout, connector.connect(server_name.clone(), tcp)).await;
+    match result {
+        Ok(Ok(stream)) => {
+            let (_, conn) = stream.get_ref();
+            let detail = match conn.peer_certificates().and_then(|c| c.first()) {
+                Some(leaf) => describe_leaf(leaf),
+                None => String::new(),
+            };
+            report.pass(
+                "TLS handshake",
+                format!(
+                    "{:?}, broker certificate verified for '{}'{detail}",
+                    conn.protocol_version().unwrap_or(rustls::ProtocolVersion::TLSv1_3),
+                    endpoint.host
+                ),
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            let debug = format!("{e:?}");
+            // Fetch the certificate without verifying it, to say what it does carry.
+            let leaf = fetch_leaf(endpoint, server_name, timeout).await;
+            let names = leaf.as_ref().map(|l| sans_of(l)).unwrap_or_default();
+            let (detail, fix) = if debug.contains("NotValidForName") {
+                (
+                    format!(
+                        "the broker's certificate is not valid for '{}'; it carries: {}",
+                        endpoint.host,
+                        if names.is_empty() { "no subjectAltName".into() } else { names.join(", ") }
+                    ),
+                    format!(
+                        "connect by one of those names, or reissue with `mqttkit pki init --host {} --force` and restart the broker",
+                        endpoint.host
+                    ),
+                )
+            } else if debug.contains("Expired") {
+                (
+                    format!("the broker's certificate has expired{}", leaf.as_ref().map(|l| describe_leaf(l)).unwrap_or_default()),
+                    "reissue it with `mqttkit pki init --force` and restart the broker".to_string(),
+                )
+            } else if debug.contains("UnknownIssuer") || debug.contains("BadSignature") {
+                (
+                    format!(
+                        "the broker's certificate is not signed by {}{}",
+                        endpoint.cafile.display(),
+                        leaf.as_ref().map(|l| describe_leaf(l)).unwrap_or_default()
+                    ),
+                    "pass the CA that issued the broker certificate with --cafile".to_string(),
+                )
+            } else if debug.contains("CorruptMessage") || debug.contains("InvalidContentType") {
+                (
+                    "the server does not speak TLS on this port".to_string(),
+                    "check --port (8883 is MQTT over TLS; 1883 is plain MQTT)".to_string(),
+                )
+            } else {
+                (format!("{e}"), "see the broker log (`mqttkit broker logs`)".to_string())
+            };
+            report.fail("TLS handshake", detail, fix);
+            false
+        }
+        Err(_) => {
+            report.fail(
+                "TLS handshake",
+                format!("no TLS answer within {timeout:?}"),
+                "check --port: the server accepted TCP but does not answer TLS",
+            );
+            false
+        }
+    }
+}
+
+fn describe_leaf(der: &CertificateDer<'_>) -> String {
+    match parse_x509_certificate(der) {
+        Ok((_, c)) => format!(
+            " (valid {} to {})",
+            c.validity().not_before.to_datetime().date(),
+            c.validity().not_after.to_datetime().date()
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+fn sans_of(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, c)) = parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(ext)) = c.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::IPAddress(b) if b.len() == 4 => {
+                    names.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).expect("4")).to_string())
+                }
+                GeneralName::IPAddress(b) if b.len() == 16 => {
+                    names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).expect("16")).to_string())
+                }
+                _ => {}
+            }
+        }
+    }
+    names
+}
+
+/// Records the server's certificate and accepts it: for diagnostics only, never for data.
+#[derive(Debug)]
+struct CaptureLeaf {
+    leaf: Mutex<Option<CertificateDer<'static>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaptureLeaf {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.leaf.lock().expect("lock") = Some(end_entity.clone().into_owned());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn fetch_leaf(
+    endpoint: &Endpoint,
+    server_name: ServerName<'static>,
+    timeout: Duration,
+) -> Option<CertificateDer<'static>> {
+    let provider = mqtt::tls::provider();
+    let capture = Arc::new(CaptureLeaf {
+        leaf: Mutex::new(None),
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect((endpoint.host.as_str(), endpoint.port)))
+        .await
+        .ok()?
+        .ok()?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let _ = tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await;
+    let leaf = capture.leaf.lock().ok()?.take();
+    leaf
+}
+
+/// Subscribes to the identity's inbound topic and proves its outbound one by a
+/// round trip through a peer identity when the profile has one.
+async fn check_permissions(
+    report: &mut Report,
+    conn: &ConnectionArgs,
+    endpoint: &Endpoint,
+    device: Option<&str>,
+    client_id: &str,
+    timeout: Duration,
+) {
+    // The server's commands go to the profile's device, which (if we hold its key) receives them.
+    let peer_device = conn
+        .default_device()
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| crate::pki::DEFAULT_DEVICE.to_string());
+    let (sub_topic, pub_topic, peer_role) = match device {
+        Some(d) => (mqtt::command_topic(d), mqtt::telemetry_topic(d), Role::Server),
+        None => (
+            mqtt::ALL_TELEMETRY.to_string(),
+            mqtt::command_topic(&peer_device),
+            Role::Device(&peer_device),
+        ),
+    };
+    // Subscribe as the identity itself: SUBACK tells whether it may read.
+    let opts = endpoint.mqtt_options(&mqtt::unique_client_id(client_id));
+    let (client, mut events) = AsyncClient::new(opts, 10);
+    if client.subscribe(&sub_topic, QoS::AtLeastOnce).await.is_err() {
+        return;
+    }
+    let granted = tokio::time::timeout(timeout, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    return Ok(ack.return_codes.first().copied());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match granted {
+        Ok(Ok(Some(SubscribeReasonCode::Success(q)))) => report.pass(
+            "subscribe permission",
+            format!("'{sub_topic}' granted at {q:?}"),
+        ),
+        Ok(Ok(_)) => {
+            report.fail(
+                "subscribe permission",
+                format!("the broker refused SUBSCRIBE to '{sub_topic}'"),
+                "the identity's ACL/policy does not allow it: check the certificate CN (`mqttkit pki list`) and the broker's ACL",
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            report.fail("subscribe permission", mqtt::probe::explain(&e, endpoint), "see the broker log");
+            return;
+        }
+        Err(_) => {
+            report.fail("subscribe permission", format!("no SUBACK within {timeout:?}"), "see the broker log");
+            return;
+        }
+    }
+
+    // Publish: only a peer that receives the message proves the broker let it through
+    // (MQTT 3.1.1 brokers acknowledge and silently drop denied publishes).
+    let peer = match conn.resolve(peer_role) {
+        Ok(p) if p.identity != endpoint.identity && p.identity.as_ref().is_some_and(|(c, _)| c.exists()) => p,
+        _ => {
+            let (c, mut ev) = AsyncClient::new(endpoint.mqtt_options(&mqtt::unique_client_id(client_id)), 10);
+            let _ = c.publish(&pub_topic, QoS::AtLeastOnce, false, Vec::new()).await;
+            let acked = tokio::time::timeout(timeout, async {
+                loop {
+                    if let Ok(Event::Incoming(Packet::PubAck(_))) = ev.poll().await {
+                        return;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            if acked {
+                report.pass(
+                    "publish permission",
+                    format!("'{pub_topic}' acknowledged (delivery not verifiable without a peer identity)"),
+                );
+            } else {
+                report.fail("publish permission", format!("no PUBACK for '{pub_topic}'"), "see the broker log");
+            }
+            return;
+        }
+    };
+    let result = round_trip(endpoint, &peer, &pub_topic, client_id, timeout).await;
+    match result {
+        Ok(ms) => report.pass(
+            "publish permission",
+            format!("'{pub_topic}' delivered to the peer identity in {ms:.1} ms"),
+        ),
+        Err(why) => report.fail(
+            "publish permission",
+            format!("a message to '{pub_topic}' did not arrive ({why})"),
+            "the identity's ACL/policy does not allow publishing there: check the certificate CN and the broker's ACL",
+        ),
+    }
+}
+
+async fn round_trip(
+    sender: &Endpoint,
+    receiver: &Endpoint,
+    topic: &str,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<f64, String> {
+    let (rx, mut rx_events) = AsyncClient::new(receiver.mqtt_options(&mqtt::unique_client_id("mqttkit-doctor-peer")), 10);
+    rx.subscribe(topic, QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+    // Wait until the peer is subscribed.
+    tokio::time::timeout(timeout, async {
+        loop {
+            match rx_events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the peer got no SUBACK".to_string())??;
+    let marker: u64 = rand::random();
+    let payload = format!("mqttkit-doctor {marker}");
+    let (tx, mut tx_events) = AsyncClient::new(sender.mqtt_options(&mqtt::unique_client_id(client_id)), 10);
+    let start = Instant::now();
+    tx.publish(topic, QoS::AtLeastOnce, false, payload.clone().into_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let sender_task = tokio::spawn(async move {
+        while tx_events.poll().await.is_ok() {}
+    });
+    let got = tokio::time::timeout(timeout, async {
+        loop {
+            match rx_events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.payload.as_ref() == payload.as_bytes() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    sender_task.abort();
+    if got {
+        Ok(start.elapsed().as_secs_f64() * 1000.0)
+    } else {
+        Err(format!("nothing within {timeout:?}"))
+    }
+}

@@ -1,0 +1,541 @@
+//! Publishers: the device's telemetry stream and the server's commands.
+//!
+//! QoS 1 bookkeeping for telemetry. rumqttc numbers packets itself and only
+//! reports `Outgoing::Publish(pkid)` when it writes one, so we mirror it:
+//! `fifo` holds the seqs handed to rumqttc and not yet written (it writes in
+//! order), `slots[pkid]` the seq written under that packet id, `unacked` the
+//! payload of every seq handed over and not yet PUBACKed. A PUBACK frees the
+//! slot and the payload. After a reconnect rumqttc re-sends what it still
+//! holds when the broker kept our session; when the broker lost it (it was
+//! restarted without persistence) rumqttc drops those, so we hand every
+//! unacked payload over again: duplicates are allowed at QoS 1, gaps are not.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+use serde::Serialize;
+
+use super::dummy::{now_unix_nano, DummyDevice};
+use super::{
+    device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs, Reconnect, Shutdown,
+};
+use crate::mqtt::{command_topic, telemetry_topic, unique_client_id, Role};
+use crate::proto::Command;
+
+/// How long Ctrl-C waits for the PUBACKs of messages already written.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
+
+struct Entry {
+    payload: Bytes,
+    written: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PubSummary {
+    pub device_id: String,
+    pub topic: String,
+    pub qos: u8,
+    /// Distinct messages written to the broker at least once.
+    pub sent: u64,
+    /// Distinct messages the broker acknowledged (QoS 1).
+    pub acked: u64,
+    /// Written but never acknowledged.
+    pub unacked: u64,
+    /// Taken but never written (Ctrl-C or give-up while queued).
+    pub unsent: u64,
+    /// Extra writes of messages already written (after reconnects).
+    pub resent: u64,
+    pub reconnects: u64,
+    pub elapsed_s: f64,
+    /// Acknowledged (QoS 1) or sent (QoS 0) messages per second.
+    pub rate_msg_s: f64,
+    pub interrupted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+enum End {
+    Done,
+    Interrupted,
+    Failed(anyhow::Error),
+}
+
+pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!(
+                "--rate {rate}: must be a positive number of messages per second, e.g. --rate 1000"
+            );
+        }
+    }
+    if args.max_queued == 0 {
+        bail!("--max-queued 0: must be at least 1");
+    }
+    let device = device_id(&args.conn, args.device_id.as_deref())?;
+    let endpoint = args.conn.resolve(Role::Device(&device))?;
+    // A fixed client id and a kept session, so the broker resumes our packet
+    // ids after a reconnect.
+    let client_id = endpoint.client_id.clone().unwrap_or_else(|| device.clone());
+    let topic = telemetry_topic(&device);
+    let window = args.window as usize;
+    let mut opts = endpoint.mqtt_options(&client_id);
+    opts.set_clean_session(false);
+    // Twice our window: packet ids are never reused while still in flight.
+    opts.set_inflight(args.window.saturating_mul(2).max(2));
+    // The channel never holds more than our window (plus a disconnect), so
+    // handing over never waits.
+    let (client, eventloop) = AsyncClient::new(opts, window + 8);
+    tracing::info!(
+        "publishing to {topic} on {} as {client_id}",
+        endpoint.describe()
+    );
+
+    let mut p = Publisher {
+        client,
+        eventloop,
+        topic,
+        qos: qos(args.qos),
+        window,
+        max_queued: args.max_queued,
+        count: args.count,
+        rate: args.rate,
+        dummy: DummyDevice::new(&device, args.start_seq),
+        taken: 0,
+        backlog: VecDeque::new(),
+        unacked: BTreeMap::new(),
+        fifo: VecDeque::with_capacity(window),
+        slots: vec![None; args.window as usize * 2 + 2],
+        connected: false,
+        retry_at: None,
+        reconnect: Reconnect::new(&endpoint, args.reconnect_timeout),
+        sent: 0,
+        acked: 0,
+        resent: 0,
+    };
+    let started = Instant::now();
+    let end = p.run(Shutdown::install(), started).await;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let unacked = if p.qos == QoS::AtMostOnce {
+        0
+    } else {
+        p.unacked.values().filter(|e| e.written).count() as u64
+    };
+    let unsent = p.backlog.len() as u64
+        + if p.qos == QoS::AtMostOnce {
+            p.fifo.len() as u64
+        } else {
+            p.unacked.values().filter(|e| !e.written).count() as u64
+        };
+    let delivered = if p.qos == QoS::AtMostOnce {
+        p.sent
+    } else {
+        p.acked
+    };
+    let mut summary = PubSummary {
+        device_id: device.clone(),
+        topic: p.topic.clone(),
+        qos: args.qos,
+        sent: p.sent,
+        acked: p.acked,
+        unacked,
+        unsent,
+        resent: p.resent,
+        reconnects: p.reconnect.reconnects,
+        elapsed_s: (elapsed * 1000.0).round() / 1000.0,
+        rate_msg_s: if elapsed > 0.0 {
+            (delivered as f64 / elapsed * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        interrupted: matches!(end, End::Interrupted),
+        error: None,
+    };
+    if let End::Failed(e) = &end {
+        summary.error = Some(format!("{e:#}"));
+        // Nothing was ever sent: the error alone says it all.
+        if p.sent == 0 && p.taken == 0 {
+            return Err(end_error(end));
+        }
+    }
+    let qos_note = if p.qos == QoS::AtMostOnce {
+        " (QoS 0: not acknowledged)"
+    } else {
+        ""
+    };
+    crate::note!(
+        "pub telemetry {}: sent {}, acked {}{}, unacked {}, unsent {}, resent {}, {} reconnects, {:.1} msg/s over {:.2} s",
+        device,
+        summary.sent,
+        summary.acked,
+        qos_note,
+        summary.unacked,
+        summary.unsent,
+        summary.resent,
+        summary.reconnects,
+        summary.rate_msg_s,
+        elapsed
+    );
+    if args.json {
+        crate::output::print_json(&summary)?;
+    }
+    if let End::Failed(e) = end {
+        return Err(e);
+    }
+    if summary.unacked > 0 || summary.unsent > 0 {
+        crate::note!(
+            "error: {} message(s) were not acknowledged by the broker",
+            summary.unacked + summary.unsent
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn end_error(end: End) -> anyhow::Error {
+    match end {
+        End::Failed(e) => e,
+        _ => anyhow::anyhow!("unexpected end"),
+    }
+}
+
+struct Publisher {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    topic: String,
+    qos: QoS,
+    window: usize,
+    max_queued: usize,
+    count: Option<u64>,
+    rate: Option<f64>,
+    dummy: DummyDevice,
+    /// Readings taken so far (whether or not written yet).
+    taken: u64,
+    /// Readings taken on schedule but not yet handed to rumqttc.
+    backlog: VecDeque<(u64, Bytes)>,
+    unacked: BTreeMap<u64, Entry>,
+    fifo: VecDeque<u64>,
+    slots: Vec<Option<u64>>,
+    connected: bool,
+    retry_at: Option<tokio::time::Instant>,
+    reconnect: Reconnect,
+    sent: u64,
+    acked: u64,
+    resent: u64,
+}
+
+impl Publisher {
+    fn more_to_take(&self) -> bool {
+        self.count.is_none_or(|c| self.taken < c)
+    }
+
+    fn in_flight(&self) -> usize {
+        if self.qos == QoS::AtMostOnce {
+            self.fifo.len()
+        } else {
+            self.unacked.len()
+        }
+    }
+
+    fn finished(&self) -> bool {
+        !self.more_to_take() && self.backlog.is_empty() && self.in_flight() == 0
+    }
+
+    fn due(&self, start: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let rate = self.rate?;
+        Some(start + Duration::from_secs_f64(self.taken as f64 / rate))
+    }
+
+    fn take_reading(&mut self) -> (u64, Bytes) {
+        self.taken += 1;
+        self.dummy.next_payload()
+    }
+
+    /// Takes the readings that are due (rate mode), up to the queue bound.
+    fn take_due(&mut self, start: tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
+        while self.more_to_take() && self.backlog.len() < self.max_queued {
+            match self.due(start) {
+                Some(due) if due <= now => {
+                    let r = self.take_reading();
+                    self.backlog.push_back(r);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    async fn hand_over(&mut self, seq: u64, payload: Bytes) -> Result<()> {
+        self.client
+            .publish_bytes(self.topic.clone(), self.qos, false, payload.clone())
+            .await
+            .context("handing a message to the MQTT event loop")?;
+        self.fifo.push_back(seq);
+        if self.qos != QoS::AtMostOnce {
+            self.unacked.insert(
+                seq,
+                Entry {
+                    payload,
+                    written: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Hands messages to rumqttc while connected and the window has room.
+    async fn fill_window(&mut self) -> Result<()> {
+        while self.connected && self.in_flight() < self.window {
+            let (seq, payload) = if let Some(r) = self.backlog.pop_front() {
+                r
+            } else if self.rate.is_none() && self.more_to_take() {
+                self.take_reading()
+            } else {
+                break;
+            };
+            self.hand_over(seq, payload).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, mut shutdown: Shutdown, started: Instant) -> End {
+        let start = tokio::time::Instant::from_std(started);
+        let mut stop_deadline: Option<tokio::time::Instant> = None;
+        let end = loop {
+            if stop_deadline.is_none() {
+                if self.rate.is_some() {
+                    self.take_due(start);
+                }
+                if let Err(e) = self.fill_window().await {
+                    break End::Failed(e);
+                }
+            }
+            if self.finished() || (stop_deadline.is_some() && self.in_flight() == 0) {
+                break if stop_deadline.is_some() {
+                    End::Interrupted
+                } else {
+                    End::Done
+                };
+            }
+            // Only wake for the rate schedule while connected: cancelling a
+            // poll that is in the middle of a TLS handshake would never let
+            // it finish. While waiting to retry, our own sleep is cancelled.
+            let next_due = if stop_deadline.is_none()
+                && self.more_to_take()
+                && self.backlog.len() < self.max_queued
+                && (self.connected || self.retry_at.is_some())
+            {
+                self.due(start)
+            } else {
+                None
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.wait(), if stop_deadline.is_none() => {
+                    crate::note!("stopping: waiting up to {} s for outstanding acknowledgements", DRAIN_ON_STOP.as_secs());
+                    stop_deadline = Some(tokio::time::Instant::now() + DRAIN_ON_STOP);
+                    if !self.connected { break End::Interrupted; }
+                }
+                _ = tokio::time::sleep_until(stop_deadline.unwrap_or_else(far_future)), if stop_deadline.is_some() => {
+                    break End::Interrupted;
+                }
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(far_future)), if next_due.is_some() => {}
+                _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(far_future)), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                }
+                ev = self.eventloop.poll(), if self.retry_at.is_none() => {
+                    if let Err(e) = self.on_event(ev).await {
+                        break End::Failed(e);
+                    }
+                }
+            }
+        };
+        if self.connected {
+            disconnect(&self.client, &mut self.eventloop).await;
+        }
+        end
+    }
+
+    async fn on_event(&mut self, ev: Result<Event, rumqttc::ConnectionError>) -> Result<()> {
+        match ev {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                self.reconnect.connected();
+                self.connected = true;
+                if !ack.session_present {
+                    self.session_lost().await?;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => self.written(pkid),
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                if let Some(seq) = self.slots.get_mut(ack.pkid as usize).and_then(Option::take) {
+                    if self.unacked.remove(&seq).is_some() {
+                        self.acked += 1;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.connected = false;
+                let delay = self.reconnect.failed(e)?;
+                self.retry_at = Some(tokio::time::Instant::now() + delay);
+            }
+        }
+        Ok(())
+    }
+
+    fn written(&mut self, pkid: u16) {
+        if self.qos == QoS::AtMostOnce {
+            if self.fifo.pop_front().is_some() {
+                self.sent += 1;
+            }
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(pkid as usize) else {
+            return;
+        };
+        if slot.is_some() {
+            // rumqttc re-sending what the resumed session still owed.
+            self.resent += 1;
+            return;
+        }
+        let Some(seq) = self.fifo.pop_front() else {
+            return;
+        };
+        *slot = Some(seq);
+        if let Some(e) = self.unacked.get_mut(&seq) {
+            if e.written {
+                self.resent += 1;
+            } else {
+                e.written = true;
+                self.sent += 1;
+            }
+        }
+    }
+
+    /// The broker has no session for us: rumqttc dropped what it held.
+    async fn session_lost(&mut self) -> Result<()> {
+        self.slots.fill(None);
+        self.fifo.clear();
+        if self.qos == QoS::AtMostOnce || self.unacked.is_empty() {
+            return Ok(());
+        }
+        let again: Vec<(u64, Bytes)> = self
+            .unacked
+            .iter()
+            .map(|(s, e)| (*s, e.payload.clone()))
+            .collect();
+        crate::note!(
+            "the broker kept no session; re-sending {} unacknowledged message(s)",
+            again.len()
+        );
+        for (seq, payload) in again {
+            self.client
+                .publish_bytes(self.topic.clone(), self.qos, false, payload)
+                .await
+                .context("handing a message to the MQTT event loop")?;
+            self.fifo.push_back(seq);
+        }
+        Ok(())
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Sends DISCONNECT after what is queued and waits (briefly) until it is written.
+pub(crate) async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+#[derive(Serialize)]
+struct SentCommand<'a> {
+    topic: &'a str,
+    id: &'a str,
+    device_id: &'a str,
+    name: &'a str,
+    params: &'a BTreeMap<String, String>,
+    time_unix_nano: u64,
+}
+
+pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
+    validate_device_id(&args.device_id)?;
+    if args.name.is_empty() {
+        bail!("--name: must not be empty; e.g. --name reboot");
+    }
+    let endpoint = args.conn.resolve(Role::Server)?;
+    let client_id = endpoint
+        .client_id
+        .clone()
+        .unwrap_or_else(|| unique_client_id("mqttkit-cmd"));
+    let topic = command_topic(&args.device_id);
+    let cmd = Command {
+        id: super::new_uuid(),
+        device_id: args.device_id.clone(),
+        name: args.name.clone(),
+        params: args.params.iter().cloned().collect(),
+        time_unix_nano: now_unix_nano(),
+    };
+    let payload = Bytes::from(cmd.encode_to_vec());
+    let q = qos(args.qos);
+    let (client, mut eventloop) = AsyncClient::new(endpoint.mqtt_options(&client_id), 8);
+    client
+        .publish_bytes(topic.clone(), q, false, payload)
+        .await
+        .context("handing the command to the MQTT event loop")?;
+    let mut shutdown = Shutdown::install();
+    let describe = endpoint.describe();
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => bail!("interrupted before the broker acknowledged the command"),
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Incoming::PubAck(_))) if q == QoS::AtLeastOnce => return Ok(()),
+                    Ok(Event::Outgoing(Outgoing::Publish(_))) if q == QoS::AtMostOnce => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => bail!("{}", super::describe_connect_error(&describe, &e)),
+                }
+            }
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            bail!("no acknowledgement from {describe} within 30 s for the command to {topic}")
+        }
+    }
+    disconnect(&client, &mut eventloop).await;
+    crate::note!("sent command '{}' (id {}) to {}", cmd.name, cmd.id, topic);
+    if args.json {
+        crate::output::print_json(&SentCommand {
+            topic: &topic,
+            id: &cmd.id,
+            device_id: &cmd.device_id,
+            name: &cmd.name,
+            params: &cmd.params,
+            time_unix_nano: cmd.time_unix_nano,
+        })?;
+    } else {
+        crate::output::print_stdout(&format!("{}\n", cmd.id))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

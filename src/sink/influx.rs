@@ -1,0 +1,359 @@
+//! InfluxDB line protocol over HTTP: the v1 `/write?db=` API (InfluxDB 1.x,
+//! and the compatibility API of InfluxDB 2 and Timestream for InfluxDB), or
+//! v2 `/api/v2/write` when the URL names an org. One point per message:
+//! measurement `telemetry`, tag `device_id`, the device's time in ns; a
+//! redelivery has the same series and time, so it overwrites itself.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use reqwest::{Client, RequestBuilder, StatusCode, Url};
+
+use super::{gaps_of, DeviceStats, TelemetryRow, Written};
+
+/// The environment variable holding an InfluxDB API token.
+pub const TOKEN_ENV: &str = "INFLUX_TOKEN";
+const MEASUREMENT: &str = "telemetry";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfluxTarget {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// v1 database, or v2 bucket when `org` is set.
+    pub db: String,
+    pub org: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl InfluxTarget {
+    /// Parses what follows `influx:` / `influxs:`: `//[USER:PASS@]HOST:PORT/DB[?org=ORG]`.
+    pub fn parse(tls: bool, rest: &str) -> Result<Self, String> {
+        let scheme = if tls { "https" } else { "http" };
+        let url = Url::parse(&format!("{scheme}:{rest}"))
+            .map_err(|e| format!("not a URL ({e}); expected influx://HOST:PORT/DB"))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("no host; expected influx://HOST:PORT/DB")?
+            .to_string();
+        let port = url.port().unwrap_or(8086);
+        let db = url.path().trim_matches('/').to_string();
+        if db.is_empty() || db.contains('/') {
+            return Err("expected one database (or bucket) name: influx://HOST:PORT/DB".into());
+        }
+        let org = url
+            .query_pairs()
+            .find(|(k, _)| k == "org")
+            .map(|(_, v)| v.into_owned());
+        let user = (!url.username().is_empty()).then(|| url.username().to_string());
+        Ok(InfluxTarget {
+            tls,
+            host,
+            port,
+            db,
+            org,
+            user,
+            password: url.password().map(str::to_string),
+        })
+    }
+
+    fn base(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}", self.port)
+    }
+
+    fn describe(&self) -> String {
+        let scheme = if self.tls { "influxs" } else { "influx" };
+        format!("--sink {scheme}://{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
+pub struct InfluxStore {
+    target: InfluxTarget,
+    http: Client,
+    token: Option<String>,
+}
+
+impl InfluxStore {
+    pub async fn open(target: &InfluxTarget) -> Result<Self> {
+        let http = Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        if target.org.is_some() && token.is_none() {
+            bail!(
+                "{}?org=...: the v2 API needs a token; set {TOKEN_ENV}",
+                target.describe()
+            );
+        }
+        let store = InfluxStore {
+            target: target.clone(),
+            http,
+            token,
+        };
+        let ping = store
+            .auth(store.http.get(format!("{}/ping", target.base())))
+            .send()
+            .await
+            .with_context(|| format!("{}: cannot reach InfluxDB", target.describe()))?;
+        if !ping.status().is_success() {
+            bail!(
+                "{}: /ping answered {}; is this InfluxDB?",
+                target.describe(),
+                ping.status()
+            );
+        }
+        if target.org.is_none() {
+            // v1: create the database (a no-op when it exists). Without the
+            // rights to, go on: the first write tells whether it exists.
+            let q = format!("CREATE DATABASE \"{}\"", target.db.replace('"', "\\\""));
+            let mut url = Url::parse(&format!("{}/query", target.base()))?;
+            url.query_pairs_mut().append_pair("q", &q);
+            let resp = store.auth(store.http.post(url)).send().await?;
+            if !resp.status().is_success() {
+                tracing::warn!(
+                    "{}: could not create the database ({}); writing anyway",
+                    target.describe(),
+                    resp.status()
+                );
+            }
+        }
+        Ok(store)
+    }
+
+    fn auth(&self, req: RequestBuilder) -> RequestBuilder {
+        if let Some(t) = &self.token {
+            req.header("Authorization", format!("Token {t}"))
+        } else if let Some(u) = &self.target.user {
+            req.basic_auth(u, self.target.password.as_ref())
+        } else {
+            req
+        }
+    }
+
+    fn write_url(&self) -> Result<Url> {
+        let t = &self.target;
+        let mut url = match &t.org {
+            Some(org) => {
+                let mut u = Url::parse(&format!("{}/api/v2/write", t.base()))?;
+                u.query_pairs_mut()
+                    .append_pair("org", org)
+                    .append_pair("bucket", &t.db);
+                u
+            }
+            None => {
+                let mut u = Url::parse(&format!("{}/write", t.base()))?;
+                u.query_pairs_mut().append_pair("db", &t.db);
+                u
+            }
+        };
+        url.query_pairs_mut().append_pair("precision", "ns");
+        Ok(url)
+    }
+
+    pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
+        let mut body = String::with_capacity(rows.len() * 200);
+        for r in rows {
+            line(&mut body, r);
+        }
+        let resp = self
+            .auth(self.http.post(self.write_url()?))
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("{}: write failed", self.target.describe()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            bail!(
+                "{}: write answered {status}: {}",
+                self.target.describe(),
+                text.trim()
+            );
+        }
+        Ok(Written {
+            stored: rows.len(),
+            duplicates: 0,
+            rejected: 0,
+        })
+    }
+
+    /// Runs InfluxQL statements through `/query` (v1, or v2's v1-compatible API).
+    async fn query(&self, q: &str) -> Result<serde_json::Value> {
+        let mut url = Url::parse(&format!("{}/query", self.target.base()))?;
+        url.query_pairs_mut()
+            .append_pair("db", &self.target.db)
+            .append_pair("epoch", "ns")
+            .append_pair("q", q);
+        let resp = self.auth(self.http.get(url)).send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if status != StatusCode::OK {
+            bail!(
+                "{}: query answered {status}: {}",
+                self.target.describe(),
+                text.trim()
+            );
+        }
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: query answer is not JSON", self.target.describe()))?;
+        if let Some(err) = v["results"]
+            .as_array()
+            .and_then(|rs| rs.iter().find_map(|r| r["error"].as_str()))
+        {
+            bail!("{}: query failed: {err}", self.target.describe());
+        }
+        Ok(v)
+    }
+
+    pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
+        let v = self
+            .query(&format!(
+                "SELECT count(seq), min(seq), max(seq) FROM {MEASUREMENT} GROUP BY device_id; \
+                 SELECT first(seq) FROM {MEASUREMENT} GROUP BY device_id; \
+                 SELECT last(seq) FROM {MEASUREMENT} GROUP BY device_id"
+            ))
+            .await?;
+        let series = |i: usize| {
+            v["results"][i]["series"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut devices: Vec<DeviceStats> = Vec::new();
+        for s in series(0) {
+            let vals = &s["values"][0];
+            let rows = vals[1].as_u64().unwrap_or(0);
+            let last_seq = vals[3].as_i64().unwrap_or(-1);
+            devices.push(DeviceStats {
+                device_id: s["tags"]["device_id"].as_str().unwrap_or("").to_string(),
+                rows,
+                first_seq: vals[2].as_i64().unwrap_or(0),
+                last_seq,
+                first_time_unix_nano: 0,
+                last_time_unix_nano: 0,
+                missing: ((last_seq + 1).max(0) as u64).saturating_sub(rows),
+                gaps: Vec::new(),
+            });
+        }
+        for (i, first) in [(1, true), (2, false)] {
+            for s in series(i) {
+                let dev = s["tags"]["device_id"].as_str().unwrap_or("");
+                let t = s["values"][0][0].as_i64().unwrap_or(0);
+                if let Some(d) = devices.iter_mut().find(|d| d.device_id == dev) {
+                    if first {
+                        d.first_time_unix_nano = t;
+                    } else {
+                        d.last_time_unix_nano = t;
+                    }
+                }
+            }
+        }
+        for d in &mut devices {
+            if d.missing > 0 {
+                let q = format!(
+                    "SELECT seq FROM {MEASUREMENT} WHERE device_id = '{}'",
+                    d.device_id.replace('\\', "\\\\").replace('\'', "\\'")
+                );
+                let v = self.query(&q).await?;
+                let mut seqs: Vec<i64> = v["results"][0]["series"][0]["values"]
+                    .as_array()
+                    .map(|vals| vals.iter().filter_map(|r| r[1].as_i64()).collect())
+                    .unwrap_or_default();
+                seqs.sort_unstable();
+                seqs.dedup();
+                d.gaps = gaps_of(seqs);
+            }
+        }
+        devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        Ok(devices)
+    }
+}
+
+/// Appends one line of line protocol for `r`.
+pub fn line(out: &mut String, r: &TelemetryRow) {
+    use std::fmt::Write;
+    out.push_str(MEASUREMENT);
+    out.push_str(",device_id=");
+    for c in r.device_id.chars() {
+        if matches!(c, ',' | '=' | ' ' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    let _ = write!(
+        out,
+        " seq={}i,received_unix_nano={}i,rssi_dbm={}i",
+        r.seq, r.received_unix_nano, r.rssi_dbm
+    );
+    // Line protocol has no NaN or infinity: such a reading is left out.
+    for (name, v) in [
+        ("temperature_c", r.temperature_c),
+        ("humidity_pct", r.humidity_pct),
+        ("pressure_hpa", r.pressure_hpa),
+        ("battery_v", r.battery_v),
+    ] {
+        if v.is_finite() {
+            let _ = write!(out, ",{name}={v:?}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        ",status=\"{}\" {}",
+        r.status.replace('\\', "\\\\").replace('"', "\\\""),
+        r.time_unix_nano
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = InfluxTarget::parse(false, "//127.0.0.1:8087/tele").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.db.as_str()),
+            ("127.0.0.1", 8087, "tele")
+        );
+        assert_eq!(t.org, None);
+        let t = InfluxTarget::parse(true, "//u:p@influx.example/bucket?org=acme").unwrap();
+        assert_eq!(
+            (t.port, t.org.as_deref(), t.user.as_deref()),
+            (8086, Some("acme"), Some("u"))
+        );
+        assert!(InfluxTarget::parse(false, "//h:1/").is_err());
+    }
+
+    #[test]
+    fn line_protocol() {
+        let r = TelemetryRow {
+            device_id: "dev 1".into(),
+            seq: 3,
+            time_unix_nano: 1_700_000_000_000_000_000,
+            received_unix_nano: 1_700_000_000_000_000_500,
+            temperature_c: 20.0,
+            humidity_pct: f64::NAN,
+            pressure_hpa: 1013.25,
+            battery_v: 3.7,
+            rssi_dbm: -60,
+            status: "OK".into(),
+        };
+        let mut s = String::new();
+        line(&mut s, &r);
+        assert_eq!(
+            s,
+            "telemetry,device_id=dev\\ 1 seq=3i,received_unix_nano=1700000000000000500i,rssi_dbm=-60i,\
+             temperature_c=20.0,pressure_hpa=1013.25,battery_v=3.7,status=\"OK\" 1700000000000000000\n"
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! The telemetry sink: `sub telemetry --sink URL` stores every decoded
+//! [`Telemetry`] in SQLite, PostgreSQL, InfluxDB or Amazon Timestream, and
+//! `sink stats URL` tells what arrived.
+//!
+//! Delivery is at-least-once into the store (a message is acknowledged to the
+//! broker only after the batch holding it is committed) and rows are keyed by
+//! (device_id, seq), so a redelivered message never becomes a second row.
+
+mod influx;
+mod postgres;
+mod sqlite;
+pub mod subscriber;
+mod timestream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::proto::Telemetry;
+
+pub use subscriber::run_subscriber;
+
+/// The schemes `--sink` accepts, for error messages and help.
+pub const ACCEPTED: &str =
+    "sqlite:PATH, postgres://USER@HOST:PORT/DB, influx://HOST:PORT/DB (influxs:// for TLS), timestream://DATABASE/TABLE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("--sink {url}: {what}; accepted: {ACCEPTED}")]
+    BadUrl { url: String, what: String },
+}
+
+/// Where telemetry is stored, parsed from `--sink URL`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkUrl {
+    Sqlite(PathBuf),
+    /// A libpq-style URL, passed to tokio-postgres as is.
+    Postgres(String),
+    Influx(influx::InfluxTarget),
+    Timestream {
+        database: String,
+        table: String,
+    },
+}
+
+impl std::str::FromStr for SinkUrl {
+    type Err = SinkError;
+
+    fn from_str(url: &str) -> Result<Self, SinkError> {
+        let bad = |what: &str| SinkError::BadUrl {
+            url: redact(url),
+            what: what.to_string(),
+        };
+        let (scheme, rest) = url
+            .split_once(':')
+            .ok_or_else(|| bad("no scheme (like sqlite:PATH)"))?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => {
+                // Accept sqlite:PATH, sqlite://PATH and sqlite:///ABS/PATH.
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                if path.is_empty() {
+                    return Err(bad("no file path after sqlite:"));
+                }
+                Ok(SinkUrl::Sqlite(PathBuf::from(path)))
+            }
+            "postgres" | "postgresql" => {
+                if !rest.starts_with("//") {
+                    return Err(bad("expected postgres://USER@HOST:PORT/DB"));
+                }
+                Ok(SinkUrl::Postgres(url.to_string()))
+            }
+            "influx" | "influxs" => influx::InfluxTarget::parse(scheme == "influxs", rest)
+                .map(SinkUrl::Influx)
+                .map_err(|what| bad(&what)),
+            "timestream" => {
+                let rest = rest
+                    .strip_prefix("//")
+                    .ok_or_else(|| bad("expected timestream://DATABASE/TABLE"))?;
+                match rest.split_once('/') {
+                    Some((db, table))
+                        if !db.is_empty() && !table.is_empty() && !table.contains('/') =>
+                    {
+                        Ok(SinkUrl::Timestream {
+                            database: db.to_string(),
+                            table: table.to_string(),
+                        })
+                    }
+                    _ => Err(bad("expected timestream://DATABASE/TABLE")),
+                }
+            }
+            other => Err(bad(&format!("unknown scheme '{other}'"))),
+        }
+    }
+}
+
+/// The URL without a password, for messages.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+/// One stored message: who, which, when, and every measurement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetryRow {
+    pub device_id: String,
+    pub seq: i64,
+    /// The device's timestamp (send time), ns since the Unix epoch.
+    pub time_unix_nano: i64,
+    /// When the sink received the message, ns since the Unix epoch.
+    pub received_unix_nano: i64,
+    pub temperature_c: f64,
+    pub humidity_pct: f64,
+    pub pressure_hpa: f64,
+    pub battery_v: f64,
+    pub rssi_dbm: i32,
+    /// The status name without its prefix: OK, WARNING, ERROR or UNSPECIFIED.
+    pub status: String,
+}
+
+impl TelemetryRow {
+    /// A row for `t` received on `topic_device`'s topic. The topic names the
+    /// device (the broker's ACLs vouch for it); the payload's id is a fallback.
+    pub fn from_telemetry(
+        t: &Telemetry,
+        topic_device: Option<&str>,
+        received_unix_nano: i64,
+    ) -> Result<Self, String> {
+        let device_id = match topic_device {
+            Some(d) if !d.is_empty() => d.to_string(),
+            _ if !t.device_id.is_empty() => t.device_id.clone(),
+            _ => return Err("no device id in topic or payload".into()),
+        };
+        let seq = i64::try_from(t.seq).map_err(|_| format!("seq {} out of range", t.seq))?;
+        let time_unix_nano = i64::try_from(t.time_unix_nano)
+            .map_err(|_| format!("time_unix_nano {} out of range", t.time_unix_nano))?;
+        let status = crate::proto::v1::telemetry::Status::try_from(t.status)
+            .map(|s| s.as_str_name().trim_start_matches("STATUS_").to_string())
+            .unwrap_or_else(|_| t.status.to_string());
+        Ok(TelemetryRow {
+            device_id,
+            seq,
+            time_unix_nano,
+            received_unix_nano,
+            temperature_c: t.temperature_c,
+            humidity_pct: t.humidity_pct,
+            pressure_hpa: t.pressure_hpa,
+            battery_v: t.battery_v,
+            rssi_dbm: t.rssi_dbm,
+            status,
+        })
+    }
+}
+
+pub fn now_unix_nano() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// What arrived for one device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceStats {
+    pub device_id: String,
+    pub rows: u64,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// Device timestamps (ns since the Unix epoch) of the earliest and latest rows.
+    pub first_time_unix_nano: i64,
+    pub last_time_unix_nano: i64,
+    /// Seq values missing between 0 and last_seq.
+    pub missing: u64,
+    /// Missing seq ranges, inclusive, at most [`MAX_GAPS`] of them.
+    pub gaps: Vec<[i64; 2]>,
+}
+
+pub const MAX_GAPS: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    pub sink: String,
+    pub rows: u64,
+    pub devices: Vec<DeviceStats>,
+}
+
+/// Gap ranges from ascending, distinct seq values; seq starts at 0 by contract.
+pub fn gaps_of(seqs: impl IntoIterator<Item = i64>) -> Vec<[i64; 2]> {
+    let mut gaps = Vec::new();
+    let mut expect = 0i64;
+    for s in seqs {
+        if s > expect && gaps.len() < MAX_GAPS {
+            gaps.push([expect, s - 1]);
+        }
+        expect = expect.max(s + 1);
+    }
+    gaps
+}
+
+/// An open store with its schema in place.
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+    Influx(influx::InfluxStore),
+    Timestream(timestream::TimestreamStore),
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    /// Rows the store took (new or already present).
+    pub stored: usize,
+    /// Of those, rows already present (a redelivery), when the store can tell.
+    pub duplicates: usize,
+    /// Rows the store refused for good (reported on stderr); still acknowledged.
+    pub rejected: usize,
+}
+
+impl Store {
+    /// Connects and creates the schema; fails when the store is unusable.
+    pub async fn open(url: &SinkUrl) -> Result<Store> {
+        Ok(match url {
+            SinkUrl::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::open(path).await?),
+            SinkUrl::Postgres(u) => Store::Postgres(postgres::PgStore::open(u).await?),
+            SinkUrl::Influx(t) => Store::Influx(influx::InfluxStore::open(t).await?),
+            SinkUrl::Timestream { database, table } => {
+                Store::Timestream(timestream::TimestreamStore::open(database, table).await?)
+            }
+        })
+    }
+
+    /// Commits `rows` idempotently: a row already stored is left as it is.
+    pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
+        if rows.is_empty() {
+            return Ok(Written::default());
+        }
+        match self {
+            Store::Sqlite(s) => s.write_batch(rows).await,
+            Store::Postgres(s) => s.write_batch(rows).await,
+            Store::Influx(s) => s.write_batch(rows).await,
+            Store::Timestream(s) => s.write_batch(rows).await,
+        }
+    }
+
+    pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
+        match self {
+            Store::Sqlite(s) => s.stats().await,
+            Store::Postgres(s) => s.stats().await,
+            Store::Influx(s) => s.stats().await,
+            Store::Timestream(s) => s.stats().await,
+        }
+    }
+}
+
+/// `--sink` and its batching knobs, flattened into `sub telemetry`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct SinkOptions {
+    /// Store every message: sqlite:PATH, postgres://USER@HOST:PORT/DB,
+    /// influx://HOST:PORT/DB (or /BUCKET?org=ORG for the v2 API, token in
+    /// INFLUX_TOKEN), timestream://DATABASE/TABLE. Messages are acknowledged
+    /// only once stored.
+    #[arg(long, value_name = "URL")]
+    pub sink: Option<String>,
+    /// With --sink: most rows per commit; keep it at most half the broker's
+    /// max_inflight_messages (1000 for `broker up`) so delivery never stalls.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// With --sink: longest a received message waits before its batch is committed, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub batch_ms: u64,
+}
+
+impl SinkOptions {
+    pub fn is_some(&self) -> bool {
+        self.sink.is_some()
+    }
+}
+
+/// `mqttkit sink ...`
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    #[command(subcommand)]
+    pub command: SinkCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Rows per device, first and last timestamps, and gaps in seq.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The store, as given to `sub telemetry --sink`.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: SinkArgs) -> Result<ExitCode> {
+    match args.command {
+        SinkCommand::Stats(a) => stats(a).await,
+    }
+}
+
+async fn stats(args: StatsArgs) -> Result<ExitCode> {
+    let url: SinkUrl = args.url.parse()?;
+    let mut store = Store::open_existing(&url).await?;
+    let devices = store.stats().await?;
+    let stats = Stats {
+        sink: redact(&args.url),
+        rows: devices.iter().map(|d| d.rows).sum(),
+        devices,
+    };
+    if args.json {
+        crate::output::print_json(&stats)?;
+    } else {
+        crate::output::print_stdout(&render_stats(&stats))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Store {
+    /// Like [`Store::open`], but SQLite must already exist: stats of a typo'd
+    /// path should not create an empty database.
+    async fn open_existing(url: &SinkUrl) -> Result<Store> {
+        if let SinkUrl::Sqlite(path) = url {
+            if !path.exists() {
+                anyhow::bail!(
+                    "sink stats: {} does not exist; give the path used with `sub telemetry --sink`",
+                    path.display()
+                );
+            }
+        }
+        Store::open(url).await
+    }
+}
+
+fn fmt_time(ns: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128);
+    match t {
+        Ok(t) => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| ns.to_string()),
+        Err(_) => ns.to_string(),
+    }
+}
+
+pub fn render_stats(s: &Stats) -> String {
+    let mut out = format!("{}: {} rows, {} devices\n", s.sink, s.rows, s.devices.len());
+    if s.devices.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<24} {:>10} {:>10} {:>10} {:>9}  {:<32} {:<32}\n",
+        "DEVICE", "ROWS", "FIRST_SEQ", "LAST_SEQ", "MISSING", "FIRST", "LAST"
+    ));
+    for d in &s.devices {
+        out.push_str(&format!(
+            "{:<24} {:>10} {:>10} {:>10} {:>9}  {:<32} {:<32}\n",
+            d.device_id,
+            d.rows,
+            d.first_seq,
+            d.last_seq,
+            d.missing,
+            fmt_time(d.first_time_unix_nano),
+            fmt_time(d.last_time_unix_nano)
+        ));
+        if !d.gaps.is_empty() {
+            let list: Vec<String> = d
+                .gaps
+                .iter()
+                .map(|[a, b]| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}..{b}")
+                    }
+                })
+                .collect();
+            out.push_str(&format!("  gaps: {}\n", list.join(", ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(
+            "sqlite:data/t.db".parse::<SinkUrl>().unwrap(),
+            SinkUrl::Sqlite("data/t.db".into())
+        );
+        assert_eq!(
+            "sqlite:///tmp/t.db".parse::<SinkUrl>().unwrap(),
+            SinkUrl::Sqlite("/tmp/t.db".into())
+        );
+        assert!(matches!(
+            "postgresql://u@127.0.0.1:5432/db"
+                .parse::<SinkUrl>()
+                .unwrap(),
+            SinkUrl::Postgres(_)
+        ));
+        assert_eq!(
+            "timestream://db/tbl".parse::<SinkUrl>().unwrap(),
+            SinkUrl::Timestream {
+                database: "db".into(),
+                table: "tbl".into()
+            }
+        );
+        assert!("timestream://db".parse::<SinkUrl>().is_err());
+        assert!("sqlite:".parse::<SinkUrl>().is_err());
+    }
+
+    #[test]
+    fn unknown_scheme_names_flag_and_schemes() {
+        let e = "mysql://u:secret@h/db"
+            .parse::<SinkUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--sink mysql://u:***@h/db: unknown scheme 'mysql'"),
+            "{e}"
+        );
+        assert!(
+            e.contains("sqlite:PATH") && e.contains("timestream://"),
+            "{e}"
+        );
+        assert!(!e.contains('\n') && !e.contains("secret"));
+    }
+
+    #[test]
+    fn gaps() {
+        assert_eq!(gaps_of([0, 1, 2]), Vec::<[i64; 2]>::new());
+        assert_eq!(gaps_of([2, 3, 7]), vec![[0, 1], [4, 6]]);
+    }
+
+    #[test]
+    fn row_from_telemetry() {
+        let t = Telemetry {
+            device_id: "payload-id".into(),
+            seq: 7,
+            time_unix_nano: 1_700_000_000_000_000_001,
+            temperature_c: 21.5,
+            rssi_dbm: -60,
+            status: 2,
+            ..Default::default()
+        };
+        let r = TelemetryRow::from_telemetry(&t, Some("d1"), 5).unwrap();
+        assert_eq!(
+            (r.device_id.as_str(), r.seq, r.status.as_str()),
+            ("d1", 7, "WARNING")
+        );
+        let r = TelemetryRow::from_telemetry(&t, None, 5).unwrap();
+        assert_eq!(r.device_id, "payload-id");
+        let big = Telemetry { seq: u64::MAX, ..t };
+        assert!(TelemetryRow::from_telemetry(&big, Some("d1"), 5).is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! Amazon Timestream for LiveAnalytics via aws-sdk-timestreamwrite: one
+//! multi-measure record per message, dimension `device_id`, the device's time
+//! in ns. Region, credentials and endpoint (`AWS_ENDPOINT_URL`) come from
+//! aws-config.
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, Record, TimeUnit};
+use aws_sdk_timestreamwrite::Client;
+
+use super::{DeviceStats, TelemetryRow, Written};
+
+/// WriteRecords takes at most 100 records per call.
+pub const MAX_RECORDS_PER_WRITE: usize = 100;
+const MEASURE_NAME: &str = "telemetry";
+/// Every write uses the same version, so a redelivered message either
+/// matches the stored record or is refused as already there.
+const VERSION: i64 = 1;
+
+pub struct TimestreamStore {
+    client: Client,
+    database: String,
+    table: String,
+    /// Keeps the endpoint-discovery reloader alive.
+    _reloader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TimestreamStore {
+    fn drop(&mut self) {
+        if let Some(h) = &self._reloader {
+            h.abort();
+        }
+    }
+}
+
+fn describe(database: &str, table: &str) -> String {
+    format!("--sink timestream://{database}/{table}")
+}
+
+impl TimestreamStore {
+    pub async fn open(database: &str, table: &str) -> Result<Self> {
+        let what = describe(database, table);
+        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        if conf.region().is_none() {
+            bail!("{what}: no AWS region; set AWS_REGION or a region in ~/.aws/config");
+        }
+        let base = Client::new(&conf);
+        // Real Timestream needs endpoint discovery; an explicit endpoint
+        // (AWS_ENDPOINT_URL, e.g. a local emulator) is used as given.
+        let (client, reloader) = if conf.endpoint_url().is_some() {
+            (base, None)
+        } else {
+            let (c, r) = base
+                .with_endpoint_discovery_enabled()
+                .await
+                .map_err(|e| anyhow::anyhow!("{what}: endpoint discovery failed: {e}"))?;
+            (c, Some(tokio::spawn(r.reload_task())))
+        };
+        let store = TimestreamStore {
+            client,
+            database: database.to_string(),
+            table: table.to_string(),
+            _reloader: reloader,
+        };
+        store.ensure_table().await.with_context(|| what.clone())?;
+        Ok(store)
+    }
+
+    /// Creates the database and table when they are missing.
+    async fn ensure_table(&self) -> Result<()> {
+        let found = self
+            .client
+            .describe_database()
+            .database_name(&self.database)
+            .send()
+            .await;
+        match found {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                tracing::info!("creating Timestream database {}", self.database);
+                self.client
+                    .create_database()
+                    .database_name(&self.database)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("creating the database", e))?;
+            }
+            Err(e) => return Err(sdk_error("cannot reach Timestream", e)),
+        }
+        let found = self
+            .client
+            .describe_table()
+            .database_name(&self.database)
+            .table_name(&self.table)
+            .send()
+            .await;
+        match found {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                tracing::info!("creating Timestream table {}", self.table);
+                self.client
+                    .create_table()
+                    .database_name(&self.database)
+                    .table_name(&self.table)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("creating the table", e))?;
+                Ok(())
+            }
+            Err(e) => Err(sdk_error("describing the table", e)),
+        }
+    }
+
+    pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
+        let mut written = Written::default();
+        for chunk in rows.chunks(MAX_RECORDS_PER_WRITE) {
+            let records = chunk.iter().map(record).collect::<Result<Vec<_>>>()?;
+            let res = self
+                .client
+                .write_records()
+                .database_name(&self.database)
+                .table_name(&self.table)
+                .set_records(Some(records))
+                .send()
+                .await;
+            match res {
+                Ok(_) => written.stored += chunk.len(),
+                Err(e) => {
+                    let Some(rej) = e
+                        .as_service_error()
+                        .filter(|s| s.is_rejected_records_exception())
+                    else {
+                        return Err(sdk_error("WriteRecords failed", e));
+                    };
+                    let list = match rej {
+                        aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError::RejectedRecordsException(r) => r.rejected_records().to_vec(),
+                        _ => Vec::new(),
+                    };
+                    let mut refused = 0;
+                    for r in &list {
+                        let row = usize::try_from(r.record_index())
+                            .ok()
+                            .and_then(|i| chunk.get(i));
+                        // Same version already stored: this row arrived before.
+                        if r.existing_version().is_some() {
+                            written.duplicates += 1;
+                            continue;
+                        }
+                        refused += 1;
+                        eprintln!(
+                            "warning: Timestream rejected {}: {}",
+                            row.map(|r| format!("{} seq {}", r.device_id, r.seq))
+                                .unwrap_or_else(|| format!("record {}", r.record_index())),
+                            r.reason().unwrap_or("no reason given")
+                        );
+                    }
+                    written.rejected += refused;
+                    written.stored += chunk.len() - refused;
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
+        bail!(
+            "sink stats: reading back from Timestream needs the Timestream Query API, which mqttkit does not use; query it with e.g. SELECT device_id, count(*), min(seq), max(seq) FROM \"{}\".\"{}\" GROUP BY device_id",
+            self.database,
+            self.table
+        )
+    }
+}
+
+fn sdk_error<E, R>(what: &str, e: aws_sdk_timestreamwrite::error::SdkError<E, R>) -> anyhow::Error
+where
+    E: aws_sdk_timestreamwrite::error::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let detail = match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("error"),
+            s.message().unwrap_or("no message")
+        ),
+        None => aws_sdk_timestreamwrite::error::DisplayErrorContext(&e).to_string(),
+    };
+    anyhow::anyhow!("{what}: {detail}")
+}
+
+/// One multi-measure record for `r`; non-finite readings are left out.
+pub fn record(r: &TelemetryRow) -> Result<Record> {
+    let mv = |name: &str, value: String, t: MeasureValueType| {
+        MeasureValue::builder()
+            .name(name)
+            .value(value)
+            .r#type(t)
+            .build()
+    };
+    let mut measures = vec![
+        mv("seq", r.seq.to_string(), MeasureValueType::Bigint)?,
+        mv(
+            "received_unix_nano",
+            r.received_unix_nano.to_string(),
+            MeasureValueType::Bigint,
+        )?,
+        mv("rssi_dbm", r.rssi_dbm.to_string(), MeasureValueType::Bigint)?,
+        mv("status", r.status.clone(), MeasureValueType::Varchar)?,
+    ];
+    for (name, v) in [
+        ("temperature_c", r.temperature_c),
+        ("humidity_pct", r.humidity_pct),
+        ("pressure_hpa", r.pressure_hpa),
+        ("battery_v", r.battery_v),
+    ] {
+        if v.is_finite() {
+            measures.push(mv(name, v.to_string(), MeasureValueType::Double)?);
+        }
+    }
+    Ok(Record::builder()
+        .dimensions(
+            Dimension::builder()
+                .name("device_id")
+                .value(&r.device_id)
+                .build()?,
+        )
+        .measure_name(MEASURE_NAME)
+        .measure_value_type(MeasureValueType::Multi)
+        .set_measure_values(Some(measures))
+        .time(r.time_unix_nano.to_string())
+        .time_unit(TimeUnit::Nanoseconds)
+        .version(VERSION)
+        .build())
+}

@@ -1,0 +1,82 @@
+//! `doctor` against a real mosquitto: each failure named with its fix.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ok, run, stdout, Broker, BrokerOptions};
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn healthy_broker_passes_every_step() {
+    let broker = Broker::start();
+    for args in [vec!["doctor"], vec!["doctor", "--server"]] {
+        let o = ok(&run(broker.mqttkit().args(&args), T)).clone();
+        let text = stdout(&o);
+        for step in ["configuration", "name resolution", "TCP connect", "TLS handshake", "MQTT CONNECT", "subscribe permission", "publish permission"] {
+            assert!(text.lines().any(|l| l.starts_with("[ ok ]") && l.contains(step)), "{step}: {text}");
+        }
+        assert!(text.contains("delivered to the peer identity"), "{text}");
+    }
+    let o = ok(&run(broker.mqttkit().args(["doctor", "--json"]), T)).clone();
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn a_name_missing_from_the_certificate_is_named() {
+    let broker = Broker::start_with(BrokerOptions { bind: Some("127.0.0.2".into()), ..Default::default() });
+    let o = run(broker.mqttkit().args(["doctor"]), T);
+    assert!(!o.status.success());
+    let text = stdout(&o);
+    let line = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("TLS handshake"), "{text}");
+    assert!(line.contains("not valid for '127.0.0.2'"), "{text}");
+    assert!(line.contains("localhost") && line.contains("127.0.0.1"), "names present missing: {text}");
+    assert!(text.contains("fix: connect by one of those names, or reissue with `mqttkit pki init --host 127.0.0.2"), "{text}");
+}
+
+#[test]
+fn a_client_certificate_from_another_ca_is_reported_as_rejected() {
+    let broker = Broker::start();
+    let other = tempfile::tempdir().unwrap();
+    ok(&run(std::process::Command::new(common::bin()).current_dir(other.path()).args(["pki", "init"]), T));
+    let certs = other.path().join("out/certs");
+    let o = run(
+        broker.mqttkit().args(["doctor", "--cert"]).arg(certs.join("device-001.crt")).arg("--key").arg(certs.join("device-001.key")),
+        T,
+    );
+    assert!(!o.status.success());
+    let text = stdout(&o);
+    assert!(text.contains("NOT signed by --cafile's CA"), "{text}");
+    let fail = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("MQTT CONNECT") && fail.contains("rejected the client certificate"), "{text}");
+}
+
+#[test]
+fn a_closed_port_says_nothing_is_listening() {
+    let broker = Broker::start_with(BrokerOptions { no_broker: true, ..Default::default() });
+    let port = common::free_port();
+    let o = run(broker.mqttkit().args(["doctor", "--host", "127.0.0.1", "--port", &port.to_string()]), T);
+    assert!(!o.status.success());
+    let text = stdout(&o);
+    let fail = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("TCP connect") && fail.contains(&format!("nothing is listening on 127.0.0.1:{port}")), "{text}");
+    assert!(text.contains("mqttkit broker up"), "{text}");
+}
+
+#[test]
+fn a_key_that_does_not_match_fails_before_connecting() {
+    let broker = Broker::start_with(BrokerOptions { no_broker: true, ..Default::default() });
+    let certs = broker.certs();
+    let o = run(
+        broker.mqttkit().args(["doctor", "--cert"]).arg(certs.join("device-001.crt")).arg("--key").arg(certs.join("server.key")),
+        T,
+    );
+    assert!(!o.status.success());
+    let text = stdout(&o);
+    assert!(text.starts_with("[FAIL] configuration"), "{text}");
+    assert!(text.contains("are not a pair"), "{text}");
+}

@@ -1,0 +1,475 @@
+//! `pub`/`sub` telemetry and command flows against a real mosquitto on
+//! loopback with client certificates from `pki init`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Broker, BrokerOptions};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A running mqttkit (or peer) whose stdout lines and stderr are collected
+/// as they come; killed on drop.
+struct Proc {
+    what: String,
+    child: Child,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let o = out.clone();
+        let e = err.clone();
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    match line {
+                        Ok(l) => o.lock().unwrap().push(l),
+                        Err(_) => break,
+                    }
+                }
+            }),
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stderr);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    e.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }),
+        ];
+        Proc {
+            what,
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits until `cond` holds, panicking (with both streams) after `limit`
+    /// or when the process exits first.
+    fn wait_for(&mut self, limit: Duration, what: &str, cond: impl Fn(&Proc) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if cond(self) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // One last look: the readers may have been behind.
+                std::thread::sleep(Duration::from_millis(100));
+                if cond(self) {
+                    return;
+                }
+                panic!(
+                    "{} exited ({status}) before {what}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.lines().join("\n"),
+                    self.stderr()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} : no {what} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.lines().join("\n"),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_stderr(&mut self, needle: &str) {
+        let n = needle.to_string();
+        self.wait_for(LIMIT, &format!("'{needle}' on stderr"), move |p| {
+            p.stderr().contains(&n)
+        });
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits for the exit (bounded) and returns status, stdout lines, stderr.
+    fn finish(mut self, limit: Duration) -> (ExitStatus, Vec<String>, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                panic!(
+                    "{} did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.lines().join("\n"),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        (status, self.lines(), self.stderr())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn json_lines(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn seqs(values: &[Value]) -> Vec<u64> {
+    values.iter().map(|v| v["seq"].as_u64().expect("seq")).collect()
+}
+
+/// `sub telemetry ARGS` started, and subscribed.
+fn start_sub(b: &Broker, args: &[&str]) -> Proc {
+    let mut c = b.mqttkit();
+    c.args(["sub", "telemetry", "--json"]).args(args);
+    let mut p = Proc::spawn(c);
+    p.wait_stderr("subscribed to");
+    p
+}
+
+fn pub_telemetry(b: &Broker, args: &[&str]) -> (ExitStatus, Value, String) {
+    let mut c = b.mqttkit();
+    c.args(["pub", "telemetry", "--json"]).args(args);
+    let (status, out, err) = Proc::spawn(c).finish(LIMIT);
+    let summary = out
+        .last()
+        .map(|l| serde_json::from_str(l).expect("summary JSON"))
+        .unwrap_or(Value::Null);
+    (status, summary, err)
+}
+
+#[test]
+fn qos1_2000_messages_arrive_exactly_once() {
+    let b = Broker::start();
+    let sub = start_sub(&b, &["--count", "2000"]);
+    let (status, summary, err) = pub_telemetry(&b, &["--count", "2000", "--qos", "1"]);
+    assert!(status.success(), "pub failed: {err}");
+    assert_eq!(summary["sent"], 2000, "{summary}");
+    assert_eq!(summary["acked"], 2000, "{summary}");
+    assert_eq!(summary["unacked"], 0, "{summary}");
+    assert!(err.contains("acked 2000"), "summary line on stderr: {err}");
+
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "sub failed: {err}");
+    let msgs = json_lines(&lines);
+    assert_eq!(msgs.len(), 2000);
+    let mut s = seqs(&msgs);
+    s.sort_unstable();
+    assert_eq!(s, (0..2000).collect::<Vec<u64>>(), "each seq exactly once");
+    for m in &msgs {
+        assert_eq!(m["topic"], "devices/device-001/telemetry");
+        assert_eq!(m["device_id"], "device-001");
+        assert!(m["time_unix_nano"].as_u64().unwrap() > 1_600_000_000_000_000_000);
+        let t = m["temperature_c"].as_f64().unwrap();
+        assert!((-20.0..=60.0).contains(&t), "{m}");
+        assert!(m["status"].as_str().unwrap().starts_with("STATUS_"));
+    }
+}
+
+#[test]
+fn garbage_payload_is_a_warning_and_the_next_message_is_printed() {
+    let b = Broker::start();
+    let sub = start_sub(&b, &["--count", "1"]);
+    // 0xff... is an unterminated varint: no protobuf message decodes from it.
+    let garbage = b.path().join("garbage.bin");
+    std::fs::write(&garbage, [0xffu8; 16]).unwrap();
+    let mut mp = Command::new("mosquitto_pub");
+    mp.args(common::mosquitto_tls_args(&b, Some("device-001")))
+        .args(["-t", "devices/device-001/telemetry", "-q", "1", "-f"])
+        .arg(&garbage);
+    common::ok(&common::run(&mut mp, LIMIT));
+
+    let (status, _, err) = pub_telemetry(&b, &["--count", "1", "--start-seq", "7"]);
+    assert!(status.success(), "{err}");
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "sub must survive garbage: {err}");
+    assert!(
+        err.contains("warning: devices/device-001/telemetry: 16-byte payload is not a Telemetry message"),
+        "{err}"
+    );
+    let msgs = json_lines(&lines);
+    assert_eq!(seqs(&msgs), vec![7], "only the valid message is printed");
+}
+
+#[test]
+fn one_device_filter_and_per_device_identities() {
+    let b = Broker::start_with(BrokerOptions {
+        clients: vec!["device-002".into()],
+        ..Default::default()
+    });
+    let sub = start_sub(&b, &["--device-id", "device-002", "--count", "5"]);
+    // device-001's messages must not show up in device-002's stream.
+    let (status, _, err) = pub_telemetry(&b, &["--device-id", "device-001", "--count", "20"]);
+    assert!(status.success(), "{err}");
+    let (status, summary, err) = pub_telemetry(&b, &["--device-id", "device-002", "--count", "5"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(summary["topic"], "devices/device-002/telemetry");
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "{err}");
+    let msgs = json_lines(&lines);
+    assert_eq!(seqs(&msgs), vec![0, 1, 2, 3, 4]);
+    assert!(msgs.iter().all(|m| m["device_id"] == "device-002"));
+}
+
+#[test]
+fn human_output_names_device_seq_and_readings() {
+    let b = Broker::start();
+    let mut c = b.mqttkit();
+    c.args(["sub", "telemetry", "--count", "3"]);
+    let mut sub = Proc::spawn(c);
+    sub.wait_stderr("subscribed to");
+    let (status, _, err) = pub_telemetry(&b, &["--count", "3"]);
+    assert!(status.success(), "{err}");
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "{err}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.starts_with(&format!("device-001 seq={i} ")), "{l}");
+        assert!(l.contains("temp=") && l.contains("rssi=") && l.contains("dBm"), "{l}");
+    }
+}
+
+#[test]
+fn commands_round_trip_server_to_device() {
+    let b = Broker::start();
+    let mut c = b.mqttkit();
+    c.args([
+        "sub",
+        "command",
+        "--device-id",
+        "device-001",
+        "--count",
+        "2",
+        "--json",
+    ]);
+    let mut sub = Proc::spawn(c);
+    sub.wait_stderr("subscribed to devices/device-001/commands");
+
+    let mut sent = Vec::new();
+    for (name, params) in [
+        ("set_interval", vec!["seconds=10", "mode=eco"]),
+        ("reboot", vec![]),
+    ] {
+        let mut c = b.mqttkit();
+        c.args([
+            "pub",
+            "command",
+            "--device-id",
+            "device-001",
+            "--name",
+            name,
+            "--json",
+        ]);
+        for p in params {
+            c.args(["--param", p]);
+        }
+        let o = common::ok(&common::run(&mut c, LIMIT)).clone();
+        let v: Value = serde_json::from_str(common::stdout(&o).trim()).expect("sent JSON");
+        assert_eq!(v["topic"], "devices/device-001/commands");
+        sent.push(v);
+    }
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "{err}");
+    let got = json_lines(&lines);
+    assert_eq!(got.len(), 2);
+    for (g, s) in got.iter().zip(&sent) {
+        assert_eq!(g["id"], s["id"]);
+        assert_eq!(g["name"], s["name"]);
+        assert_eq!(g["device_id"], "device-001");
+        assert_eq!(g["params"], s["params"]);
+    }
+    let params: BTreeMap<String, String> =
+        serde_json::from_value(got[0]["params"].clone()).unwrap();
+    assert_eq!(params["seconds"], "10");
+    assert_eq!(params["mode"], "eco");
+    assert_eq!(got[0]["id"].as_str().unwrap().len(), 36, "a UUID");
+}
+
+#[test]
+fn broker_restart_during_qos1_stream_loses_nothing() {
+    const N: u64 = 3000;
+    let b = Broker::start();
+    let mut sub = start_sub(&b, &["--persistent"]);
+    let mut c = b.mqttkit();
+    c.args([
+        "pub",
+        "telemetry",
+        "--json",
+        "--count",
+        &N.to_string(),
+        "--rate",
+        "1000",
+    ]);
+    let mut publisher = Proc::spawn(c);
+    // Stop the broker in the middle of the stream, then bring it back.
+    sub.wait_for(LIMIT, "the first 800 messages", |p| p.lines().len() >= 800);
+    b.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    b.restart();
+    publisher.wait_stderr("reconnected");
+    let (status, out, err) = publisher.finish(LIMIT);
+    assert!(status.success(), "publisher must exit 0: {err}");
+    let summary: Value = serde_json::from_str(out.last().expect("summary")).unwrap();
+    assert_eq!(summary["acked"], N, "{summary}");
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
+
+    sub.wait_for(LIMIT, "every seq", |p| {
+        let got: std::collections::HashSet<u64> = p
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["seq"].as_u64())
+            .collect();
+        got.len() as u64 == N
+    });
+    sub.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "subscriber ends cleanly on Ctrl-C: {err}");
+    assert!(err.contains("reconnected"), "{err}");
+    let mut s = seqs(&json_lines(&lines));
+    s.sort_unstable();
+    s.dedup();
+    assert_eq!(s, (0..N).collect::<Vec<u64>>(), "no gaps (duplicates allowed)");
+}
+
+#[test]
+fn persistent_subscriber_gets_what_was_sent_while_it_was_away() {
+    let b = Broker::start();
+    // First visit: creates the session and its subscription, then leaves.
+    let mut first = start_sub(&b, &["--persistent", "--client-id", "ops-1"]);
+    first.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, _, err) = first.finish(LIMIT);
+    assert!(status.success(), "{err}");
+
+    let (status, _, err) = pub_telemetry(&b, &["--count", "10"]);
+    assert!(status.success(), "{err}");
+
+    let mut c = b.mqttkit();
+    c.args([
+        "sub",
+        "telemetry",
+        "--json",
+        "--persistent",
+        "--client-id",
+        "ops-1",
+        "--count",
+        "10",
+    ]);
+    let (status, lines, err) = Proc::spawn(c).finish(LIMIT);
+    assert!(status.success(), "{err}");
+    assert_eq!(seqs(&json_lines(&lines)), (0..10).collect::<Vec<u64>>());
+}
+
+#[test]
+fn ctrl_c_ends_an_endless_publisher_cleanly() {
+    let b = Broker::start();
+    let mut sub = start_sub(&b, &[]);
+    let mut c = b.mqttkit();
+    c.args(["pub", "telemetry", "--json", "--rate", "200"]);
+    let publisher = Proc::spawn(c);
+    sub.wait_for(LIMIT, "some messages", |p| p.lines().len() >= 20);
+    publisher.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, out, err) = publisher.finish(LIMIT);
+    assert!(status.success(), "{err}");
+    let summary: Value = serde_json::from_str(out.last().expect("summary")).unwrap();
+    assert_eq!(summary["interrupted"], true);
+    assert_eq!(summary["sent"], summary["acked"], "{summary}");
+    assert!(summary["acked"].as_u64().unwrap() >= 20);
+}
+
+#[test]
+fn clear_errors_before_and_at_connect() {
+    let b = Broker::start_with(BrokerOptions {
+        no_broker: true,
+        ..Default::default()
+    });
+    let certs = b.certs();
+    let cafile = certs.join("ca.crt");
+    let port = common::free_port().to_string();
+    let conn = |c: &mut Command| {
+        c.args(["--host", "127.0.0.1", "--port", &port, "--cafile"])
+            .arg(&cafile)
+            .arg("--cert")
+            .arg(certs.join("device-001.crt"))
+            .arg("--key")
+            .arg(certs.join("device-001.key"));
+    };
+    // Nothing listens: a one-line error, quickly, non-zero.
+    let mut c = b.mqttkit();
+    c.args(["pub", "telemetry", "--device-id", "device-001", "--count", "1"]);
+    conn(&mut c);
+    let o = common::run(&mut c, LIMIT);
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert!(err.contains("connection refused"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let mut c = b.mqttkit();
+    c.args(["pub", "telemetry", "--device-id", "a/b", "--count", "1"]);
+    conn(&mut c);
+    let err = common::stderr(&common::run(&mut c, LIMIT));
+    assert!(err.contains("--device-id 'a/b'"), "{err}");
+
+    let mut c = b.mqttkit();
+    c.args(["pub", "telemetry", "--device-id", "d", "--rate", "0"]);
+    conn(&mut c);
+    let err = common::stderr(&common::run(&mut c, LIMIT));
+    assert!(err.contains("--rate 0"), "{err}");
+
+    let mut c = b.mqttkit();
+    c.args(["pub", "command", "--device-id", "d", "--name", "x", "--param", "novalue"]);
+    let err = common::stderr(&common::run(&mut c, LIMIT));
+    assert!(err.contains("KEY=VALUE"), "{err}");
+}

@@ -1,0 +1,145 @@
+//! `sub telemetry --sink sqlite:PATH` against a real mosquitto: nothing lost
+//! and nothing doubled across a SIGKILL, a failing store, and bad input.
+
+mod common;
+mod sink_support;
+
+use std::time::{Duration, Instant};
+
+use common::Broker;
+use sink_support::{kill_restart_flow, rows, SinkProc};
+
+#[test]
+fn sqlite_keeps_every_row_once_across_sigkill() {
+    let broker = Broker::start();
+    let url = format!("sqlite:{}", broker.path().join("telemetry.db").display());
+    kill_restart_flow(&broker, &url, 5000, &[]);
+
+    // The text form names the device and shows no gaps.
+    let o = common::run(
+        broker.mqttkit().args(["sink", "stats", &url]),
+        Duration::from_secs(30),
+    );
+    let text = common::stdout(common::ok(&o));
+    assert!(text.contains("5000 rows, 1 devices"), "{text}");
+    assert!(text.contains("device-001") && !text.contains("gaps:"), "{text}");
+}
+
+#[test]
+fn a_failing_store_is_retried_and_nothing_is_acknowledged_meanwhile() {
+    let broker = Broker::start();
+    let db = broker.path().join("t.db");
+    let url = format!("sqlite:{}", db.display());
+    let publish = |start: u64| {
+        let mut c = broker.mqttkit();
+        c.args(["pub", "telemetry", "--out", "out", "--count", "300", "--start-seq"])
+            .arg(start.to_string());
+        common::ok(&common::run(&mut c, Duration::from_secs(60)));
+    };
+    let wait_rows = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rows(&broker, &url, &[]) < n {
+            assert!(Instant::now() < deadline, "fewer than {n} rows");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut sink = SinkProc::start(&broker, &url, &["--batch-ms", "20"], &[]);
+    sink.wait_subscribed();
+    publish(0);
+    wait_rows(300);
+
+    // Another writer holds the database: the sink's commits fail.
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    publish(300);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sink.stderr().contains("store failed") {
+        assert!(Instant::now() < deadline, "no store failure:\n{}", sink.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Crash while failing: whatever was not committed was not acknowledged.
+    sink.kill9();
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    assert_eq!(rows(&broker, &url, &[]), 300);
+
+    let mut sink = SinkProc::start(&broker, &url, &[], &[]);
+    sink.wait_subscribed();
+    wait_rows(600);
+    sink.terminate();
+    let s = sink_support::stats(&broker, &url, &[]);
+    assert_eq!(s["rows"], 600, "{s}");
+    assert_eq!(s["devices"][0]["missing"], 0, "{s}");
+}
+
+#[test]
+fn sigterm_commits_what_arrived_and_count_stops_after_n() {
+    let broker = Broker::start();
+    let url = format!("sqlite:{}", broker.path().join("c.db").display());
+    // A long batch window: only SIGTERM's flush can commit these in time.
+    let mut sink = SinkProc::start(&broker, &url, &["--batch-ms", "60000"], &[]);
+    sink.wait_subscribed();
+    let mut c = broker.mqttkit();
+    c.args(["pub", "telemetry", "--out", "out", "--count", "50"]);
+    common::ok(&common::run(&mut c, Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rows(&broker, &url, &[]), 0, "committed before the batch closed");
+    sink.terminate();
+    assert_eq!(rows(&broker, &url, &[]), 50);
+    assert!(sink.stderr().contains("stored 50 messages"), "{}", sink.stderr());
+
+    // --count N: exactly N stored, the rest left with the broker.
+    let mut c = broker.mqttkit();
+    c.args(["pub", "telemetry", "--out", "out", "--count", "40", "--start-seq", "50"]);
+    common::ok(&common::run(&mut c, Duration::from_secs(60)));
+    let mut c = broker.mqttkit();
+    c.args(["sub", "telemetry", "--out", "out", "--sink", &url, "--count", "25"]);
+    let o = common::run(&mut c, Duration::from_secs(60));
+    assert!(common::stderr(common::ok(&o)).contains("stored 25 messages"), "{}", common::stderr(&o));
+    let mut c = broker.mqttkit();
+    c.args(["sub", "telemetry", "--out", "out", "--sink", &url, "--count", "15"]);
+    common::ok(&common::run(&mut c, Duration::from_secs(60)));
+    let s = sink_support::stats(&broker, &url, &[]);
+    assert_eq!(s["rows"], 90, "{s}");
+    assert_eq!(s["devices"][0]["last_seq"], 89, "{s}");
+}
+
+#[test]
+fn bad_sinks_fail_in_one_line_before_subscribing() {
+    // No broker at all: the sink must complain about the store first.
+    let broker = Broker::start_with(common::BrokerOptions {
+        no_broker: true,
+        ..Default::default()
+    });
+    let closed = common::free_port();
+    let missing_dir = broker.path().join("no/such/dir/t.db");
+    for (url, expect) in [
+        ("mysql://u@127.0.0.1/db".to_string(), "unknown scheme 'mysql'"),
+        ("timestream://only-db".to_string(), "expected timestream://DATABASE/TABLE"),
+        (format!("sqlite:{}", missing_dir.display()), "does not exist"),
+        // Read-only even for root.
+        ("sqlite:/proc/mqttkit-sink-test.db".to_string(), "--sink sqlite:/proc/mqttkit-sink-test.db"),
+        (format!("postgres://postgres@127.0.0.1:{closed}/db"), "cannot connect"),
+        (format!("influx://127.0.0.1:{closed}/db"), "cannot reach InfluxDB"),
+    ] {
+        let mut c = broker.mqttkit();
+        c.args(["sub", "telemetry", "--out", "out", "--host", "127.0.0.1", "--port"])
+            .arg(closed.to_string())
+            .args(["--sink", &url]);
+        let o = common::run(&mut c, Duration::from_secs(60));
+        let err = common::stderr(&o);
+        assert!(!o.status.success(), "{url}: succeeded");
+        assert!(err.contains(expect), "{url}: {err}");
+        assert!(err.contains("--sink"), "{url}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{url}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Stats of a path that does not exist does not create it.
+    let o = common::run(
+        broker.mqttkit().args(["sink", "stats", "sqlite:nope.db"]),
+        Duration::from_secs(30),
+    );
+    assert!(!o.status.success());
+    assert!(common::stderr(&o).contains("does not exist"), "{}", common::stderr(&o));
+    assert!(!broker.path().join("nope.db").exists());
+}
