@@ -17,6 +17,14 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(mqttkit::cli::run(cli)) {
         Ok(code) => code,
+        // `mqttkit ... | head`: a closed pipe ends the output, not an error.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             // One line: the outermost context first, then its causes.
             eprintln!("error: {err:#}");

@@ -184,6 +184,11 @@ pub struct BrokerState {
     pub started_at: String,
 }
 
+/// Is the broker described by `state` running?
+pub fn is_running(state: &BrokerState) -> bool {
+    native::is_running(state)
+}
+
 pub fn mosquitto_dir(out: &Path) -> PathBuf {
     out.join("mosquitto")
 }
@@ -264,7 +269,8 @@ fn compose_path_str(p: &Path) -> String {
     }
 }
 
-async fn up(args: UpArgs) -> Result<ExitCode> {
+/// Renders the configuration, starts the broker and waits until it is healthy.
+pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let out = &args.out.out;
     let certs = require_certs(out)?;
     for s in &args.server_identities {

@@ -309,7 +309,7 @@ fn stage_identity(files: &mut StagedFiles, dir: &Path, name: &str, issued: &Issu
     }
 }
 
-fn init(args: InitArgs) -> Result<()> {
+pub fn init(args: InitArgs) -> Result<()> {
     let hosts = if args.hosts.is_empty() {
         default_hosts()
     } else {
@@ -433,7 +433,7 @@ pub fn load_issuer(certs_dir: &Path) -> Result<Issuer<'static, KeyPair>> {
         .map_err(|e| anyhow::anyhow!("{}: not a usable CA certificate: {e}", ca_crt.display()))
 }
 
-fn issue(args: IssueArgs) -> Result<()> {
+pub fn issue(args: IssueArgs) -> Result<()> {
     validate_identity(&args.name).map_err(|e| anyhow::anyhow!("NAME '{}': {e}", args.name))?;
     if matches!(args.name.as_str(), "ca") {
         bail!("NAME 'ca' is reserved for the CA; choose another name");
