@@ -56,7 +56,9 @@ impl Proc {
                     if n == 0 {
                         break;
                     }
-                    e.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    e.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             }),
         ];
@@ -167,7 +169,10 @@ fn json_lines(lines: &[String]) -> Vec<Value> {
 }
 
 fn seqs(values: &[Value]) -> Vec<u64> {
-    values.iter().map(|v| v["seq"].as_u64().expect("seq")).collect()
+    values
+        .iter()
+        .map(|v| v["seq"].as_u64().expect("seq"))
+        .collect()
 }
 
 /// `sub telemetry ARGS` started, and subscribed.
@@ -236,7 +241,9 @@ fn garbage_payload_is_a_warning_and_the_next_message_is_printed() {
     let (status, lines, err) = sub.finish(LIMIT);
     assert!(status.success(), "sub must survive garbage: {err}");
     assert!(
-        err.contains("warning: devices/device-001/telemetry: 16-byte payload is not a Telemetry message"),
+        err.contains(
+            "warning: devices/device-001/telemetry: 16-byte payload is not a Telemetry message"
+        ),
         "{err}"
     );
     let msgs = json_lines(&lines);
@@ -277,7 +284,10 @@ fn human_output_names_device_seq_and_readings() {
     assert_eq!(lines.len(), 3, "{lines:?}");
     for (i, l) in lines.iter().enumerate() {
         assert!(l.starts_with(&format!("device-001 seq={i} ")), "{l}");
-        assert!(l.contains("temp=") && l.contains("rssi=") && l.contains("dBm"), "{l}");
+        assert!(
+            l.contains("temp=") && l.contains("rssi=") && l.contains("dBm"),
+            "{l}"
+        );
     }
 }
 
@@ -381,14 +391,18 @@ fn broker_restart_during_qos1_stream_loses_nothing() {
     let mut s = seqs(&json_lines(&lines));
     s.sort_unstable();
     s.dedup();
-    assert_eq!(s, (0..N).collect::<Vec<u64>>(), "no gaps (duplicates allowed)");
+    assert_eq!(
+        s,
+        (0..N).collect::<Vec<u64>>(),
+        "no gaps (duplicates allowed)"
+    );
 }
 
 #[test]
 fn persistent_subscriber_gets_what_was_sent_while_it_was_away() {
     let b = Broker::start();
     // First visit: creates the session and its subscription, then leaves.
-    let mut first = start_sub(&b, &["--persistent", "--client-id", "ops-1"]);
+    let first = start_sub(&b, &["--persistent", "--client-id", "ops-1"]);
     first.signal(nix::sys::signal::Signal::SIGINT);
     let (status, _, err) = first.finish(LIMIT);
     assert!(status.success(), "{err}");
@@ -448,7 +462,14 @@ fn clear_errors_before_and_at_connect() {
     };
     // Nothing listens: a one-line error, quickly, non-zero.
     let mut c = b.mqttkit();
-    c.args(["pub", "telemetry", "--device-id", "device-001", "--count", "1"]);
+    c.args([
+        "pub",
+        "telemetry",
+        "--device-id",
+        "device-001",
+        "--count",
+        "1",
+    ]);
     conn(&mut c);
     let o = common::run(&mut c, LIMIT);
     assert!(!o.status.success());
@@ -469,7 +490,84 @@ fn clear_errors_before_and_at_connect() {
     assert!(err.contains("--rate 0"), "{err}");
 
     let mut c = b.mqttkit();
-    c.args(["pub", "command", "--device-id", "d", "--name", "x", "--param", "novalue"]);
+    c.args([
+        "pub",
+        "command",
+        "--device-id",
+        "d",
+        "--name",
+        "x",
+        "--param",
+        "novalue",
+    ]);
     let err = common::stderr(&common::run(&mut c, LIMIT));
     assert!(err.contains("KEY=VALUE"), "{err}");
+}
+
+#[test]
+fn publisher_resends_when_the_broker_lost_its_session() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const N: u64 = 2000;
+    let b = Broker::start();
+    let mut c = b.mqttkit();
+    c.args([
+        "pub",
+        "telemetry",
+        "--json",
+        "--count",
+        &N.to_string(),
+        "--rate",
+        "1000",
+        "--window",
+        "100",
+    ]);
+    let mut publisher = Proc::spawn(c);
+    std::thread::sleep(Duration::from_millis(300));
+    // Frozen, the broker acknowledges nothing: the window fills with
+    // unacknowledged messages. Killed, it saves no session for us.
+    let pid = Pid::from_raw(b.pid());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    kill(pid, Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    }) {
+        assert!(Instant::now() < deadline, "mosquitto did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let data = b.out().join("mosquitto/data");
+    if let Ok(entries) = std::fs::read_dir(&data) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    b.restart();
+    publisher.wait_stderr("the broker kept no session; re-sending");
+    let (status, out, err) = publisher.finish(LIMIT);
+    assert!(status.success(), "publisher must exit 0: {err}");
+    let summary: Value = serde_json::from_str(out.last().expect("summary")).unwrap();
+    assert_eq!(summary["acked"], N, "{summary}");
+    assert_eq!(summary["unacked"], 0, "{summary}");
+    assert!(summary["resent"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+#[test]
+fn qos0_counts_sent_not_acked() {
+    let b = Broker::start();
+    let sub = start_sub(&b, &["--count", "100", "--qos", "0"]);
+    let (status, summary, err) = pub_telemetry(&b, &["--count", "100", "--qos", "0"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(summary["qos"], 0, "{summary}");
+    assert_eq!(summary["sent"], 100, "{summary}");
+    assert_eq!(summary["acked"], 0, "{summary}");
+    assert!(err.contains("QoS 0: not acknowledged"), "{err}");
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "{err}");
+    assert_eq!(seqs(&json_lines(&lines)), (0..100).collect::<Vec<u64>>());
 }

@@ -370,6 +370,10 @@ impl Out {
         &mut self.w
     }
 
+    pub fn is_tty(&self) -> bool {
+        self.tty
+    }
+
     pub fn end_line(&mut self) -> std::io::Result<()> {
         self.w.write_all(b"\n")?;
         if self.tty {

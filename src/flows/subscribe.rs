@@ -25,6 +25,9 @@ use crate::mqtt::{
 use crate::proto::v1::telemetry::Status;
 use crate::proto::{Command, Telemetry};
 
+/// Longest a received line waits in the stdout buffer (when not a TTY).
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
 pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
     if args.sink.is_some() {
         // Storing, not printing: see crate::sink (acks only after commit).
@@ -127,6 +130,10 @@ where
     let mut skipped: u64 = 0;
     let mut subscribed = false;
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // Into a pipe, lines are flushed in batches, at most FLUSH_AFTER after
+    // the first unflushed one: readers see messages as they come without a
+    // write per line.
+    let mut flush_at: Option<tokio::time::Instant> = None;
     let wanted = common.count;
     if wanted == Some(0) {
         return Ok(ExitCode::SUCCESS);
@@ -137,6 +144,10 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    flush_at = None;
+                    out.flush().context("writing to stdout")?;
+                }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
                 }
@@ -170,12 +181,17 @@ where
                             Handled::Skipped => skipped += 1,
                         }
                         client.try_ack(&p).context("queueing an acknowledgement")?;
+                        if flush_at.is_none() && !out.is_tty() {
+                            flush_at = Some(tokio::time::Instant::now() + FLUSH_AFTER);
+                        }
                         if wanted.is_some_and(|n| printed >= n) {
                             break;
                         }
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        out.flush().context("writing to stdout")?;
+                        flush_at = None;
                         let delay = reconnect.failed(e)?;
                         retry_at = Some(tokio::time::Instant::now() + delay);
                     }
