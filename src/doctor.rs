@@ -212,7 +212,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         .clone()
         .or_else(|| device.clone())
         .unwrap_or_else(|| mqtt::unique_client_id("mqttkit-doctor"));
-    match mqtt::probe::connect_once(&endpoint, &mqtt::unique_client_id(&client_id), timeout)
+    match mqtt::probe::connect_once(&endpoint, &client_id_for(&endpoint, &client_id), timeout)
         .await
     {
         Ok(d) => report.pass(
@@ -454,8 +454,20 @@ async fn fetch_leaf(
     leaf
 }
 
-/// Subscribes to the identity's inbound topic and proves its outbound one by a
-/// round trip through a peer identity when the profile has one.
+/// The client id to connect with: the profile's fixed one (AWS IoT policies
+/// allow only that), else a unique one.
+fn client_id_for(endpoint: &Endpoint, prefix: &str) -> String {
+    endpoint
+        .client_id
+        .clone()
+        .unwrap_or_else(|| mqtt::unique_client_id(prefix))
+}
+
+/// Proves the identity may read its inbound topics and write its outbound
+/// ones. MQTT 3.1.1 brokers acknowledge denied publishes and (mosquitto 2.0)
+/// grant denied subscriptions, then drop the messages: only a message that
+/// arrives proves a permission, so a peer identity from the profile sends and
+/// receives when there is one.
 async fn check_permissions(
     report: &mut Report,
     conn: &ConnectionArgs,
@@ -464,112 +476,136 @@ async fn check_permissions(
     client_id: &str,
     timeout: Duration,
 ) {
-    // The server's commands go to the profile's device, which (if we hold its key) receives them.
     let peer_device = conn
         .default_device()
         .ok()
         .flatten()
         .unwrap_or_else(|| crate::pki::DEFAULT_DEVICE.to_string());
-    let (sub_topic, pub_topic, peer_role) = match device {
-        Some(d) => (mqtt::command_topic(d), mqtt::telemetry_topic(d), Role::Server),
+    // (filter the identity subscribes to, a topic in it, the topic it publishes to, the peer)
+    let (filter, inbound, outbound, peer_role) = match device {
+        Some(d) => (
+            mqtt::command_topic(d),
+            mqtt::command_topic(d),
+            mqtt::telemetry_topic(d),
+            Role::Server,
+        ),
         None => (
             mqtt::ALL_TELEMETRY.to_string(),
+            mqtt::telemetry_topic(&peer_device),
             mqtt::command_topic(&peer_device),
             Role::Device(&peer_device),
         ),
     };
-    // Subscribe as the identity itself: SUBACK tells whether it may read.
-    let opts = endpoint.mqtt_options(&mqtt::unique_client_id(client_id));
-    let (client, mut events) = AsyncClient::new(opts, 10);
-    if client.subscribe(&sub_topic, QoS::AtLeastOnce).await.is_err() {
+    // The peer comes from the profile, not from --cert/--key (those are the identity under test).
+    let profile_only = ConnectionArgs {
+        cert: None,
+        key: None,
+        client_id: None,
+        ..conn.clone()
+    };
+    let peer = profile_only.resolve(peer_role).ok().filter(|p| {
+        p.identity != endpoint.identity && p.identity.as_ref().is_some_and(|(c, _)| c.exists())
+    });
+    let Some(peer) = peer else {
+        acknowledged_only(report, endpoint, &filter, &outbound, client_id, timeout).await;
         return;
-    }
-    let granted = tokio::time::timeout(timeout, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    return Ok(ack.return_codes.first().copied());
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await;
-    match granted {
-        Ok(Ok(Some(SubscribeReasonCode::Success(q)))) => report.pass(
+    };
+    match round_trip(&peer, endpoint, &filter, &inbound, client_id, timeout).await {
+        Ok(ms) => report.pass(
             "subscribe permission",
-            format!("'{sub_topic}' granted at {q:?}"),
+            format!("'{filter}': a message from the peer identity arrived in {ms:.1} ms"),
         ),
-        Ok(Ok(_)) => {
+        Err(why) => {
             report.fail(
                 "subscribe permission",
-                format!("the broker refused SUBSCRIBE to '{sub_topic}'"),
-                "the identity's ACL/policy does not allow it: check the certificate CN (`mqttkit pki list`) and the broker's ACL",
+                format!("a message to '{inbound}' did not reach this identity's subscription to '{filter}' ({why})"),
+                "the identity's ACL/policy does not allow reading it: check the certificate CN (`mqttkit pki list`) and the broker's ACL",
             );
             return;
         }
-        Ok(Err(e)) => {
-            report.fail("subscribe permission", mqtt::probe::explain(&e, endpoint), "see the broker log");
-            return;
-        }
-        Err(_) => {
-            report.fail("subscribe permission", format!("no SUBACK within {timeout:?}"), "see the broker log");
-            return;
-        }
     }
-
-    // Publish: only a peer that receives the message proves the broker let it through
-    // (MQTT 3.1.1 brokers acknowledge and silently drop denied publishes).
-    let peer = match conn.resolve(peer_role) {
-        Ok(p) if p.identity != endpoint.identity && p.identity.as_ref().is_some_and(|(c, _)| c.exists()) => p,
-        _ => {
-            let (c, mut ev) = AsyncClient::new(endpoint.mqtt_options(&mqtt::unique_client_id(client_id)), 10);
-            let _ = c.publish(&pub_topic, QoS::AtLeastOnce, false, Vec::new()).await;
-            let acked = tokio::time::timeout(timeout, async {
-                loop {
-                    if let Ok(Event::Incoming(Packet::PubAck(_))) = ev.poll().await {
-                        return;
-                    }
-                }
-            })
-            .await
-            .is_ok();
-            if acked {
-                report.pass(
-                    "publish permission",
-                    format!("'{pub_topic}' acknowledged (delivery not verifiable without a peer identity)"),
-                );
-            } else {
-                report.fail("publish permission", format!("no PUBACK for '{pub_topic}'"), "see the broker log");
-            }
-            return;
-        }
-    };
-    let result = round_trip(endpoint, &peer, &pub_topic, client_id, timeout).await;
-    match result {
+    match round_trip(endpoint, &peer, &outbound, &outbound, client_id, timeout).await {
         Ok(ms) => report.pass(
             "publish permission",
-            format!("'{pub_topic}' delivered to the peer identity in {ms:.1} ms"),
+            format!("'{outbound}' delivered to the peer identity in {ms:.1} ms"),
         ),
         Err(why) => report.fail(
             "publish permission",
-            format!("a message to '{pub_topic}' did not arrive ({why})"),
+            format!("a message to '{outbound}' did not arrive ({why})"),
             "the identity's ACL/policy does not allow publishing there: check the certificate CN and the broker's ACL",
         ),
     }
 }
 
+/// Without a peer identity: SUBACK and PUBACK are all the broker tells.
+async fn acknowledged_only(
+    report: &mut Report,
+    endpoint: &Endpoint,
+    filter: &str,
+    outbound: &str,
+    client_id: &str,
+    timeout: Duration,
+) {
+    let (client, mut events) = AsyncClient::new(endpoint.mqtt_options(&client_id_for(endpoint, client_id)), 10);
+    let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+    let _ = client
+        .publish(outbound, QoS::AtLeastOnce, false, b"mqttkit doctor".to_vec())
+        .await;
+    let (mut suback, mut puback) = (None, false);
+    let _ = tokio::time::timeout(timeout, async {
+        while suback.is_none() || !puback {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => suback = ack.return_codes.first().copied(),
+                Ok(Event::Incoming(Packet::PubAck(_))) => puback = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    match suback {
+        Some(SubscribeReasonCode::Success(q)) => report.pass(
+            "subscribe permission",
+            format!("'{filter}' granted at {q:?} (delivery not verifiable without a peer identity)"),
+        ),
+        _ => {
+            report.fail(
+                "subscribe permission",
+                format!("the broker refused or did not answer SUBSCRIBE to '{filter}'"),
+                "the identity's ACL/policy does not allow it",
+            );
+            return;
+        }
+    }
+    if puback {
+        report.pass(
+            "publish permission",
+            format!("'{outbound}' acknowledged (delivery not verifiable without a peer identity)"),
+        );
+    } else {
+        report.fail(
+            "publish permission",
+            format!("no PUBACK for '{outbound}' within {timeout:?}"),
+            "the identity's ACL/policy may not allow it; see the broker log",
+        );
+    }
+}
+
+/// `receiver` subscribes to `filter`; `sender` publishes a unique payload to
+/// `topic`; returns the milliseconds until it arrived.
 async fn round_trip(
     sender: &Endpoint,
     receiver: &Endpoint,
+    filter: &str,
     topic: &str,
     client_id: &str,
     timeout: Duration,
 ) -> Result<f64, String> {
-    let (rx, mut rx_events) = AsyncClient::new(receiver.mqtt_options(&mqtt::unique_client_id("mqttkit-doctor-peer")), 10);
-    rx.subscribe(topic, QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
-    // Wait until the peer is subscribed.
+    let (rx, mut rx_events) = AsyncClient::new(receiver.mqtt_options(&client_id_for(receiver, client_id)), 10);
+    rx.subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::time::timeout(timeout, async {
         loop {
             match rx_events.poll().await {
@@ -580,10 +616,9 @@ async fn round_trip(
         }
     })
     .await
-    .map_err(|_| "the peer got no SUBACK".to_string())??;
-    let marker: u64 = rand::random();
-    let payload = format!("mqttkit-doctor {marker}");
-    let (tx, mut tx_events) = AsyncClient::new(sender.mqtt_options(&mqtt::unique_client_id(client_id)), 10);
+    .map_err(|_| "no SUBACK".to_string())??;
+    let payload = format!("mqttkit-doctor {:016x}", rand::random::<u64>());
+    let (tx, mut tx_events) = AsyncClient::new(sender.mqtt_options(&client_id_for(sender, "mqttkit-doctor-peer")), 10);
     let start = Instant::now();
     tx.publish(topic, QoS::AtLeastOnce, false, payload.clone().into_bytes())
         .await
@@ -602,6 +637,11 @@ async fn round_trip(
     })
     .await
     .unwrap_or(false);
+    let _ = tx.try_disconnect();
+    let _ = rx.try_disconnect();
+    // Let both DISCONNECTs go out so the broker logs clean closes.
+    let _ = tokio::time::timeout(Duration::from_millis(100), rx_events.poll()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     sender_task.abort();
     if got {
         Ok(start.elapsed().as_secs_f64() * 1000.0)

@@ -80,3 +80,25 @@ fn a_key_that_does_not_match_fails_before_connecting() {
     assert!(text.starts_with("[FAIL] configuration"), "{text}");
     assert!(text.contains("are not a pair"), "{text}");
 }
+
+#[test]
+fn topics_the_acl_denies_fail_the_permission_steps() {
+    let broker = Broker::start_with(BrokerOptions { clients: vec!["device-002".into()], ..Default::default() });
+    let certs = broker.certs();
+    // device-001's certificate acting as device-002: the ACL keys on the CN.
+    let o = run(
+        broker
+            .mqttkit()
+            .args(["doctor", "--device-id", "device-002", "--cert"])
+            .arg(certs.join("device-001.crt"))
+            .arg("--key")
+            .arg(certs.join("device-001.key")),
+        T,
+    );
+    assert!(!o.status.success());
+    let text = stdout(&o);
+    assert!(text.lines().any(|l| l.starts_with("[ ok ]") && l.contains("MQTT CONNECT")), "{text}");
+    let fail = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("subscribe permission") && fail.contains("devices/device-002/commands"), "{text}");
+    assert!(text.contains("ACL"), "{text}");
+}
