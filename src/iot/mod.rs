@@ -254,6 +254,24 @@ where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    if matches!(
+        e,
+        aws_sdk_iot::error::SdkError::DispatchFailure(_)
+            | aws_sdk_iot::error::SdkError::TimeoutError(_)
+    ) {
+        // Network trouble: name the endpoint and the root cause, not the SDK's layers.
+        let mut root: &dyn std::error::Error = &e;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .unwrap_or_else(|_| "the AWS IoT endpoint".to_string());
+        if !root.to_string().contains("credentials") {
+            return anyhow::anyhow!(
+                "{op}: cannot reach {endpoint} ({root}); check the network, AWS_REGION and AWS_ENDPOINT_URL"
+            );
+        }
+    }
     let text = aws_sdk_iot::error::DisplayErrorContext(&e).to_string();
     if text.contains("credentials") && text.contains("provider") {
         return anyhow::anyhow!("{op}: {NO_CREDENTIALS_HELP}");
