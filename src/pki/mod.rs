@@ -217,33 +217,29 @@ pub fn ca_params(days: u32) -> CertificateParams {
     params
 }
 
-pub fn server_params(cn: &str, hosts: &[HostName], days: u32) -> CertificateParams {
+/// An end-entity certificate for `cn` with one extended key usage.
+fn leaf_params(cn: &str, usage: ExtendedKeyUsagePurpose, days: u32) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(cn);
-    params.subject_alt_names = hosts.iter().map(HostName::to_san).collect();
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = vec![usage];
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, days);
     params
 }
 
-pub fn client_params(name: &str, days: u32) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(name);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.serial_number = Some(random_serial());
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days);
+pub fn server_params(cn: &str, hosts: &[HostName], days: u32) -> CertificateParams {
+    let mut params = leaf_params(cn, ExtendedKeyUsagePurpose::ServerAuth, days);
+    params.subject_alt_names = hosts.iter().map(HostName::to_san).collect();
     params
+}
+
+pub fn client_params(name: &str, days: u32) -> CertificateParams {
+    leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth, days)
 }
 
 fn sign(
