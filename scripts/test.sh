@@ -13,6 +13,9 @@ for pair in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl 
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
+# Sink tests: a real InfluxDB 1.x and PostgreSQL (server binaries live off PATH).
+command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}" >&2
   $SUDO apt-get update -qq

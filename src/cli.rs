@@ -22,6 +22,8 @@ pub enum Command {
     Broker(crate::broker::BrokerArgs),
     /// Check a connection step by step and name the fix for the first failure.
     Doctor(crate::doctor::DoctorArgs),
+    /// From nothing to a verified round trip: certificates, a broker, telemetry and a command.
+    Quickstart(crate::quickstart::QuickstartArgs),
     /// AWS IoT Core things: create (certificate, least-privilege policy, profile), delete, list.
     Iot(crate::iot::IotArgs),
     /// Telemetry stores filled by `sub telemetry --sink`: stats of what arrived.
@@ -30,6 +32,8 @@ pub enum Command {
     Pub(crate::flows::PubArgs),
     /// Receive and decode telemetry (as the server) or commands (as a device).
     Sub(crate::flows::SubArgs),
+    /// Load test: simulated devices (own mTLS identities) and subscribers; rates, loss, latency, memory.
+    Bench(crate::bench::BenchArgs),
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -53,9 +57,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pki(args) => crate::pki::run(args).map(|()| ExitCode::SUCCESS),
         Command::Broker(args) => crate::broker::run(args).await,
         Command::Doctor(args) => crate::doctor::run(args).await,
+        Command::Quickstart(args) => crate::quickstart::run(args).await,
         Command::Iot(args) => crate::iot::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Sink(args) => crate::sink::run(args).await,
         Command::Pub(args) => crate::flows::run_pub(args).await,
         Command::Sub(args) => crate::flows::run_sub(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }

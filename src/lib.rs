@@ -2,6 +2,7 @@
 //! flows from one binary. `main.rs` only parses arguments and reports errors;
 //! each subcommand family lives in its own module here.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod doctor;
@@ -12,4 +13,5 @@ pub mod mqtt;
 pub mod output;
 pub mod pki;
 pub mod proto;
+pub mod quickstart;
 pub mod sink;

@@ -34,6 +34,9 @@ fn influx_keeps_every_point_once_across_sigkill() {
     );
     for row in v["results"][0]["series"][0]["values"].as_array().unwrap() {
         let (t, received) = (row[0].as_i64().unwrap(), row[2].as_i64().unwrap());
-        assert!(t > 1_600_000_000_000_000_000 && received >= t - 60_000_000_000, "{row}");
+        assert!(
+            t > 1_600_000_000_000_000_000 && received >= t - 60_000_000_000,
+            "{row}"
+        );
     }
 }

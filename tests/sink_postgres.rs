@@ -27,5 +27,8 @@ fn postgres_keeps_every_row_once_across_sigkill() {
         "telemetry",
         "SELECT indexname FROM pg_indexes WHERE tablename = 'telemetry' ORDER BY 1",
     );
-    assert!(idx.contains("telemetry_time_idx") && idx.contains("telemetry_pkey"), "{idx}");
+    assert!(
+        idx.contains("telemetry_time_idx") && idx.contains("telemetry_pkey"),
+        "{idx}"
+    );
 }

@@ -22,7 +22,10 @@ fn sqlite_keeps_every_row_once_across_sigkill() {
     );
     let text = common::stdout(common::ok(&o));
     assert!(text.contains("5000 rows, 1 devices"), "{text}");
-    assert!(text.contains("device-001") && !text.contains("gaps:"), "{text}");
+    assert!(
+        text.contains("device-001") && !text.contains("gaps:"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -32,8 +35,16 @@ fn a_failing_store_is_retried_and_nothing_is_acknowledged_meanwhile() {
     let url = format!("sqlite:{}", db.display());
     let publish = |start: u64| {
         let mut c = broker.mqttkit();
-        c.args(["pub", "telemetry", "--out", "out", "--count", "300", "--start-seq"])
-            .arg(start.to_string());
+        c.args([
+            "pub",
+            "telemetry",
+            "--out",
+            "out",
+            "--count",
+            "300",
+            "--start-seq",
+        ])
+        .arg(start.to_string());
         common::ok(&common::run(&mut c, Duration::from_secs(60)));
     };
     let wait_rows = |n: u64| {
@@ -54,7 +65,11 @@ fn a_failing_store_is_retried_and_nothing_is_acknowledged_meanwhile() {
     publish(300);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !sink.stderr().contains("store failed") {
-        assert!(Instant::now() < deadline, "no store failure:\n{}", sink.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no store failure:\n{}",
+            sink.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Crash while failing: whatever was not committed was not acknowledged.
@@ -79,25 +94,77 @@ fn sigterm_commits_what_arrived_and_count_stops_after_n() {
     // A long batch window: only SIGTERM's flush can commit these in time.
     let mut sink = SinkProc::start(&broker, &url, &["--batch-ms", "60000"], &[]);
     sink.wait_subscribed();
+    // A payload that is not Telemetry can never be stored: reported and acknowledged.
+    let mut garbage = std::process::Command::new("mosquitto_pub");
+    garbage
+        .args(common::mosquitto_tls_args(&broker, Some("device-001")))
+        .args([
+            "-q",
+            "1",
+            "-t",
+            "devices/device-001/telemetry",
+            "-m",
+            "not a protobuf message",
+        ]);
+    common::ok(&common::run(&mut garbage, Duration::from_secs(30)));
     let mut c = broker.mqttkit();
     c.args(["pub", "telemetry", "--out", "out", "--count", "50"]);
     common::ok(&common::run(&mut c, Duration::from_secs(60)));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(rows(&broker, &url, &[]), 0, "committed before the batch closed");
+    assert_eq!(
+        rows(&broker, &url, &[]),
+        0,
+        "committed before the batch closed"
+    );
     sink.terminate();
     assert_eq!(rows(&broker, &url, &[]), 50);
-    assert!(sink.stderr().contains("stored 50 messages"), "{}", sink.stderr());
+    assert!(
+        sink.stderr().contains("stored 50 messages"),
+        "{}",
+        sink.stderr()
+    );
 
     // --count N: exactly N stored, the rest left with the broker.
     let mut c = broker.mqttkit();
-    c.args(["pub", "telemetry", "--out", "out", "--count", "40", "--start-seq", "50"]);
+    c.args([
+        "pub",
+        "telemetry",
+        "--out",
+        "out",
+        "--count",
+        "40",
+        "--start-seq",
+        "50",
+    ]);
     common::ok(&common::run(&mut c, Duration::from_secs(60)));
     let mut c = broker.mqttkit();
-    c.args(["sub", "telemetry", "--out", "out", "--sink", &url, "--count", "25"]);
+    c.args([
+        "sub",
+        "telemetry",
+        "--out",
+        "out",
+        "--sink",
+        &url,
+        "--count",
+        "25",
+    ]);
     let o = common::run(&mut c, Duration::from_secs(60));
-    assert!(common::stderr(common::ok(&o)).contains("stored 25 messages"), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(common::ok(&o)).contains("stored 25 messages"),
+        "{}",
+        common::stderr(&o)
+    );
     let mut c = broker.mqttkit();
-    c.args(["sub", "telemetry", "--out", "out", "--sink", &url, "--count", "15"]);
+    c.args([
+        "sub",
+        "telemetry",
+        "--out",
+        "out",
+        "--sink",
+        &url,
+        "--count",
+        "15",
+    ]);
     common::ok(&common::run(&mut c, Duration::from_secs(60)));
     let s = sink_support::stats(&broker, &url, &[]);
     assert_eq!(s["rows"], 90, "{s}");
@@ -114,18 +181,44 @@ fn bad_sinks_fail_in_one_line_before_subscribing() {
     let closed = common::free_port();
     let missing_dir = broker.path().join("no/such/dir/t.db");
     for (url, expect) in [
-        ("mysql://u@127.0.0.1/db".to_string(), "unknown scheme 'mysql'"),
-        ("timestream://only-db".to_string(), "expected timestream://DATABASE/TABLE"),
-        (format!("sqlite:{}", missing_dir.display()), "does not exist"),
+        (
+            "mysql://u@127.0.0.1/db".to_string(),
+            "unknown scheme 'mysql'",
+        ),
+        (
+            "timestream://only-db".to_string(),
+            "expected timestream://DATABASE/TABLE",
+        ),
+        (
+            format!("sqlite:{}", missing_dir.display()),
+            "does not exist",
+        ),
         // Read-only even for root.
-        ("sqlite:/proc/mqttkit-sink-test.db".to_string(), "--sink sqlite:/proc/mqttkit-sink-test.db"),
-        (format!("postgres://postgres@127.0.0.1:{closed}/db"), "cannot connect"),
-        (format!("influx://127.0.0.1:{closed}/db"), "cannot reach InfluxDB"),
+        (
+            "sqlite:/proc/mqttkit-sink-test.db".to_string(),
+            "--sink sqlite:/proc/mqttkit-sink-test.db",
+        ),
+        (
+            format!("postgres://postgres@127.0.0.1:{closed}/db"),
+            "cannot connect",
+        ),
+        (
+            format!("influx://127.0.0.1:{closed}/db"),
+            "cannot reach InfluxDB",
+        ),
     ] {
         let mut c = broker.mqttkit();
-        c.args(["sub", "telemetry", "--out", "out", "--host", "127.0.0.1", "--port"])
-            .arg(closed.to_string())
-            .args(["--sink", &url]);
+        c.args([
+            "sub",
+            "telemetry",
+            "--out",
+            "out",
+            "--host",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(closed.to_string())
+        .args(["--sink", &url]);
         let o = common::run(&mut c, Duration::from_secs(60));
         let err = common::stderr(&o);
         assert!(!o.status.success(), "{url}: succeeded");
@@ -140,6 +233,10 @@ fn bad_sinks_fail_in_one_line_before_subscribing() {
         Duration::from_secs(30),
     );
     assert!(!o.status.success());
-    assert!(common::stderr(&o).contains("does not exist"), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("does not exist"),
+        "{}",
+        common::stderr(&o)
+    );
     assert!(!broker.path().join("nope.db").exists());
 }

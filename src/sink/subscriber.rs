@@ -59,6 +59,11 @@ pub async fn run_subscriber(
         bail!("--sink: no URL given");
     };
     let url: SinkUrl = raw_url.parse()?;
+    if let Some(d) = device_id {
+        if d.is_empty() || d.contains(['/', '+', '#']) {
+            bail!("--device-id '{d}': a device id cannot be empty or contain '/', '+' or '#'");
+        }
+    }
     // The store must work before anything is taken from the broker.
     let store = Store::open(&url).await?;
 

@@ -48,7 +48,9 @@ pub struct SinkProc {
 
 impl SinkProc {
     pub fn start(broker: &Broker, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let n = std::fs::read_dir(broker.path()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(broker.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let log = broker.path().join(format!("sink-{n}.log"));
         let err = std::fs::File::create(&log).expect("sink log");
         let mut cmd = broker.mqttkit();
@@ -77,7 +79,10 @@ impl SinkProc {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("the sink exited ({st}) before subscribing:\n{err}");
             }
-            assert!(Instant::now() < deadline, "the sink did not subscribe:\n{err}");
+            assert!(
+                Instant::now() < deadline,
+                "the sink did not subscribe:\n{err}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -93,7 +98,11 @@ impl SinkProc {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
-                assert!(st.success(), "the sink exited with {st}:\n{}", self.stderr());
+                assert!(
+                    st.success(),
+                    "the sink exited with {st}:\n{}",
+                    self.stderr()
+                );
                 return;
             }
             assert!(
@@ -115,7 +124,8 @@ impl Drop for SinkProc {
 /// `mqttkit sink stats URL --json`.
 pub fn stats(broker: &Broker, url: &str, env: &[(&str, &str)]) -> serde_json::Value {
     let mut c = broker.mqttkit();
-    c.args(["sink", "stats", url, "--json"]).envs(env.iter().copied());
+    c.args(["sink", "stats", url, "--json"])
+        .envs(env.iter().copied());
     let o = common::ok(&common::run(&mut c, Duration::from_secs(30))).clone();
     serde_json::from_slice(&o.stdout).expect("stats JSON")
 }
@@ -147,11 +157,18 @@ pub fn kill_restart_flow(broker: &Broker, url: &str, total: u64, env: &[(&str, &
         if n >= total / 5 {
             break n;
         }
-        assert!(Instant::now() < deadline, "the sink stored only {n} rows:\n{}", sink.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "the sink stored only {n} rows:\n{}",
+            sink.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     sink.kill9();
-    assert!(before_kill < total, "the sink was killed too late ({before_kill} rows)");
+    assert!(
+        before_kill < total,
+        "the sink was killed too late ({before_kill} rows)"
+    );
 
     let mut sink = SinkProc::start(broker, url, &[], env);
     sink.wait_subscribed();
@@ -168,7 +185,11 @@ pub fn kill_restart_flow(broker: &Broker, url: &str, total: u64, env: &[(&str, &
         if n >= total {
             break;
         }
-        assert!(Instant::now() < deadline, "only {n} of {total} rows:\n{}", sink.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {total} rows:\n{}",
+            sink.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     sink.terminate();
@@ -229,8 +250,13 @@ pub fn pg_bin(name: &str) -> PathBuf {
 fn as_pg_user(program: &Path) -> Command {
     if nix::unistd::Uid::effective().is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"])
-            .arg(program);
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(program);
         c
     } else {
         Command::new(program)
@@ -250,10 +276,15 @@ impl Postgres {
         }
         let data = dir.path().join("data");
         let out = common::run(
-            as_pg_user(&pg_bin("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
+            as_pg_user(&pg_bin("initdb")).arg("-D").arg(&data).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]),
             Duration::from_secs(120),
         );
         common::ok(&out);
@@ -307,7 +338,18 @@ impl Postgres {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let o = common::run(
             Command::new("psql")
-                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                .args([
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-p",
+                ])
                 .arg(self.port.to_string())
                 .args(["-d", db, "-c", sql]),
             Duration::from_secs(30),
@@ -395,7 +437,10 @@ pub fn http_get(port: u16, path: &str) -> String {
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read");
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}\n{body}"
+    );
     body.to_string()
 }
 
@@ -442,7 +487,10 @@ impl Moto {
             ("AWS_REGION".into(), MOTO_REGION.into()),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
-            ("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{}", self.port)),
+            (
+                "AWS_ENDPOINT_URL".into(),
+                format!("http://127.0.0.1:{}", self.port),
+            ),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
         ]
     }
