@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20}
 cargo build --release --quiet
-BIN=$PWD/target/release/mqttkit
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mqttkit
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
