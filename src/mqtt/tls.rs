@@ -128,6 +128,26 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// A client configuration for an identity held in memory (e.g. the ephemeral
+/// per-device certificates `bench` issues), sharing one parsed root store.
+pub fn client_config_in_memory(
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: Option<&[u8]>,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
 /// Verifies the server's chain as usual but against a fixed name instead of
 /// the host dialled: for health checks of a broker listening on an address its
 /// certificate does not carry (the mismatch is reported separately).

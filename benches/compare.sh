@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Throughput comparison through ONE mosquitto with mutual TLS on loopback, all
+# in the same run:
+#   1. mosquitto_pub -l  -> mosquitto_sub          (the C clients), QoS 0 and 1
+#   2. mqttkit pub telemetry -> mqttkit sub telemetry,               QoS 0 and 1
+#   3. mqttkit bench: 1 device, 100 devices, and 1,000 devices with per-device
+#      certificates (connect rate, latency, memory per connection)
+# For each pub -> sub pair it counts what arrived at the subscriber and the
+# delivered rate (messages / time from the publisher's start to the last
+# arrival), then prints the ratios.
+#
+# Usage: benches/compare.sh            (N=200000 messages per pub/sub run)
+#        N=50000 SKIP_BUILD=1 benches/compare.sh
+# Needs: mosquitto, mosquitto-clients, python3. Stops everything it starts.
+set -euo pipefail
+
+N=${N:-200000}
+SUB_TIMEOUT=${SUB_TIMEOUT:-120}   # seconds a subscriber may wait in total
+IDLE=${IDLE:-3}                   # seconds without new arrivals = done
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+for cmd in mosquitto mosquitto_pub mosquitto_sub python3; do
+  command -v "$cmd" >/dev/null || { echo "error: $cmd not found (apt-get install mosquitto mosquitto-clients python3)" >&2; exit 1; }
+done
+if [ -z "${SKIP_BUILD:-}" ]; then
+  echo "== cargo build --release" >&2
+  (cd "$ROOT" && cargo build --release --quiet)
+fi
+BIN="$ROOT/target/release/mqttkit"
+
+WORK=$(mktemp -d /tmp/mqttkit-compare.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null || true
+  done
+  (cd "$WORK" && "$BIN" broker down --out out >/dev/null 2>&1) || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+cd "$WORK"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" pki init --out out >/dev/null
+"$BIN" broker up --out out --runtime native --bind 127.0.0.1 --port "$PORT" --compose-file compose.yaml >/dev/null
+C=out/certs
+TLS=(-h 127.0.0.1 -p "$PORT" --cafile "$C/ca.crt")
+
+now() { date +%s.%N; }
+lines() { [ -f "$1" ] && wc -l <"$1" || echo 0; }
+
+# wait_arrivals FILE T0 SUB_PID: until the subscriber exits (count reached or
+# its time limit) or nothing new arrived for IDLE s; prints "count seconds"
+# where seconds runs from T0 to the last growth of FILE.
+wait_arrivals() {
+  local file=$1 t0=$2 pid=$3 last=-1 t_last idle_since
+  t_last=$(now); idle_since=$(now)
+  while kill -0 "$pid" 2>/dev/null; do
+    local n; n=$(lines "$file")
+    if [ "$n" != "$last" ]; then last=$n; t_last=$(now); idle_since=$t_last
+    elif python3 -c "import sys; sys.exit(0 if $(now) - $idle_since > $IDLE else 1)"; then break; fi
+    sleep 0.05
+  done
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local n; n=$(lines "$file")
+  # An exited subscriber wrote its last line just now at the latest.
+  [ "$n" != "$last" ] && t_last=$(now)
+  echo "$n $(python3 -c "print(f'{$t_last - $t0:.3f}')")"
+}
+
+# Text lines about the size of one encoded Telemetry message (~60 bytes).
+python3 - "$N" >lines.txt <<'EOF'
+import sys
+for i in range(int(sys.argv[1])):
+    print(f"device-001 seq={i:09d} t=21.53 h=45.20 p=1013.25 b=4.101 r=-63 ok")
+EOF
+
+declare -A RATE COUNT SECS
+run_mosquitto() {
+  local q=$1; local out="mosq_q$q.txt"
+  mosquitto_sub "${TLS[@]}" --cert "$C/server.crt" --key "$C/server.key" \
+    -t 'devices/+/telemetry' -q "$q" -C "$N" -W "$SUB_TIMEOUT" >"$out" 2>mosq_sub_q$q.err &
+  local sub=$!; PIDS+=("$sub")
+  sleep 1  # subscribed before the first message
+  local t0; t0=$(now)
+  mosquitto_pub "${TLS[@]}" --cert "$C/device-001.crt" --key "$C/device-001.key" \
+    -t devices/device-001/telemetry -q "$q" -l <lines.txt 2>mosq_pub_q$q.err || echo "  (mosquitto_pub exited $?)" >&2
+  read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
+  COUNT[mosq$q]=$n; SECS[mosq$q]=$secs
+  RATE[mosq$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
+  echo "mosquitto_pub -l -> mosquitto_sub  QoS $q: $n of $N arrived in $secs s: ${RATE[mosq$q]} msg/s" >&2
+}
+
+run_mqttkit() {
+  local q=$1; local out="mqttkit_q$q.txt"
+  "$BIN" sub telemetry --out out --qos "$q" --count "$N" --reconnect-timeout 5 >"$out" 2>mqttkit_sub_q$q.err &
+  local sub=$!; PIDS+=("$sub")
+  sleep 1
+  local t0; t0=$(now)
+  "$BIN" pub telemetry --out out --qos "$q" --count "$N" 2>mqttkit_pub_q$q.err || echo "  (mqttkit pub exited $?)" >&2
+  read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
+  COUNT[mqttkit$q]=$n; SECS[mqttkit$q]=$secs
+  RATE[mqttkit$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
+  # Exactly once: every seq 0..N-1 once.
+  local check; check=$(python3 - "$out" "$N" <<'EOF'
+import re, sys
+# One text line per message, like mosquitto_sub's: "device-001 seq=N ...".
+seqs = [int(m.group(1)) for m in map(re.compile(r" seq=(\d+) ").search, open(sys.argv[1])) if m]
+n = int(sys.argv[2])
+distinct = len(set(seqs))
+missing = n - len(set(s for s in seqs if s < n))
+print(f"distinct {distinct}, duplicates {len(seqs) - distinct}, missing {missing}")
+EOF
+)
+  echo "mqttkit pub -> mqttkit sub         QoS $q: $n of $N arrived in $secs s: ${RATE[mqttkit$q]} msg/s ($check)" >&2
+  CHECK[mqttkit$q]=$check
+}
+declare -A CHECK
+
+echo "== mosquitto $(mosquitto -h 2>&1 | head -1 | awk '{print $3}'), mTLS on 127.0.0.1:$PORT, $N messages per run" >&2
+run_mosquitto 0
+run_mosquitto 1
+run_mqttkit 0
+run_mqttkit 1
+
+bench() {
+  local name=$1; shift
+  echo "== mqttkit bench $*" >&2
+  "$BIN" bench --out out "$@" --json >"bench_$name.json" 2>"bench_$name.err" || echo "  (bench exited $?; see below)" >&2
+  python3 - "bench_$name.json" <<'EOF' >&2
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as e:
+    print("  no report:", e); sys.exit(0)
+c, l, m = r["connect"], r["latency"], r["memory"]
+print(f"  {r['devices']} devices ({r['identities']}), {r['subscribers']} sub, QoS {r['qos']}: "
+      f"connected {c['connected']}/{r['devices']} ({c['handshakes_per_s']} handshakes/s, p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms)")
+print(f"  published {r['published']}, delivered {r['delivered']}/{r['expected']}, lost {r['lost']}, dup {r['duplicated']}: "
+      f"{r['delivered_per_s']} msg/s delivered")
+print(f"  latency p50 {l['p50_ms']} ms, p95 {l['p95_ms']} ms, p99 {l['p99_ms']} ms, max {l['max_ms']} ms")
+print(f"  peak RSS {m['peak_rss_kib']/1024:.1f} MiB, {m['per_connection_kib']} KiB per connection; problems: {r['problems'] or 'none'}")
+EOF
+  cat "bench_$name.err" >&2 || true
+}
+bench q0_1dev --devices 1 --subscribers 1 --qos 0 --count "$N"
+bench q1_1dev --devices 1 --subscribers 1 --qos 1 --count "$N"
+bench q1_100dev --devices 100 --subscribers 1 --qos 1 --count $((N / 100))
+bench q1_1000dev --devices 1000 --subscribers 1 --qos 1 --rate 10 --duration 20
+
+ratio() { python3 -c "a=$1; b=$2; print(f'{a/b:.2f}x' if b else 'n/a')"; }
+cat <<EOF
+
+== summary (delivered msg/s through one mosquitto, mTLS, loopback)
+mosquitto_pub -> mosquitto_sub  QoS 0: ${RATE[mosq0]} msg/s (${COUNT[mosq0]}/$N)
+mosquitto_pub -> mosquitto_sub  QoS 1: ${RATE[mosq1]} msg/s (${COUNT[mosq1]}/$N)
+mqttkit pub -> mqttkit sub      QoS 0: ${RATE[mqttkit0]} msg/s (${COUNT[mqttkit0]}/$N; ${CHECK[mqttkit0]})
+mqttkit pub -> mqttkit sub      QoS 1: ${RATE[mqttkit1]} msg/s (${COUNT[mqttkit1]}/$N; ${CHECK[mqttkit1]})
+ratio mqttkit / mosquitto       QoS 0: $(ratio "${RATE[mqttkit0]}" "${RATE[mosq0]}")   (target >= 1.2x)
+ratio mqttkit / mosquitto       QoS 1: $(ratio "${RATE[mqttkit1]}" "${RATE[mosq1]}")
+ratio mqttkit QoS 1 / QoS 0          : $(ratio "${RATE[mqttkit1]}" "${RATE[mqttkit0]}")   (target >= 0.50x)
+EOF
+for f in bench_*.json; do
+  python3 - "$f" <<'EOF'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception:
+    sys.exit(0)
+c, l, m = r["connect"], r["latency"], r["memory"]
+print(f"mqttkit bench {r['devices']:>4} dev QoS {r['qos']}: {r['delivered_per_s']:>9} msg/s delivered, lost {r['lost']}, dup {r['duplicated']}, "
+      f"latency p50/p99 {l['p50_ms']}/{l['p99_ms']} ms, connect {c['handshakes_per_s']}/s, {m['per_connection_kib']} KiB/conn, peak {m['peak_rss_kib']/1024:.0f} MiB")
+EOF
+done

@@ -1,0 +1,264 @@
+//! One simulated device: connects (within the shared handshake budget), waits
+//! for the start signal while answering keep-alives, then publishes at its rate
+//! or as fast as its in-flight window allows.
+//!
+//! The producer and the event-loop driver run concurrently in one task: the
+//! producer hands payloads to rumqttc's channel (waiting when it is full), the
+//! driver counts what was written (`Outgoing::Publish`) and acknowledged
+//! (`PubAck`). When the driver stops it drops the event loop, which closes the
+//! channel and so also ends a producer waiting on it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, QoS};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::payload::{PayloadKind, Source};
+use super::Live;
+use crate::mqtt::Endpoint;
+
+/// Settings every device shares.
+pub struct Plan {
+    pub qos: QoS,
+    /// Messages per second per device; None = as fast as possible.
+    pub rate: Option<f64>,
+    /// Messages per device; None = until the stop signal.
+    pub count: Option<u64>,
+    pub payload: PayloadKind,
+    pub inflight: u16,
+    pub devices: usize,
+    pub handshakes: Arc<Semaphore>,
+    pub live: Arc<Live>,
+}
+
+/// Who a device is and how it connects.
+pub struct DeviceSpec {
+    pub index: usize,
+    /// Carried in the payload (and its certificate CN with per-device identities).
+    pub device_id: String,
+    pub client_id: String,
+    pub topic: String,
+    pub endpoint: Endpoint,
+}
+
+#[derive(Debug, Default)]
+pub struct DeviceResult {
+    pub device_id: String,
+    pub connected: bool,
+    pub connect_us: Option<u64>,
+    /// Written to the connection (`Outgoing::Publish`).
+    pub published: u64,
+    /// Acknowledged by the broker (QoS 1 PUBACK).
+    pub acked: u64,
+    pub error: Option<String>,
+}
+
+pub async fn run(
+    spec: DeviceSpec,
+    plan: Arc<Plan>,
+    ready: mpsc::Sender<()>,
+    mut go: watch::Receiver<Option<Instant>>,
+    stop: watch::Receiver<bool>,
+) -> DeviceResult {
+    let mut r = DeviceResult {
+        device_id: spec.device_id.clone(),
+        ..DeviceResult::default()
+    };
+    let mut opts = spec.endpoint.mqtt_options(&spec.client_id);
+    opts.set_clean_session(true);
+    opts.set_inflight(plan.inflight);
+    let (client, mut eventloop) = AsyncClient::new(opts, plan.inflight as usize);
+    // Handshakes queue behind each other on a busy broker: be patient.
+    eventloop.network_options.set_connection_timeout(60);
+    let mut poller = Poller::new(eventloop);
+
+    // Connect, at most `--connect-parallel` handshakes at a time.
+    {
+        let _permit = plan.handshakes.acquire().await;
+        let t0 = Instant::now();
+        loop {
+            match poller.next().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    r.error = Some(crate::flows::describe_connect_error(
+                        &spec.endpoint.describe(),
+                        &e,
+                    ));
+                    let _ = ready.send(()).await;
+                    return r;
+                }
+            }
+        }
+        r.connected = true;
+        r.connect_us = Some(t0.elapsed().as_micros() as u64);
+    }
+    plan.live.connected.fetch_add(1, Ordering::Relaxed);
+    let _ = ready.send(()).await;
+
+    // Stay connected (keep-alives) until every device is connected.
+    let start = loop {
+        tokio::select! {
+            changed = go.changed() => {
+                if changed.is_err() {
+                    return r;
+                }
+                if let Some(t) = *go.borrow() {
+                    break t;
+                }
+            }
+            ev = poller.next() => {
+                if let Err(e) = ev {
+                    r.error = Some(format!("connection lost before publishing: {e}"));
+                    return r;
+                }
+            }
+        }
+    };
+
+    let handed = AtomicU64::new(0);
+    let producer_done = AtomicBool::new(false);
+    let wake = Notify::new();
+    let published = AtomicU64::new(0);
+    let acked = AtomicU64::new(0);
+
+    let producer = {
+        let (client, handed, producer_done, wake) = (&client, &handed, &producer_done, &wake);
+        let (plan, topic, mut stop) = (&plan, spec.topic.clone(), stop);
+        let mut source = Source::new(plan.payload, &spec.device_id);
+        // Fixed-rate devices start spread over one interval, not all at once.
+        let offset = plan
+            .rate
+            .map(|rate| Duration::from_secs_f64(spec.index as f64 / plan.devices as f64 / rate))
+            .unwrap_or_default();
+        async move {
+            let mut n = 0u64;
+            loop {
+                if plan.count.is_some_and(|c| n >= c) || *stop.borrow() {
+                    break;
+                }
+                if let Some(rate) = plan.rate {
+                    let due = start + offset + Duration::from_secs_f64(n as f64 / rate);
+                    if due > Instant::now() {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(due) => {}
+                            _ = stop.wait_for(|s| *s) => break,
+                        }
+                    }
+                }
+                let payload = source.next_payload();
+                if client
+                    .publish_bytes(topic.clone(), plan.qos, false, payload)
+                    .await
+                    .is_err()
+                {
+                    break; // the driver stopped
+                }
+                n += 1;
+                handed.store(n, Ordering::Release);
+                wake.notify_one();
+            }
+            producer_done.store(true, Ordering::Release);
+            wake.notify_one();
+        }
+    };
+
+    let driver = {
+        let (handed, producer_done, wake) = (&handed, &producer_done, &wake);
+        let (published, acked, plan, client) = (&published, &acked, &plan, &client);
+        let endpoint = spec.endpoint.describe();
+        async move {
+            let mut poller = poller;
+            // Wakes the check below even when the network is quiet.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                if producer_done.load(Ordering::Acquire) {
+                    let target = handed.load(Ordering::Acquire);
+                    let done = if plan.qos == QoS::AtMostOnce {
+                        published.load(Ordering::Relaxed) >= target
+                    } else {
+                        acked.load(Ordering::Relaxed) >= target
+                    };
+                    if done {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    ev = poller.next() => match ev {
+                        Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                            published.fetch_add(1, Ordering::Relaxed);
+                            plan.live.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            // Returning drops the event loop: the producer stops too.
+                            return Some(format!("connection to {endpoint} lost while publishing: {e}"));
+                        }
+                    },
+                    _ = wake.notified() => {}
+                    _ = tick.tick() => {}
+                }
+            }
+            // A clean DISCONNECT, so the broker does not log a lost client.
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Ok(ev) = poller.next().await {
+                    if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            None
+        }
+    };
+
+    let ((), error) = tokio::join!(producer, driver);
+    r.published = published.load(Ordering::Relaxed);
+    r.acked = if plan.qos == QoS::AtMostOnce {
+        0
+    } else {
+        acked.load(Ordering::Relaxed)
+    };
+    r.error = error;
+    r
+}
+
+type PollFuture = Pin<Box<dyn Future<Output = (EventLoop, Result<Event, ConnectionError>)> + Send>>;
+
+/// rumqttc's `EventLoop::poll` drops the packet it is writing when it is
+/// cancelled mid-write (e.g. by losing a `select!`), which silently loses
+/// messages under load. A poll, once started, is therefore always finished:
+/// the event loop moves into the future and back out with the event.
+pub struct Poller {
+    fut: PollFuture,
+}
+
+async fn poll_owned(mut eventloop: EventLoop) -> (EventLoop, Result<Event, ConnectionError>) {
+    let ev = eventloop.poll().await;
+    (eventloop, ev)
+}
+
+impl Poller {
+    pub fn new(eventloop: EventLoop) -> Self {
+        Poller {
+            fut: Box::pin(poll_owned(eventloop)),
+        }
+    }
+
+    /// The next event. Cancel-safe: an interrupted poll resumes on the next call.
+    pub async fn next(&mut self) -> Result<Event, ConnectionError> {
+        let (eventloop, ev) = (&mut self.fut).await;
+        self.fut = Box::pin(poll_owned(eventloop));
+        ev
+    }
+}

@@ -1,0 +1,334 @@
+//! `mqttkit bench`: N simulated devices (each its own mTLS connection and, when
+//! the CA key is at hand, its own ephemeral client certificate) publishing
+//! real `Telemetry` to M server subscribers; reports connect times, rates,
+//! loss and duplicates per device, end-to-end latency and memory.
+
+mod device;
+mod payload;
+mod report;
+mod subscriber;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::mqtt::{telemetry_topic, tls, unique_client_id, ConnectionArgs, Endpoint, Role};
+use crate::pki::KeyType;
+
+pub use payload::PayloadKind;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// Simulated devices, each its own MQTT connection.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub devices: u32,
+    /// Server subscribers on devices/+/telemetry; each receives every message.
+    #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub subscribers: u32,
+    /// QoS of publishing and subscribing (1: every message acknowledged; loss is an error).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Messages per second per device (default: as fast as the connection allows).
+    #[arg(long, value_name = "PER_DEVICE_MSG_PER_S")]
+    pub rate: Option<f64>,
+    /// Publish for this many seconds (default: 10, unless --count).
+    #[arg(long, value_name = "SECS", conflicts_with = "count")]
+    pub duration: Option<f64>,
+    /// Messages per device.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// `telemetry` (dummy sensor readings) or a size in bytes (a Telemetry padded to it).
+    #[arg(long, value_name = "telemetry|BYTES", default_value = "telemetry", value_parser = payload::parse_payload)]
+    pub payload: PayloadKind,
+    /// Most device TLS handshakes in progress at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub connect_parallel: u32,
+    /// QoS 1 messages in flight (sent, not yet acknowledged) per device.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=16384))]
+    pub inflight: u16,
+    /// After publishing ends, stop waiting for deliveries once none arrived for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub drain_idle: f64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Counters for the live progress line and the drain phase.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub connected: AtomicU64,
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// How the simulated devices authenticate.
+enum Identities {
+    /// One ephemeral certificate per device, CN = its device id.
+    PerDevice,
+    /// Everyone shares the resolved identity; `devices/<shared>/telemetry`.
+    Shared(String),
+}
+
+pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate {rate}: must be a positive number of messages per second per device, e.g. --rate 10");
+        }
+    }
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            bail!("--duration {d}: must be a positive number of seconds, e.g. --duration 10");
+        }
+    }
+    if args.count == Some(0) {
+        bail!("--count 0: must be at least 1 message per device");
+    }
+    if !(args.drain_idle.is_finite() && args.drain_idle > 0.0) {
+        bail!(
+            "--drain-idle {}: must be a positive number of seconds",
+            args.drain_idle
+        );
+    }
+    let duration = match (args.count, args.duration) {
+        (Some(_), _) => None,
+        (None, d) => Some(Duration::from_secs_f64(d.unwrap_or(10.0))),
+    };
+    let n = args.devices as usize;
+    let m = args.subscribers as usize;
+    raise_fd_limit(n + m)?;
+    let baseline_rss = report::status_kib("VmRSS");
+
+    let server = args.conn.resolve(Role::Server)?;
+    let (identities, device_specs) = device_specs(&args.conn, &server, n)?;
+    if let Identities::Shared(id) = &identities {
+        crate::note!(
+            "bench: no CA key to issue per-device certificates (or a fixed --cert/profile identity): all {n} devices connect as '{id}' and publish to {}; loss is still counted per simulated device from the payload",
+            telemetry_topic(id)
+        );
+    }
+    if server.client_id.is_some() {
+        crate::note!("bench: ignoring the fixed client id: each connection gets its own");
+    }
+    let qos = crate::flows::qos(args.qos);
+    let live = Arc::new(Live::default());
+    let progress = report::Progress::start(live.clone(), n);
+
+    // Subscribers first: connected and subscribed before any device publishes.
+    let (sub_stop_tx, sub_stop) = watch::channel(false);
+    let (sub_ready_tx, mut sub_ready) = mpsc::channel(m);
+    let mut subs = Vec::with_capacity(m);
+    for _ in 0..m {
+        subs.push(tokio::spawn(subscriber::run(
+            server.clone(),
+            qos,
+            live.clone(),
+            sub_ready_tx.clone(),
+            sub_stop.clone(),
+        )));
+    }
+    drop(sub_ready_tx);
+    for _ in 0..m {
+        match sub_ready.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                progress.finish();
+                bail!("{e}");
+            }
+            None => bail!("a subscriber stopped before subscribing"),
+        }
+    }
+
+    // Devices: connect in bounded parallel batches, then all start together.
+    let plan = Arc::new(device::Plan {
+        qos,
+        rate: args.rate,
+        count: args.count,
+        payload: args.payload,
+        inflight: args.inflight,
+        devices: n,
+        handshakes: Arc::new(Semaphore::new(args.connect_parallel as usize)),
+        live: live.clone(),
+    });
+    let (go_tx, go) = watch::channel(None);
+    let (stop_tx, stop) = watch::channel(false);
+    let (ready_tx, mut ready) = mpsc::channel(n.min(1024));
+    let connect_started = Instant::now();
+    let mut devices = Vec::with_capacity(n);
+    for spec in device_specs {
+        devices.push(tokio::spawn(device::run(
+            spec,
+            plan.clone(),
+            ready_tx.clone(),
+            go.clone(),
+            stop.clone(),
+        )));
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        if ready.recv().await.is_none() {
+            break;
+        }
+    }
+    let connect_elapsed = connect_started.elapsed();
+    let connected_rss = report::status_kib("VmRSS");
+
+    let start = Instant::now();
+    let _ = go_tx.send(Some(start));
+    if let Some(d) = duration {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + d).await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let mut results = Vec::with_capacity(n);
+    for d in devices {
+        results.push(d.await.context("a device task failed")?);
+    }
+    let publish_elapsed = start.elapsed();
+
+    // Drain: until everything arrived, or nothing did for --drain-idle.
+    let published: u64 = results.iter().map(|r| r.published).sum();
+    let expected = published * m as u64;
+    let idle = Duration::from_secs_f64(args.drain_idle);
+    let mut last = live.delivered.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = live.delivered.load(Ordering::Relaxed);
+        if now >= expected || subs.iter().all(|s| s.is_finished()) {
+            break;
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= idle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = sub_stop_tx.send(true);
+    let mut sub_results = Vec::with_capacity(m);
+    for s in subs {
+        sub_results.push(s.await.context("a subscriber task failed")?);
+    }
+    progress.finish();
+
+    let rep = report::build(report::Inputs {
+        broker: server.describe(),
+        qos: args.qos,
+        subscribers: m,
+        per_device_identities: matches!(identities, Identities::PerDevice),
+        rate: args.rate,
+        payload: args.payload,
+        connect_elapsed,
+        publish_elapsed,
+        start: start.into_std(),
+        baseline_rss,
+        connected_rss,
+        devices: results,
+        subs: sub_results,
+    });
+    if args.json {
+        crate::output::print_json(&rep)?;
+    } else {
+        crate::output::print_stdout(&report::render(&rep))?;
+    }
+    for e in &rep.problems {
+        crate::note!("error: {e}");
+    }
+    Ok(if rep.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Thousands of connections need thousands of descriptors: lift the soft
+/// limit to the hard one, and say so up front when even that is too low.
+fn raise_fd_limit(connections: usize) -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = connections as u64 + 64;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(());
+    };
+    // "Unlimited" is not a valid soft limit for descriptors.
+    let target = hard.min(1 << 20);
+    let soft = if soft < target && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        target
+    } else {
+        soft
+    };
+    if soft < needed {
+        bail!(
+            "--devices/--subscribers: {connections} connections need about {needed} open files but the limit is {soft} (hard {hard}); raise it (`ulimit -n {needed}` as root) or use fewer devices"
+        );
+    }
+    Ok(())
+}
+
+/// The devices' identities and connection settings.
+fn device_specs(
+    conn: &ConnectionArgs,
+    server: &Endpoint,
+    n: usize,
+) -> Result<(Identities, Vec<device::DeviceSpec>)> {
+    let profile = conn.load_profile()?;
+    let fixed_identity = conn.cert.is_some() || profile.as_ref().is_some_and(|p| p.cert.is_some());
+    let certs_dir: PathBuf = profile
+        .as_ref()
+        .and_then(|p| p.certs_dir.clone())
+        .unwrap_or_else(|| crate::pki::certs_dir(&conn.out));
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
+    if !fixed_identity && certs_dir.join("ca.key").exists() {
+        let issuer = crate::pki::load_issuer(&certs_dir)?;
+        let roots = Arc::new(tls::load_roots(&server.cafile)?);
+        let alpn = (server.transport == crate::mqtt::Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
+        let mut specs = Vec::with_capacity(n);
+        for (index, name) in names.into_iter().enumerate() {
+            let key = KeyType::EcdsaP256.generate()?;
+            let cert = crate::pki::client_params(&name, 1)
+                .signed_by(&key, &issuer)
+                .with_context(|| format!("issuing a bench certificate for {name}"))?;
+            let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+            let mut endpoint = server.clone();
+            endpoint.tls = tls::client_config_in_memory(roots.clone(), chain, key_der, alpn)?;
+            endpoint.identity = None;
+            specs.push(device::DeviceSpec {
+                index,
+                client_id: unique_client_id(&name),
+                topic: telemetry_topic(&name),
+                device_id: name,
+                endpoint,
+            });
+        }
+        return Ok((Identities::PerDevice, specs));
+    }
+    let shared = conn
+        .default_device()?
+        .unwrap_or_else(|| crate::pki::DEFAULT_DEVICE.to_string());
+    let endpoint = conn.resolve(Role::Device(&shared))?;
+    let topic = telemetry_topic(&shared);
+    let specs = names
+        .into_iter()
+        .enumerate()
+        .map(|(index, name)| device::DeviceSpec {
+            index,
+            client_id: unique_client_id(&name),
+            topic: topic.clone(),
+            device_id: name,
+            endpoint: endpoint.clone(),
+        })
+        .collect();
+    Ok((Identities::Shared(shared), specs))
+}

@@ -1,0 +1,439 @@
+//! Merging the devices' and subscribers' results into one report, its text
+//! and JSON forms, live progress and memory readings.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::device::DeviceResult;
+use super::payload::PayloadKind;
+use super::subscriber::{histogram, SubResult};
+use super::Live;
+
+/// A field of /proc/self/status in KiB (VmRSS, VmHWM); 0 where unavailable.
+pub fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(str::to_string))
+        })
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A live status line on stderr, only when it is a terminal.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(live: Arc<Live>, devices: usize) -> Self {
+        let bar = crate::output::spinner("bench");
+        let task = (!bar.is_hidden()).then(|| {
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    bar.set_message(format!(
+                        "connected {}/{devices}, published {}, delivered {}",
+                        live.connected.load(Ordering::Relaxed),
+                        live.published.load(Ordering::Relaxed),
+                        live.delivered.load(Ordering::Relaxed),
+                    ));
+                }
+            })
+        });
+        Progress { bar, task }
+    }
+
+    pub fn finish(&self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+        self.bar.finish_and_clear();
+    }
+}
+
+pub struct Inputs {
+    pub broker: String,
+    pub qos: u8,
+    pub subscribers: usize,
+    pub per_device_identities: bool,
+    pub rate: Option<f64>,
+    pub payload: PayloadKind,
+    pub connect_elapsed: Duration,
+    pub publish_elapsed: Duration,
+    pub start: Instant,
+    pub baseline_rss: u64,
+    pub connected_rss: u64,
+    pub devices: Vec<DeviceResult>,
+    pub subs: Vec<SubResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Connect {
+    pub connected: u64,
+    pub failed: u64,
+    pub elapsed_s: f64,
+    pub handshakes_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+    /// Messages whose receive time was before their send time (clock steps): counted as 0.
+    pub below_zero: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    pub baseline_rss_kib: u64,
+    /// RSS with every connection up, before publishing.
+    pub connected_rss_kib: u64,
+    /// Peak RSS of the process (VmHWM), including message buffers.
+    pub peak_rss_kib: u64,
+    /// (connected RSS - baseline) / connections: certificate, TLS and MQTT state of one idle connection.
+    pub per_connection_kib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PerDevice {
+    pub device_id: String,
+    pub connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    pub published: u64,
+    pub acked: u64,
+    /// Messages received by all subscribers together (with duplicates).
+    pub delivered: u64,
+    /// published x subscribers - distinct (seq, subscriber) pairs received.
+    pub lost: u64,
+    pub duplicated: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub broker: String,
+    pub qos: u8,
+    pub devices: usize,
+    pub subscribers: usize,
+    /// `per-device` (ephemeral certificate per device) or `shared`.
+    pub identities: &'static str,
+    pub payload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_device: Option<f64>,
+    pub connect: Connect,
+    pub published: u64,
+    /// PUBACKs received (QoS 1; 0 at QoS 0).
+    pub acked: u64,
+    pub publish_elapsed_s: f64,
+    pub published_per_s: f64,
+    /// published x subscribers.
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// From the start signal to the last delivery.
+    pub deliver_elapsed_s: f64,
+    pub delivered_per_s: f64,
+    pub latency: Latency,
+    /// Received messages that were not bench Telemetry (other publishers).
+    pub foreign: u64,
+    pub memory: Memory,
+    pub problems: Vec<String>,
+    pub ok: bool,
+    pub per_device: Vec<PerDevice>,
+}
+
+fn ms(us: u64) -> f64 {
+    round3(us as f64 / 1000.0)
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn per_s(n: u64, d: Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s > 0.0 {
+        (n as f64 / s * 10.0).round() / 10.0
+    } else {
+        0.0
+    }
+}
+
+pub fn build(inp: Inputs) -> BenchReport {
+    let m = inp.subscribers as u64;
+    let mut connect_hist = histogram();
+    let mut latency = histogram();
+    let mut below_zero = 0;
+    let mut undecodable = 0;
+    let mut last_delivery: Option<Instant> = None;
+    let mut problems = Vec::new();
+    for s in &inp.subs {
+        latency.add(&s.latency_us).expect("same histogram bounds");
+        below_zero += s.below_zero;
+        undecodable += s.undecodable;
+        last_delivery = last_delivery.max(s.last_delivery);
+        if let Some(e) = &s.error {
+            problems.push(e.clone());
+        }
+    }
+    // (received, distinct) per device over all subscribers.
+    let mut rx: HashMap<&str, (u64, u64)> = HashMap::new();
+    let mut foreign = undecodable;
+    let ids: std::collections::HashSet<&str> =
+        inp.devices.iter().map(|d| d.device_id.as_str()).collect();
+    for s in &inp.subs {
+        for (id, seen) in &s.seen {
+            if ids.contains(id.as_str()) {
+                let e = rx.entry(id.as_str()).or_default();
+                e.0 += seen.received;
+                e.1 += seen.distinct;
+            } else {
+                foreign += seen.received;
+            }
+        }
+    }
+
+    let mut per_device = Vec::with_capacity(inp.devices.len());
+    let (mut connected, mut failed, mut published, mut acked) = (0, 0, 0, 0);
+    let (mut delivered, mut lost, mut duplicated) = (0, 0, 0);
+    let mut device_errors: Vec<String> = Vec::new();
+    for d in &inp.devices {
+        if let Some(us) = d.connect_us {
+            connect_hist.saturating_record(us);
+        }
+        if d.connected {
+            connected += 1;
+        } else {
+            failed += 1;
+        }
+        let (received, distinct) = rx.get(d.device_id.as_str()).copied().unwrap_or_default();
+        let dev_lost = (d.published * m).saturating_sub(distinct);
+        let dev_dup = received - distinct;
+        published += d.published;
+        acked += d.acked;
+        delivered += received;
+        lost += dev_lost;
+        duplicated += dev_dup;
+        if let Some(e) = &d.error {
+            device_errors.push(format!("{}: {e}", d.device_id));
+        }
+        per_device.push(PerDevice {
+            device_id: d.device_id.clone(),
+            connected: d.connected,
+            connect_ms: d.connect_us.map(ms),
+            published: d.published,
+            acked: d.acked,
+            delivered: received,
+            lost: dev_lost,
+            duplicated: dev_dup,
+            error: d.error.clone(),
+        });
+    }
+    if failed > 0 {
+        problems.push(format!(
+            "{failed} of {} devices did not connect (first: {}); if many failed, check the broker's open-file limit (`ulimit -n` where it was started) and its log, or lower --connect-parallel",
+            inp.devices.len(),
+            device_errors.first().map(String::as_str).unwrap_or("?")
+        ));
+    } else if let Some(first) = device_errors.first() {
+        problems.push(format!(
+            "{} device(s) failed while publishing (first: {first})",
+            device_errors.len()
+        ));
+    }
+    if inp.qos == 1 && lost > 0 {
+        problems.push(format!(
+            "{lost} QoS 1 message(s) lost: published x subscribers = {}, distinct received = {}",
+            published * m,
+            delivered - duplicated
+        ));
+    }
+    if inp.qos == 1 && acked < published {
+        problems.push(format!(
+            "{} QoS 1 message(s) written but never acknowledged by the broker",
+            published - acked
+        ));
+    }
+    let deliver_elapsed = last_delivery
+        .map(|t| t.saturating_duration_since(inp.start))
+        .unwrap_or_default();
+    let connections = connected + inp.subscribers as u64;
+    let per_connection_kib = if connections > 0 {
+        (inp.connected_rss.saturating_sub(inp.baseline_rss) as f64 / connections as f64 * 10.0)
+            .round()
+            / 10.0
+    } else {
+        0.0
+    };
+    let ok = problems.is_empty();
+    BenchReport {
+        broker: inp.broker,
+        qos: inp.qos,
+        devices: inp.devices.len(),
+        subscribers: inp.subscribers,
+        identities: if inp.per_device_identities {
+            "per-device"
+        } else {
+            "shared"
+        },
+        payload: match inp.payload {
+            PayloadKind::Telemetry => "telemetry".into(),
+            PayloadKind::Bytes(n) => format!("{n} bytes"),
+        },
+        rate_per_device: inp.rate,
+        connect: Connect {
+            connected,
+            failed,
+            elapsed_s: round3(inp.connect_elapsed.as_secs_f64()),
+            handshakes_per_s: per_s(connected, inp.connect_elapsed),
+            p50_ms: ms(connect_hist.value_at_quantile(0.5)),
+            p99_ms: ms(connect_hist.value_at_quantile(0.99)),
+            max_ms: ms(connect_hist.max()),
+        },
+        published,
+        acked,
+        publish_elapsed_s: round3(inp.publish_elapsed.as_secs_f64()),
+        published_per_s: per_s(published, inp.publish_elapsed),
+        expected: published * m,
+        delivered,
+        lost,
+        duplicated,
+        deliver_elapsed_s: round3(deliver_elapsed.as_secs_f64()),
+        delivered_per_s: per_s(delivered, deliver_elapsed),
+        latency: Latency {
+            p50_ms: ms(latency.value_at_quantile(0.5)),
+            p95_ms: ms(latency.value_at_quantile(0.95)),
+            p99_ms: ms(latency.value_at_quantile(0.99)),
+            max_ms: ms(latency.max()),
+            min_ms: ms(latency.min()),
+            mean_ms: round3(latency.mean() / 1000.0),
+            below_zero,
+        },
+        foreign,
+        memory: Memory {
+            baseline_rss_kib: inp.baseline_rss,
+            connected_rss_kib: inp.connected_rss,
+            peak_rss_kib: status_kib("VmHWM"),
+            per_connection_kib,
+        },
+        problems,
+        ok,
+        per_device,
+    }
+}
+
+/// The human-readable report (stdout).
+pub fn render(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let rate = r
+        .rate_per_device
+        .map(|x| format!(", {x} msg/s per device"))
+        .unwrap_or_else(|| ", unthrottled".into());
+    let _ = writeln!(
+        s,
+        "bench {}: {} devices ({} identities), {} subscriber(s), QoS {}, payload {}{rate}",
+        r.broker, r.devices, r.identities, r.subscribers, r.qos, r.payload
+    );
+    let c = &r.connect;
+    let _ = writeln!(
+        s,
+        "connect    {} connected, {} failed in {:.2} s: {:.1} handshakes/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        c.connected, c.failed, c.elapsed_s, c.handshakes_per_s, c.p50_ms, c.p99_ms, c.max_ms
+    );
+    let acked = if r.qos == 1 {
+        format!(", acked {}", r.acked)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "publish    {}{acked} in {:.2} s: {:.1} msg/s",
+        r.published, r.publish_elapsed_s, r.published_per_s
+    );
+    let _ = writeln!(
+        s,
+        "deliver    {} of {} expected, lost {}, duplicated {} in {:.2} s: {:.1} msg/s",
+        r.delivered, r.expected, r.lost, r.duplicated, r.deliver_elapsed_s, r.delivered_per_s
+    );
+    let l = &r.latency;
+    let _ = writeln!(
+        s,
+        "latency    p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
+    );
+    let mem = &r.memory;
+    let _ = writeln!(
+        s,
+        "memory     peak RSS {:.1} MiB, {:.1} KiB per connection ({} connections)",
+        mem.peak_rss_kib as f64 / 1024.0,
+        mem.per_connection_kib,
+        r.connect.connected + r.subscribers as u64
+    );
+    let troubled: Vec<&PerDevice> = r
+        .per_device
+        .iter()
+        .filter(|d| d.lost > 0 || d.duplicated > 0 || d.error.is_some())
+        .collect();
+    for d in troubled.iter().take(20) {
+        let _ = writeln!(
+            s,
+            "  {}: published {}, delivered {}, lost {}, duplicated {}{}",
+            d.device_id,
+            d.published,
+            d.delivered,
+            d.lost,
+            d.duplicated,
+            d.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    if troubled.len() > 20 {
+        let _ = writeln!(
+            s,
+            "  ... and {} more devices (see --json)",
+            troubled.len() - 20
+        );
+    }
+    if r.foreign > 0 {
+        let _ = writeln!(
+            s,
+            "({} messages from other publishers were ignored)",
+            r.foreign
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_parse() {
+        assert!(status_kib("VmRSS") > 0);
+        assert!(status_kib("VmHWM") >= status_kib("VmRSS") / 2);
+        assert_eq!(status_kib("NoSuchField"), 0);
+    }
+}
