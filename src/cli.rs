@@ -16,24 +16,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// From nothing to a verified round trip: certificates, a broker, telemetry and a command.
+    Quickstart(crate::quickstart::QuickstartArgs),
     /// Certificates: a private CA, the broker's and the clients'.
     Pki(crate::pki::PkiArgs),
     /// A Mosquitto broker with mutual TLS and per-device ACLs: up, status, down, logs, users.
     Broker(crate::broker::BrokerArgs),
-    /// Check a connection step by step and name the fix for the first failure.
-    Doctor(crate::doctor::DoctorArgs),
-    /// From nothing to a verified round trip: certificates, a broker, telemetry and a command.
-    Quickstart(crate::quickstart::QuickstartArgs),
-    /// AWS IoT Core things: create (certificate, least-privilege policy, profile), delete, list.
-    Iot(crate::iot::IotArgs),
-    /// Telemetry stores filled by `sub telemetry --sink`: stats of what arrived.
-    Sink(crate::sink::SinkArgs),
     /// Publish protobuf telemetry (as a device) or commands (as the server).
     Pub(crate::flows::PubArgs),
     /// Receive and decode telemetry (as the server) or commands (as a device).
     Sub(crate::flows::SubArgs),
+    /// Telemetry stores filled by `sub telemetry --sink`: stats of what arrived.
+    Sink(crate::sink::SinkArgs),
+    /// AWS IoT Core things: create (certificate, least-privilege policy, profile), delete, list.
+    Iot(crate::iot::IotArgs),
     /// Load test: simulated devices (own mTLS identities) and subscribers; rates, loss, latency, memory.
     Bench(crate::bench::BenchArgs),
+    /// Check a connection step by step and name the fix for the first failure.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 pub fn init_tracing(verbose: u8) {
