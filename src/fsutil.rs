@@ -27,6 +27,8 @@ pub enum WriteError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("{} would be written twice in one run; give each file a distinct name", .0.display())]
+    Duplicate(PathBuf),
     #[error("cannot write {}: {cause}", .path.display())]
     Write {
         path: PathBuf,
@@ -78,6 +80,10 @@ impl StagedFiles {
     /// Writes every file. Without `force`, fails before writing anything if
     /// any target exists.
     pub fn commit(self, force: bool) -> Result<Vec<PathBuf>, WriteError> {
+        let mut seen = std::collections::HashSet::new();
+        if let Some((dup, _, _)) = self.files.iter().find(|(p, _, _)| !seen.insert(p)) {
+            return Err(WriteError::Duplicate(dup.clone()));
+        }
         if !force {
             let existing = self.existing();
             if !existing.is_empty() {

@@ -82,10 +82,11 @@ fn a_key_that_does_not_match_fails_before_connecting() {
 }
 
 #[test]
-fn topics_the_acl_denies_fail_the_permission_steps() {
-    let broker = Broker::start_with(BrokerOptions { clients: vec!["device-002".into()], ..Default::default() });
+fn a_certificate_for_another_device_is_refused_before_connecting() {
+    let broker = Broker::start_with(BrokerOptions { clients: vec!["device-002".into()], no_broker: true, ..Default::default() });
     let certs = broker.certs();
-    // device-001's certificate acting as device-002: the ACL keys on the CN.
+    // device-001's certificate acting as device-002: the broker's ACL keys on the CN
+    // and would silently drop everything.
     let o = run(
         broker
             .mqttkit()
@@ -97,8 +98,22 @@ fn topics_the_acl_denies_fail_the_permission_steps() {
     );
     assert!(!o.status.success());
     let text = stdout(&o);
+    assert!(text.starts_with("[FAIL] configuration"), "{text}");
+    assert!(text.contains("is device 'device-001'") && text.contains("mqttkit pki issue device-002"), "{text}");
+}
+
+#[test]
+fn topics_the_acl_denies_fail_the_permission_steps() {
+    // `server` is not a server identity on this broker: the ACL gives it only device topics.
+    let broker = Broker::start_with(BrokerOptions {
+        up_args: vec!["--server-identity".into(), "ops".into()],
+        ..Default::default()
+    });
+    let o = run(broker.mqttkit().args(["doctor", "--server"]), T);
+    assert!(!o.status.success());
+    let text = stdout(&o);
     assert!(text.lines().any(|l| l.starts_with("[ ok ]") && l.contains("MQTT CONNECT")), "{text}");
     let fail = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
-    assert!(fail.contains("subscribe permission") && fail.contains("devices/device-002/commands"), "{text}");
+    assert!(fail.contains("subscribe permission") && fail.contains("devices/+/telemetry"), "{text}");
     assert!(text.contains("ACL"), "{text}");
 }

@@ -23,6 +23,9 @@ use crate::output;
 
 pub use render::{MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES};
 
+/// The first line of every compose file `up` renders (templates/compose.yaml).
+const COMPOSE_MARKER: &str = "rendered by `mqttkit broker up`";
+
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
     #[command(subcommand)]
@@ -296,6 +299,16 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
                 "a broker from {} is already running on port {}; stop it first with `mqttkit broker down --out {}`",
                 dir.display(),
                 state.port,
+                out.display()
+            );
+        }
+    }
+    // The compose file is the user's top-level file: replace only one we rendered.
+    if let Ok(existing) = std::fs::read_to_string(&args.compose_file) {
+        if !existing.contains(COMPOSE_MARKER) {
+            bail!(
+                "--compose-file {} exists and was not written by mqttkit; pass another --compose-file (e.g. {}/compose.yaml) or move it away",
+                args.compose_file.display(),
                 out.display()
             );
         }

@@ -2,6 +2,7 @@
 //! broker health check: flags and profiles resolved into an [`Endpoint`],
 //! then rumqttc options over rustls.
 
+pub mod poller;
 pub mod probe;
 pub mod profile;
 pub mod sigv4;
@@ -183,6 +184,9 @@ impl ConnectionArgs {
                 );
             }
         }
+        if let (Role::Device(device), Some((cert, _))) = (role, &identity) {
+            check_identity_matches_device(cert, device)?;
+        }
         let client_id = self
             .client_id
             .clone()
@@ -204,6 +208,32 @@ impl ConnectionArgs {
             keepalive: Duration::from_secs(self.keepalive.max(5)),
             region: p.and_then(|p| p.region.clone()),
         })
+    }
+}
+
+/// Mosquitto's ACLs key on the certificate CN and silently drop what a device
+/// publishes under another device's topic (MQTT 3.1.1 has no error for it), so
+/// a certificate for device A used as device B is refused up front. CNs that
+/// are not identities (AWS IoT's "AWS IoT Certificate") are not checked.
+fn check_identity_matches_device(cert: &Path, device: &str) -> Result<()> {
+    let Ok(der) = crate::pki::inspect::read_cert_der(cert) else {
+        return Ok(()); // unreadable files are reported by the TLS setup
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&der) else {
+        return Ok(());
+    };
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    match cn {
+        Some(cn) if cn != device && crate::pki::validate_identity(&cn).is_ok() => bail!(
+            "--device-id {device}: the certificate {} is device '{cn}', and the broker lets it act only as '{cn}'; use --device-id {cn}, or `mqttkit pki issue {device}` for a certificate of its own",
+            cert.display()
+        ),
+        _ => Ok(()),
     }
 }
 

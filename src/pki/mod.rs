@@ -28,6 +28,9 @@ pub use names::{validate_identity, HostName};
 pub const DEFAULT_DEVICE: &str = "device-001";
 pub const DEFAULT_SERVER: &str = "server";
 
+/// File stems `pki init` uses itself: a client named so would replace them.
+const RESERVED_NAMES: &[&str] = &["ca", "broker"];
+
 #[derive(Debug, Args)]
 pub struct PkiArgs {
     #[command(subcommand)]
@@ -319,6 +322,9 @@ pub fn init(args: InitArgs) -> Result<()> {
     };
     for c in requested {
         validate_identity(&c).map_err(|e| anyhow::anyhow!("--client '{c}': {e}"))?;
+        if RESERVED_NAMES.contains(&c.as_str()) {
+            bail!("--client '{c}' is reserved for the {c} certificate; choose another name");
+        }
         if !clients.contains(&c) {
             clients.push(c);
         }
@@ -431,8 +437,12 @@ pub fn load_issuer(certs_dir: &Path) -> Result<Issuer<'static, KeyPair>> {
 
 pub fn issue(args: IssueArgs) -> Result<()> {
     validate_identity(&args.name).map_err(|e| anyhow::anyhow!("NAME '{}': {e}", args.name))?;
-    if matches!(args.name.as_str(), "ca") {
-        bail!("NAME 'ca' is reserved for the CA; choose another name");
+    if RESERVED_NAMES.contains(&args.name.as_str()) && !(args.server && args.name == "broker") {
+        bail!(
+            "NAME '{}' is reserved for the {} certificate; choose another name",
+            args.name,
+            args.name
+        );
     }
     if !args.server && !args.hosts.is_empty() {
         bail!("--host only applies to server certificates; add --server or drop --host");

@@ -98,14 +98,62 @@ impl std::str::FromStr for SinkUrl {
 
 /// The URL without a password, for messages.
 pub fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
+    // Passwords hide in the user info and in query parameters (libpq's
+    // `?password=`, tokens); error messages must never echo them.
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
-    url.to_string()
+    // A libpq key/value string (`host=... password=...`) instead of a URL.
+    if !out.contains("://") && out.contains('=') {
+        return out
+            .split_whitespace()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    out
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    k.contains("password") || k.contains("token") || k.contains("secret") || k == "p"
+}
+
+#[cfg(test)]
+#[test]
+fn redact_hides_every_password_form() {
+    assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+    assert_eq!(
+        redact("postgres://127.0.0.1:1/db?password=hunter2&sslmode=disable"),
+        "postgres://127.0.0.1:1/db?password=***&sslmode=disable"
+    );
+    assert_eq!(redact("host=h password=hunter2"), "host=h password=***");
+    assert_eq!(redact("influx://h:8086/db?u=a&p=x"), "influx://h:8086/db?u=a&p=***");
 }
 
 /// One stored message: who, which, when, and every measurement.
