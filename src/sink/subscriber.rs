@@ -177,6 +177,16 @@ async fn network_task(
             Ok(_) => {}
             Err(_) if closing => return,
             Err(e) => {
+                // rumqttc keeps events it read before the failure and would
+                // hand them out after the next CONNACK, where their packet ids
+                // mean nothing. Deliver them now, before `Lost`: they are
+                // stored, and their acks are dropped when the new connection
+                // starts (the broker redelivers what it kept).
+                for ev in eventloop.state.events.drain(..) {
+                    if let Event::Incoming(Incoming::Publish(p)) = ev {
+                        let _ = tx.send(Net::Publish(p));
+                    }
+                }
                 if !connected_once {
                     let _ = tx.send(Net::Fatal(e.to_string()));
                     return;
