@@ -88,7 +88,16 @@ fn open_sync(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .with_context(what)?;
+    .map_err(|e| {
+        // SQLite's own text repeats itself ("unable to open database file: ...: Error code 14: ...").
+        let why = match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
+                "cannot create or open the file there (read-only or not a regular filesystem)".to_string()
+            }
+            other => other.to_string(),
+        };
+        anyhow::anyhow!("{}: {why}; choose a writable path", what())
+    })?;
     // WAL + synchronous=NORMAL: a commit survives a process crash (the case
     // acknowledgements guard against) and costs no fsync per batch.
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
