@@ -128,7 +128,11 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     };
     report.pass(
         "configuration",
-        format!("{} as {who}, CA {}", endpoint.describe(), endpoint.cafile.display()),
+        format!(
+            "{} as {who}, CA {}",
+            endpoint.describe(),
+            endpoint.cafile.display()
+        ),
     );
     if let Some((cert, _)) = &endpoint.identity {
         if !check_client_cert(&mut report, cert, &endpoint.cafile) {
@@ -212,8 +216,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         .clone()
         .or_else(|| device.clone())
         .unwrap_or_else(|| mqtt::unique_client_id("mqttkit-doctor"));
-    match mqtt::probe::connect_once(&endpoint, &client_id_for(&endpoint, &client_id), timeout)
-        .await
+    match mqtt::probe::connect_once(&endpoint, &client_id_for(&endpoint, &client_id), timeout).await
     {
         Ok(d) => report.pass(
             "MQTT CONNECT",
@@ -221,7 +224,8 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         ),
         Err(e) => {
             let fix = if e.explanation.contains("rejected the client certificate")
-                || e.explanation.contains("closed the connection during the handshake")
+                || e.explanation
+                    .contains("closed the connection during the handshake")
             {
                 "issue a certificate from the broker's CA (`mqttkit pki issue NAME`) or pass the CA the broker trusts"
             } else if e.explanation.contains("requires a client certificate") {
@@ -235,15 +239,27 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     }
 
     // 6. Topic permissions.
-    check_permissions(&mut report, &args.conn, &endpoint, device.as_deref(), &client_id, timeout).await;
+    check_permissions(
+        &mut report,
+        &args.conn,
+        &endpoint,
+        device.as_deref(),
+        &client_id,
+        timeout,
+    )
+    .await;
     report.finish()
 }
 
 /// Local checks of the client certificate: dates and chain to --cafile.
 fn check_client_cert(report: &mut Report, cert: &Path, cafile: &Path) -> bool {
-    let Ok(info) = crate::pki::inspect::inspect_file(cert, std::fs::read(cafile).ok().and_then(|d| {
-        parse_x509_pem(&d).ok().map(|(_, p)| p.contents)
-    }).as_deref()) else {
+    let Ok(info) = crate::pki::inspect::inspect_file(
+        cert,
+        std::fs::read(cafile)
+            .ok()
+            .and_then(|d| parse_x509_pem(&d).ok().map(|(_, p)| p.contents))
+            .as_deref(),
+    ) else {
         return true; // already validated by rustls when loading
     };
     if info.days_left < 0 {
@@ -271,7 +287,12 @@ fn check_client_cert(report: &mut Report, cert: &Path, cafile: &Path) -> bool {
     true
 }
 
-async fn check_tls(report: &mut Report, endpoint: &Endpoint, tcp: TcpStream, timeout: Duration) -> bool {
+async fn check_tls(
+    report: &mut Report,
+    endpoint: &Endpoint,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> bool {
     let Ok(server_name) = ServerName::try_from(endpoint.host.clone()) else {
         report.fail(
             "TLS handshake",
@@ -293,7 +314,8 @@ async fn check_tls(report: &mut Report, endpoint: &Endpoint, tcp: TcpStream, tim
                 "TLS handshake",
                 format!(
                     "{:?}, broker certificate verified for '{}'{detail}",
-                    conn.protocol_version().unwrap_or(rustls::ProtocolVersion::TLSv1_3),
+                    conn.protocol_version()
+                        .unwrap_or(rustls::ProtocolVersion::TLSv1_3),
                     endpoint.host
                 ),
             );
@@ -318,7 +340,10 @@ async fn check_tls(report: &mut Report, endpoint: &Endpoint, tcp: TcpStream, tim
                 )
             } else if debug.contains("Expired") {
                 (
-                    format!("the broker's certificate has expired{}", leaf.as_ref().map(|l| describe_leaf(l)).unwrap_or_default()),
+                    format!(
+                        "the broker's certificate has expired{}",
+                        leaf.as_ref().map(|l| describe_leaf(l)).unwrap_or_default()
+                    ),
                     "reissue it with `mqttkit pki init --force` and restart the broker".to_string(),
                 )
             } else if debug.contains("UnknownIssuer") || debug.contains("BadSignature") {
@@ -336,7 +361,10 @@ async fn check_tls(report: &mut Report, endpoint: &Endpoint, tcp: TcpStream, tim
                     "check --port (8883 is MQTT over TLS; 1883 is plain MQTT)".to_string(),
                 )
             } else {
-                (format!("{e}"), "see the broker log (`mqttkit broker logs`)".to_string())
+                (
+                    format!("{e}"),
+                    "see the broker log (`mqttkit broker logs`)".to_string(),
+                )
             };
             report.fail("TLS handshake", detail, fix);
             false
@@ -372,12 +400,12 @@ fn sans_of(der: &CertificateDer<'_>) -> Vec<String> {
         for n in &ext.value.general_names {
             match n {
                 GeneralName::DNSName(d) => names.push(d.to_string()),
-                GeneralName::IPAddress(b) if b.len() == 4 => {
-                    names.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).expect("4")).to_string())
-                }
-                GeneralName::IPAddress(b) if b.len() == 16 => {
-                    names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).expect("16")).to_string())
-                }
+                GeneralName::IPAddress(b) if b.len() == 4 => names.push(
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).expect("4")).to_string(),
+                ),
+                GeneralName::IPAddress(b) if b.len() == 16 => names.push(
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).expect("16")).to_string(),
+                ),
                 _ => {}
             }
         }
@@ -411,7 +439,12 @@ impl ServerCertVerifier for CaptureLeaf {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -420,11 +453,18 @@ impl ServerCertVerifier for CaptureLeaf {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -444,10 +484,13 @@ async fn fetch_leaf(
         .dangerous()
         .with_custom_certificate_verifier(capture.clone())
         .with_no_client_auth();
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((endpoint.host.as_str(), endpoint.port)))
-        .await
-        .ok()?
-        .ok()?;
+    let tcp = tokio::time::timeout(
+        timeout,
+        TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let _ = tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await;
     let leaf = capture.leaf.lock().ok()?.take();
@@ -546,16 +589,26 @@ async fn acknowledged_only(
     client_id: &str,
     timeout: Duration,
 ) {
-    let (client, mut events) = AsyncClient::new(endpoint.mqtt_options(&client_id_for(endpoint, client_id)), 10);
+    let (client, mut events) = AsyncClient::new(
+        endpoint.mqtt_options(&client_id_for(endpoint, client_id)),
+        10,
+    );
     let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
     let _ = client
-        .publish(outbound, QoS::AtLeastOnce, false, b"mqttkit doctor".to_vec())
+        .publish(
+            outbound,
+            QoS::AtLeastOnce,
+            false,
+            b"mqttkit doctor".to_vec(),
+        )
         .await;
     let (mut suback, mut puback) = (None, false);
     let _ = tokio::time::timeout(timeout, async {
         while suback.is_none() || !puback {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(ack))) => suback = ack.return_codes.first().copied(),
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    suback = ack.return_codes.first().copied()
+                }
                 Ok(Event::Incoming(Packet::PubAck(_))) => puback = true,
                 Ok(_) => {}
                 Err(_) => break,
@@ -567,7 +620,9 @@ async fn acknowledged_only(
     match suback {
         Some(SubscribeReasonCode::Success(q)) => report.pass(
             "subscribe permission",
-            format!("'{filter}' granted at {q:?} (delivery not verifiable without a peer identity)"),
+            format!(
+                "'{filter}' granted at {q:?} (delivery not verifiable without a peer identity)"
+            ),
         ),
         _ => {
             report.fail(
@@ -602,7 +657,10 @@ async fn round_trip(
     client_id: &str,
     timeout: Duration,
 ) -> Result<f64, String> {
-    let (rx, mut rx_events) = AsyncClient::new(receiver.mqtt_options(&client_id_for(receiver, client_id)), 10);
+    let (rx, mut rx_events) = AsyncClient::new(
+        receiver.mqtt_options(&client_id_for(receiver, client_id)),
+        10,
+    );
     rx.subscribe(filter, QoS::AtLeastOnce)
         .await
         .map_err(|e| e.to_string())?;
@@ -618,18 +676,23 @@ async fn round_trip(
     .await
     .map_err(|_| "no SUBACK".to_string())??;
     let payload = format!("mqttkit-doctor {:016x}", rand::random::<u64>());
-    let (tx, mut tx_events) = AsyncClient::new(sender.mqtt_options(&client_id_for(sender, "mqttkit-doctor-peer")), 10);
+    let (tx, mut tx_events) = AsyncClient::new(
+        sender.mqtt_options(&client_id_for(sender, "mqttkit-doctor-peer")),
+        10,
+    );
     let start = Instant::now();
     tx.publish(topic, QoS::AtLeastOnce, false, payload.clone().into_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let sender_task = tokio::spawn(async move {
-        while tx_events.poll().await.is_ok() {}
-    });
+    let sender_task = tokio::spawn(async move { while tx_events.poll().await.is_ok() {} });
     let got = tokio::time::timeout(timeout, async {
         loop {
             match rx_events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) if p.payload.as_ref() == payload.as_bytes() => return true,
+                Ok(Event::Incoming(Packet::Publish(p)))
+                    if p.payload.as_ref() == payload.as_bytes() =>
+                {
+                    return true
+                }
                 Ok(_) => {}
                 Err(_) => return false,
             }

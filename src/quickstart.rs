@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use crate::broker::{self, Runtime};
+use crate::mqtt::poller::Poller;
 use crate::mqtt::{self, ConnectionArgs, Endpoint, Role};
 use crate::pki::{self, DEFAULT_DEVICE, DEFAULT_SERVER};
 use crate::proto::{Command, Telemetry};
@@ -42,11 +43,16 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
     ensure_certificates(out)?;
 
     step(2, "broker");
-    let running_on = broker::load_state(out)?.filter(broker::is_running).map(|s| s.port);
+    let running_on = broker::load_state(out)?
+        .filter(broker::is_running)
+        .map(|s| s.port);
     let port = running_on.unwrap_or(args.port);
     if let Some(p) = running_on {
         if p != args.port {
-            note!("a broker from {} is already running on port {p}; using it", out.display());
+            note!(
+                "a broker from {} is already running on port {p}; using it",
+                out.display()
+            );
         }
     }
     broker::up(broker::UpArgs {
@@ -116,7 +122,11 @@ fn ensure_certificates(out: &Path) -> Result<()> {
         });
     }
     let mut reused = vec!["ca"];
-    for (name, server) in [("broker", true), (DEFAULT_DEVICE, false), (DEFAULT_SERVER, false)] {
+    for (name, server) in [
+        ("broker", true),
+        (DEFAULT_DEVICE, false),
+        (DEFAULT_SERVER, false),
+    ] {
         if certs.join(format!("{name}.crt")).exists() {
             reused.push(name);
             continue;
@@ -150,9 +160,9 @@ struct DemoResult {
 }
 
 /// Polls `events` until a SUBACK arrives.
-async fn until_suback(events: &mut EventLoop, who: &str, topic: &str) -> Result<()> {
+async fn until_suback(events: &mut Poller, who: &str, topic: &str) -> Result<()> {
     loop {
-        match events.poll().await {
+        match events.next().await {
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack
                     .return_codes
@@ -170,10 +180,17 @@ async fn until_suback(events: &mut EventLoop, who: &str, topic: &str) -> Result<
 }
 
 async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<DemoResult> {
-    let (server_client, mut server_events) =
-        AsyncClient::new(server.mqtt_options(&mqtt::unique_client_id("quickstart-server")), 100);
-    let (device_client, mut device_events) =
-        AsyncClient::new(device.mqtt_options(&mqtt::unique_client_id("quickstart-device")), 100);
+    let (server_client, server_events) = AsyncClient::new(
+        server.mqtt_options(&mqtt::unique_client_id("quickstart-server")),
+        100,
+    );
+    let (device_client, device_events) = AsyncClient::new(
+        device.mqtt_options(&mqtt::unique_client_id("quickstart-device")),
+        100,
+    );
+    // Cancel-safe polling: the selects below interrupt the server's polls.
+    let (mut server_events, mut device_events) =
+        (Poller::new(server_events), Poller::new(device_events));
 
     server_client
         .subscribe(mqtt::ALL_TELEMETRY, QoS::AtLeastOnce)
@@ -207,7 +224,7 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     let mut device_poll = Box::pin(poll_until_command(&mut device_events));
     while received < messages {
         tokio::select! {
-            ev = server_events.poll() => match ev {
+            ev = server_events.next() => match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let t = Telemetry::decode(p.payload.as_ref())
                         .with_context(|| format!("decoding telemetry on {}", p.topic))?;
@@ -245,7 +262,7 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     ))?;
     let got = tokio::select! {
         got = &mut device_poll => got?,
-        _ = async { loop { if server_events.poll().await.is_err() { break; } } } => bail!("server connection lost"),
+        _ = async { loop { if server_events.next().await.is_err() { break; } } } => bail!("server connection lost"),
     };
     if got.id != command.id {
         bail!("the device received a different command ({})", got.id);
@@ -255,16 +272,20 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
         got.name, got.params, got.id
     ))?;
     drop(device_poll);
-    let _ = server_client.disconnect().await;
-    let _ = device_client.disconnect().await;
+    server_events
+        .disconnect(&server_client, Duration::from_secs(2))
+        .await;
+    device_events
+        .disconnect(&device_client, Duration::from_secs(2))
+        .await;
     Ok(DemoResult {
         telemetry: received,
     })
 }
 
-async fn poll_until_command(events: &mut EventLoop) -> Result<Command> {
+async fn poll_until_command(events: &mut Poller) -> Result<Command> {
     loop {
-        match events.poll().await {
+        match events.next().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 return Command::decode(p.payload.as_ref())
                     .with_context(|| format!("decoding the command on {}", p.topic));

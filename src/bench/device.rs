@@ -12,15 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::Future;
-use std::pin::Pin;
-
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::payload::{PayloadKind, Source};
 use super::Live;
+// Cancel-safe polling (see there); `bench::subscriber` takes it from here.
+pub use crate::mqtt::poller::Poller;
 use crate::mqtt::Endpoint;
 
 /// Settings every device shares.
@@ -209,15 +208,7 @@ pub async fn run(
                 }
             }
             // A clean DISCONNECT, so the broker does not log a lost client.
-            let _ = client.try_disconnect();
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Ok(ev) = poller.next().await {
-                    if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
-                        break;
-                    }
-                }
-            })
-            .await;
+            poller.disconnect(client, Duration::from_secs(2)).await;
             None
         }
     };
@@ -231,34 +222,4 @@ pub async fn run(
     };
     r.error = error;
     r
-}
-
-type PollFuture = Pin<Box<dyn Future<Output = (EventLoop, Result<Event, ConnectionError>)> + Send>>;
-
-/// rumqttc's `EventLoop::poll` drops the packet it is writing when it is
-/// cancelled mid-write (e.g. by losing a `select!`), which silently loses
-/// messages under load. A poll, once started, is therefore always finished:
-/// the event loop moves into the future and back out with the event.
-pub struct Poller {
-    fut: PollFuture,
-}
-
-async fn poll_owned(mut eventloop: EventLoop) -> (EventLoop, Result<Event, ConnectionError>) {
-    let ev = eventloop.poll().await;
-    (eventloop, ev)
-}
-
-impl Poller {
-    pub fn new(eventloop: EventLoop) -> Self {
-        Poller {
-            fut: Box::pin(poll_owned(eventloop)),
-        }
-    }
-
-    /// The next event. Cancel-safe: an interrupted poll resumes on the next call.
-    pub async fn next(&mut self) -> Result<Event, ConnectionError> {
-        let (eventloop, ev) = (&mut self.fut).await;
-        self.fut = Box::pin(poll_owned(eventloop));
-        ev
-    }
 }

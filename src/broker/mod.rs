@@ -560,7 +560,8 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
         // Listening on an address the certificate lacks: still prove the broker
         // serves our certificate and accepts our client (`up` warns about the name).
         if let Some((cert, key)) = &endpoint.identity {
-            endpoint.tls = mqtt::tls::client_config_for_name(&endpoint.cafile, (cert, key), "localhost")?;
+            endpoint.tls =
+                mqtt::tls::client_config_for_name(&endpoint.cafile, (cert, key), "localhost")?;
         }
     }
     Ok(mqtt::probe::connect_once(

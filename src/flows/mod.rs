@@ -146,16 +146,36 @@ pub struct SubCommandArgs {
 }
 
 pub async fn run_pub(args: PubArgs) -> Result<ExitCode> {
-    match args.command {
-        PubCommand::Telemetry(a) => publish::run_telemetry(a).await,
-        PubCommand::Command(a) => publish::run_command(a).await,
-    }
+    on_worker(async move {
+        match args.command {
+            PubCommand::Telemetry(a) => publish::run_telemetry(a).await,
+            PubCommand::Command(a) => publish::run_command(a).await,
+        }
+    })
+    .await
 }
 
 pub async fn run_sub(args: SubArgs) -> Result<ExitCode> {
-    match args.command {
-        SubCommand::Telemetry(a) => subscribe::run_telemetry(a).await,
-        SubCommand::Command(a) => subscribe::run_command(a).await,
+    on_worker(async move {
+        match args.command {
+            SubCommand::Telemetry(a) => subscribe::run_telemetry(a).await,
+            SubCommand::Command(a) => subscribe::run_command(a).await,
+        }
+    })
+    .await
+}
+
+/// Runs a flow as a task on a runtime worker: the worker that receives a
+/// socket event then runs the flow itself, instead of waking the `block_on`
+/// thread for every batch of packets (a thread hand-off per wake-up).
+async fn on_worker<F>(flow: F) -> Result<ExitCode>
+where
+    F: std::future::Future<Output = Result<ExitCode>> + Send + 'static,
+{
+    match tokio::spawn(flow).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!("the flow task was cancelled: {e}")),
     }
 }
 

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde::Serialize;
 
 use super::dummy::{now_unix_nano, DummyDevice};
 use super::{
     device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs, Reconnect, Shutdown,
 };
+use crate::mqtt::poller::Poller;
 use crate::mqtt::{command_topic, telemetry_topic, unique_client_id, Role};
 use crate::proto::Command;
 
@@ -97,7 +98,7 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
 
     let mut p = Publisher {
         client,
-        eventloop,
+        poller: Poller::new(eventloop),
         topic,
         qos: qos(args.qos),
         window,
@@ -206,7 +207,8 @@ fn end_error(end: End) -> anyhow::Error {
 
 struct Publisher {
     client: AsyncClient,
-    eventloop: EventLoop,
+    /// Cancel-safe: the select loop below interrupts polls all the time.
+    poller: Poller,
     topic: String,
     qos: QoS,
     window: usize,
@@ -322,13 +324,12 @@ impl Publisher {
                     End::Done
                 };
             }
-            // Only wake for the rate schedule while connected: cancelling a
-            // poll that is in the middle of a TLS handshake would never let
-            // it finish. While waiting to retry, our own sleep is cancelled.
+            // Waking for the rate schedule interrupts the poll (even a TLS
+            // handshake); the Poller resumes it, so readings keep being taken
+            // on time while connecting too.
             let next_due = if stop_deadline.is_none()
                 && self.more_to_take()
                 && self.backlog.len() < self.max_queued
-                && (self.connected || self.retry_at.is_some())
             {
                 self.due(start)
             } else {
@@ -348,7 +349,7 @@ impl Publisher {
                 _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(far_future)), if self.retry_at.is_some() => {
                     self.retry_at = None;
                 }
-                ev = self.eventloop.poll(), if self.retry_at.is_none() => {
+                ev = self.poller.next(), if self.retry_at.is_none() => {
                     if let Err(e) = self.on_event(ev).await {
                         break End::Failed(e);
                     }
@@ -356,7 +357,7 @@ impl Publisher {
             }
         };
         if self.connected {
-            disconnect(&self.client, &mut self.eventloop).await;
+            disconnect(&self.client, &mut self.poller).await;
         }
         end
     }
@@ -449,19 +450,8 @@ fn far_future() -> tokio::time::Instant {
 }
 
 /// Sends DISCONNECT after what is queued and waits (briefly) until it is written.
-pub(crate) async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
-    if client.try_disconnect().is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+pub(crate) async fn disconnect(client: &AsyncClient, poller: &mut Poller) {
+    poller.disconnect(client, Duration::from_secs(2)).await;
 }
 
 #[derive(Serialize)]
@@ -494,7 +484,8 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
     };
     let payload = Bytes::from(cmd.encode_to_vec());
     let q = qos(args.qos);
-    let (client, mut eventloop) = AsyncClient::new(endpoint.mqtt_options(&client_id), 8);
+    let (client, eventloop) = AsyncClient::new(endpoint.mqtt_options(&client_id), 8);
+    let mut poller = Poller::new(eventloop);
     client
         .publish_bytes(topic.clone(), q, false, payload)
         .await
@@ -506,7 +497,7 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => bail!("interrupted before the broker acknowledged the command"),
-                ev = eventloop.poll() => match ev {
+                ev = poller.next() => match ev {
                     Ok(Event::Incoming(Incoming::PubAck(_))) if q == QoS::AtLeastOnce => return Ok(()),
                     Ok(Event::Outgoing(Outgoing::Publish(_))) if q == QoS::AtMostOnce => return Ok(()),
                     Ok(_) => {}
@@ -523,7 +514,7 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
             bail!("no acknowledgement from {describe} within 30 s for the command to {topic}")
         }
     }
-    disconnect(&client, &mut eventloop).await;
+    disconnect(&client, &mut poller).await;
     crate::note!("sent command '{}' (id {}) to {}", cmd.name, cmd.id, topic);
     if args.json {
         crate::output::print_json(&SentCommand {

@@ -18,6 +18,7 @@ use super::{
     device_id, qos, validate_device_id, Out, Reconnect, Shutdown, SubCommandArgs, SubCommonArgs,
     SubTelemetryArgs,
 };
+use crate::mqtt::poller::Poller;
 use crate::mqtt::{
     command_topic, device_of_topic, telemetry_topic, unique_client_id, Endpoint, Role,
     ALL_TELEMETRY,
@@ -121,7 +122,10 @@ where
     opts.set_manual_acks(true);
     // Every ack goes through this channel while we are the one polling, so
     // it must hold as many as the broker can have in flight (packet ids).
-    let (client, mut eventloop) = AsyncClient::new(opts, u16::MAX as usize + 16);
+    let (client, eventloop) = AsyncClient::new(opts, u16::MAX as usize + 16);
+    // Cancel-safe: the flush and retry timers below interrupt polls, and an
+    // interrupted write (an acknowledgement) must not be lost.
+    let mut poller = Poller::new(eventloop);
     let q = qos(common.qos);
     let mut reconnect = Reconnect::new(endpoint, common.reconnect_timeout);
     let mut shutdown = Shutdown::install();
@@ -133,7 +137,10 @@ where
     // Into a pipe, lines are flushed in batches, at most FLUSH_AFTER after
     // the first unflushed one: readers see messages as they come without a
     // write per line.
-    let mut flush_at: Option<tokio::time::Instant> = None;
+    // One timer, re-armed: not a new timer registration per message.
+    let flush_timer = tokio::time::sleep(FLUSH_AFTER);
+    tokio::pin!(flush_timer);
+    let mut flush_armed = false;
     let wanted = common.count;
     if wanted == Some(0) {
         return Ok(ExitCode::SUCCESS);
@@ -144,14 +151,14 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
-                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
-                    flush_at = None;
+                _ = &mut flush_timer, if flush_armed => {
+                    flush_armed = false;
                     out.flush().context("writing to stdout")?;
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
                 }
-                ev = eventloop.poll(), if retry_at.is_none() => match ev {
+                ev = poller.next(), if retry_at.is_none() => match ev {
                     Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                         reconnect.connected();
                         if !ack.session_present || !subscribed {
@@ -181,8 +188,9 @@ where
                             Handled::Skipped => skipped += 1,
                         }
                         client.try_ack(&p).context("queueing an acknowledgement")?;
-                        if flush_at.is_none() && !out.is_tty() {
-                            flush_at = Some(tokio::time::Instant::now() + FLUSH_AFTER);
+                        if !flush_armed && !out.is_tty() {
+                            flush_timer.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
+                            flush_armed = true;
                         }
                         if wanted.is_some_and(|n| printed >= n) {
                             break;
@@ -191,7 +199,7 @@ where
                     Ok(_) => {}
                     Err(e) => {
                         out.flush().context("writing to stdout")?;
-                        flush_at = None;
+                        flush_armed = false;
                         let delay = reconnect.failed(e)?;
                         retry_at = Some(tokio::time::Instant::now() + delay);
                     }
@@ -204,7 +212,7 @@ where
     out.flush().context("writing to stdout")?;
     if retry_at.is_none() && result.is_ok() {
         // Sends the queued acknowledgements before DISCONNECT.
-        disconnect(&client, &mut eventloop).await;
+        disconnect(&client, &mut poller).await;
     }
     result?;
     let skipped_note = if skipped > 0 {

@@ -153,7 +153,10 @@ fn redact_hides_every_password_form() {
         "postgres://127.0.0.1:1/db?password=***&sslmode=disable"
     );
     assert_eq!(redact("host=h password=hunter2"), "host=h password=***");
-    assert_eq!(redact("influx://h:8086/db?u=a&p=x"), "influx://h:8086/db?u=a&p=***");
+    assert_eq!(
+        redact("influx://h:8086/db?u=a&p=x"),
+        "influx://h:8086/db?u=a&p=***"
+    );
 }
 
 /// One stored message: who, which, when, and every measurement.

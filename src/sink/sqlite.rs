@@ -92,7 +92,8 @@ fn open_sync(path: &Path) -> Result<Connection> {
         // SQLite's own text repeats itself ("unable to open database file: ...: Error code 14: ...").
         let why = match &e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
-                "cannot create or open the file there (read-only or not a regular filesystem)".to_string()
+                "cannot create or open the file there (read-only or not a regular filesystem)"
+                    .to_string()
             }
             other => other.to_string(),
         };
