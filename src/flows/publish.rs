@@ -372,21 +372,40 @@ impl Publisher {
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => self.written(pkid),
-            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                if let Some(seq) = self.slots.get_mut(ack.pkid as usize).and_then(Option::take) {
-                    if self.unacked.remove(&seq).is_some() {
-                        self.acked += 1;
-                    }
-                }
-            }
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => self.pubacked(ack.pkid),
             Ok(_) => {}
             Err(e) => {
                 self.connected = false;
+                // rumqttc queues an Outgoing::Publish event before flushing and
+                // keeps what it queued when the flush fails, handing it out after
+                // the next CONNACK, when `session_lost` may already have re-handed
+                // the messages: every later pkid would then map to the wrong seq.
+                // Account for those events now, in order, on this connection.
+                let stale: Vec<Event> = self
+                    .poller
+                    .eventloop_mut()
+                    .map(|el| el.state.events.drain(..).collect())
+                    .unwrap_or_default();
+                for ev in stale {
+                    match ev {
+                        Event::Outgoing(Outgoing::Publish(pkid)) => self.written(pkid),
+                        Event::Incoming(Incoming::PubAck(ack)) => self.pubacked(ack.pkid),
+                        _ => {}
+                    }
+                }
                 let delay = self.reconnect.failed(e)?;
                 self.retry_at = Some(tokio::time::Instant::now() + delay);
             }
         }
         Ok(())
+    }
+
+    fn pubacked(&mut self, pkid: u16) {
+        if let Some(seq) = self.slots.get_mut(pkid as usize).and_then(Option::take) {
+            if self.unacked.remove(&seq).is_some() {
+                self.acked += 1;
+            }
+        }
     }
 
     fn written(&mut self, pkid: u16) {

@@ -141,6 +141,9 @@ where
     let flush_timer = tokio::time::sleep(FLUSH_AFTER);
     tokio::pin!(flush_timer);
     let mut flush_armed = false;
+    // Messages printed into the buffer but not yet flushed: acked after the flush,
+    // so a crash never acknowledges a line that was not written out.
+    let mut unflushed: Vec<rumqttc::Publish> = Vec::new();
     let wanted = common.count;
     if wanted == Some(0) {
         return Ok(ExitCode::SUCCESS);
@@ -153,7 +156,7 @@ where
                 _ = shutdown.wait() => break,
                 _ = &mut flush_timer, if flush_armed => {
                     flush_armed = false;
-                    out.flush().context("writing to stdout")?;
+                    flush_and_ack(&mut out, &client, &mut unflushed)?;
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
@@ -187,7 +190,13 @@ where
                             Handled::Printed => printed += 1,
                             Handled::Skipped => skipped += 1,
                         }
-                        client.try_ack(&p).context("queueing an acknowledgement")?;
+                        if out.is_tty() {
+                            // Written and flushed line by line: acknowledge now.
+                            client.try_ack(&p).context("queueing an acknowledgement")?;
+                        } else {
+                            // Acknowledged only once the line has left our buffer.
+                            unflushed.push(p);
+                        }
                         if !flush_armed && !out.is_tty() {
                             flush_timer.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
                             flush_armed = true;
@@ -199,6 +208,9 @@ where
                     Ok(_) => {}
                     Err(e) => {
                         out.flush().context("writing to stdout")?;
+                        // Their packet ids belong to the dead connection; the
+                        // broker redelivers what it kept.
+                        unflushed.clear();
                         flush_armed = false;
                         let delay = reconnect.failed(e)?;
                         retry_at = Some(tokio::time::Instant::now() + delay);
@@ -209,7 +221,11 @@ where
         Ok(())
     }
     .await;
-    out.flush().context("writing to stdout")?;
+    if retry_at.is_none() {
+        flush_and_ack(&mut out, &client, &mut unflushed)?;
+    } else {
+        out.flush().context("writing to stdout")?;
+    }
     if retry_at.is_none() && result.is_ok() {
         // Sends the queued acknowledgements before DISCONNECT.
         disconnect(&client, &mut poller).await;
@@ -392,4 +408,17 @@ mod tests {
             "2023-11-14T22:13:20.123Z"
         );
     }
+}
+
+/// Flushes the printed lines, then acknowledges the messages behind them.
+fn flush_and_ack(
+    out: &mut Out,
+    client: &AsyncClient,
+    unflushed: &mut Vec<rumqttc::Publish>,
+) -> Result<()> {
+    out.flush().context("writing to stdout")?;
+    for p in unflushed.drain(..) {
+        client.try_ack(&p).context("queueing an acknowledgement")?;
+    }
+    Ok(())
 }
