@@ -225,25 +225,25 @@ pub(crate) struct Shutdown {
 
 impl Shutdown {
     pub fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
         let (tx, rx) = tokio::sync::watch::channel(false);
+        // Registered here, before any network work: a signal that arrives
+        // before the watcher task first runs must not kill the process
+        // with the default action (no DISCONNECT, no summary).
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
         tokio::spawn(async move {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{signal, SignalKind};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! {
-                            _ = tokio::signal::ctrl_c() => {}
-                            _ = term.recv() => {}
-                        }
-                    }
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
                     }
                 }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
             let _ = tx.send(true);
             // Keep the sender alive so receivers never see a closed channel.
             std::future::pending::<()>().await;
