@@ -338,14 +338,28 @@ fn password_file_in_mosquitto_format() {
 
 #[test]
 fn a_compose_file_mqttkit_did_not_write_is_never_replaced() {
-    let broker = Broker::start_with(BrokerOptions { no_broker: true, ..Default::default() });
+    let broker = Broker::start_with(BrokerOptions {
+        no_broker: true,
+        ..Default::default()
+    });
     let mine = "services:\n  app:\n    image: my/app\n";
     std::fs::write(broker.path().join("compose.yaml"), mine).unwrap();
     let mut c = broker.mqttkit();
-    c.args(["broker", "up", "--out", "out"]).args(&broker.up_args);
+    c.args(["broker", "up", "--out", "out"])
+        .args(&broker.up_args);
     let o = run(&mut c, T);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("--compose-file compose.yaml exists and was not written by mqttkit"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(broker.path().join("compose.yaml")).unwrap(), mine);
-    assert!(!broker.out().join("mosquitto/mosquitto.conf").exists(), "wrote files before refusing");
+    assert!(
+        stderr(&o).contains("--compose-file compose.yaml exists and was not written by mqttkit"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(broker.path().join("compose.yaml")).unwrap(),
+        mine
+    );
+    assert!(
+        !broker.out().join("mosquitto/mosquitto.conf").exists(),
+        "wrote files before refusing"
+    );
 }

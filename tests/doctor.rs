@@ -14,8 +14,20 @@ fn healthy_broker_passes_every_step() {
     for args in [vec!["doctor"], vec!["doctor", "--server"]] {
         let o = ok(&run(broker.mqttkit().args(&args), T)).clone();
         let text = stdout(&o);
-        for step in ["configuration", "name resolution", "TCP connect", "TLS handshake", "MQTT CONNECT", "subscribe permission", "publish permission"] {
-            assert!(text.lines().any(|l| l.starts_with("[ ok ]") && l.contains(step)), "{step}: {text}");
+        for step in [
+            "configuration",
+            "name resolution",
+            "TCP connect",
+            "TLS handshake",
+            "MQTT CONNECT",
+            "subscribe permission",
+            "publish permission",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("[ ok ]") && l.contains(step)),
+                "{step}: {text}"
+            );
         }
         assert!(text.contains("delivered to the peer identity"), "{text}");
     }
@@ -27,14 +39,23 @@ fn healthy_broker_passes_every_step() {
 
 #[test]
 fn a_name_missing_from_the_certificate_is_named() {
-    let broker = Broker::start_with(BrokerOptions { bind: Some("127.0.0.2".into()), ..Default::default() });
+    let broker = Broker::start_with(BrokerOptions {
+        bind: Some("127.0.0.2".into()),
+        ..Default::default()
+    });
     let o = run(broker.mqttkit().args(["doctor"]), T);
     assert!(!o.status.success());
     let text = stdout(&o);
-    let line = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("[FAIL]"))
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("TLS handshake"), "{text}");
     assert!(line.contains("not valid for '127.0.0.2'"), "{text}");
-    assert!(line.contains("localhost") && line.contains("127.0.0.1"), "names present missing: {text}");
+    assert!(
+        line.contains("localhost") && line.contains("127.0.0.1"),
+        "names present missing: {text}"
+    );
     assert!(text.contains("fix: connect by one of those names, or reissue with `mqttkit pki init --host 127.0.0.2"), "{text}");
 }
 
@@ -42,37 +63,76 @@ fn a_name_missing_from_the_certificate_is_named() {
 fn a_client_certificate_from_another_ca_is_reported_as_rejected() {
     let broker = Broker::start();
     let other = tempfile::tempdir().unwrap();
-    ok(&run(std::process::Command::new(common::bin()).current_dir(other.path()).args(["pki", "init"]), T));
+    ok(&run(
+        std::process::Command::new(common::bin())
+            .current_dir(other.path())
+            .args(["pki", "init"]),
+        T,
+    ));
     let certs = other.path().join("out/certs");
     let o = run(
-        broker.mqttkit().args(["doctor", "--cert"]).arg(certs.join("device-001.crt")).arg("--key").arg(certs.join("device-001.key")),
+        broker
+            .mqttkit()
+            .args(["doctor", "--cert"])
+            .arg(certs.join("device-001.crt"))
+            .arg("--key")
+            .arg(certs.join("device-001.key")),
         T,
     );
     assert!(!o.status.success());
     let text = stdout(&o);
     assert!(text.contains("NOT signed by --cafile's CA"), "{text}");
-    let fail = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
-    assert!(fail.contains("MQTT CONNECT") && fail.contains("rejected the client certificate"), "{text}");
+    let fail = text
+        .lines()
+        .find(|l| l.starts_with("[FAIL]"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        fail.contains("MQTT CONNECT") && fail.contains("rejected the client certificate"),
+        "{text}"
+    );
 }
 
 #[test]
 fn a_closed_port_says_nothing_is_listening() {
-    let broker = Broker::start_with(BrokerOptions { no_broker: true, ..Default::default() });
+    let broker = Broker::start_with(BrokerOptions {
+        no_broker: true,
+        ..Default::default()
+    });
     let port = common::free_port();
-    let o = run(broker.mqttkit().args(["doctor", "--host", "127.0.0.1", "--port", &port.to_string()]), T);
+    let o = run(
+        broker
+            .mqttkit()
+            .args(["doctor", "--host", "127.0.0.1", "--port", &port.to_string()]),
+        T,
+    );
     assert!(!o.status.success());
     let text = stdout(&o);
-    let fail = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
-    assert!(fail.contains("TCP connect") && fail.contains(&format!("nothing is listening on 127.0.0.1:{port}")), "{text}");
+    let fail = text
+        .lines()
+        .find(|l| l.starts_with("[FAIL]"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        fail.contains("TCP connect")
+            && fail.contains(&format!("nothing is listening on 127.0.0.1:{port}")),
+        "{text}"
+    );
     assert!(text.contains("mqttkit broker up"), "{text}");
 }
 
 #[test]
 fn a_key_that_does_not_match_fails_before_connecting() {
-    let broker = Broker::start_with(BrokerOptions { no_broker: true, ..Default::default() });
+    let broker = Broker::start_with(BrokerOptions {
+        no_broker: true,
+        ..Default::default()
+    });
     let certs = broker.certs();
     let o = run(
-        broker.mqttkit().args(["doctor", "--cert"]).arg(certs.join("device-001.crt")).arg("--key").arg(certs.join("server.key")),
+        broker
+            .mqttkit()
+            .args(["doctor", "--cert"])
+            .arg(certs.join("device-001.crt"))
+            .arg("--key")
+            .arg(certs.join("server.key")),
         T,
     );
     assert!(!o.status.success());
@@ -83,7 +143,11 @@ fn a_key_that_does_not_match_fails_before_connecting() {
 
 #[test]
 fn a_certificate_for_another_device_is_refused_before_connecting() {
-    let broker = Broker::start_with(BrokerOptions { clients: vec!["device-002".into()], no_broker: true, ..Default::default() });
+    let broker = Broker::start_with(BrokerOptions {
+        clients: vec!["device-002".into()],
+        no_broker: true,
+        ..Default::default()
+    });
     let certs = broker.certs();
     // device-001's certificate acting as device-002: the broker's ACL keys on the CN
     // and would silently drop everything.
@@ -99,7 +163,10 @@ fn a_certificate_for_another_device_is_refused_before_connecting() {
     assert!(!o.status.success());
     let text = stdout(&o);
     assert!(text.starts_with("[FAIL] configuration"), "{text}");
-    assert!(text.contains("is device 'device-001'") && text.contains("mqttkit pki issue device-002"), "{text}");
+    assert!(
+        text.contains("is device 'device-001'") && text.contains("mqttkit pki issue device-002"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -112,8 +179,18 @@ fn topics_the_acl_denies_fail_the_permission_steps() {
     let o = run(broker.mqttkit().args(["doctor", "--server"]), T);
     assert!(!o.status.success());
     let text = stdout(&o);
-    assert!(text.lines().any(|l| l.starts_with("[ ok ]") && l.contains("MQTT CONNECT")), "{text}");
-    let fail = text.lines().find(|l| l.starts_with("[FAIL]")).unwrap_or_else(|| panic!("{text}"));
-    assert!(fail.contains("subscribe permission") && fail.contains("devices/+/telemetry"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("[ ok ]") && l.contains("MQTT CONNECT")),
+        "{text}"
+    );
+    let fail = text
+        .lines()
+        .find(|l| l.starts_with("[FAIL]"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        fail.contains("subscribe permission") && fail.contains("devices/+/telemetry"),
+        "{text}"
+    );
     assert!(text.contains("ACL"), "{text}");
 }

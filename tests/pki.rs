@@ -298,8 +298,14 @@ fn bad_input_is_one_line_and_writes_nothing() {
             "is not a directory; choose another --out",
         ),
         (vec!["pki", "issue", "extra"], "no CA in out/certs"),
-        (vec!["pki", "init", "--client", "ca"], "--client 'ca' is reserved"),
-        (vec!["pki", "init", "--client", "broker"], "--client 'broker' is reserved"),
+        (
+            vec!["pki", "init", "--client", "ca"],
+            "--client 'ca' is reserved",
+        ),
+        (
+            vec!["pki", "init", "--client", "broker"],
+            "--client 'broker' is reserved",
+        ),
     ];
     fs::write(dir.path().join("afile"), "x").unwrap();
     for (args, want) in cases {

@@ -397,19 +397,6 @@ impl std::fmt::Display for Rfc3339Nanos {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_format() {
-        assert_eq!(
-            Rfc3339Nanos(1_700_000_000_123_456_789).to_string(),
-            "2023-11-14T22:13:20.123Z"
-        );
-    }
-}
-
 /// Flushes the printed lines, then acknowledges the messages behind them.
 fn flush_and_ack(
     out: &mut Out,
@@ -421,4 +408,17 @@ fn flush_and_ack(
         client.try_ack(&p).context("queueing an acknowledgement")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format() {
+        assert_eq!(
+            Rfc3339Nanos(1_700_000_000_123_456_789).to_string(),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
 }
