@@ -4,121 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::Broker;
+use common::{Broker, Proc};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// A child whose stdout lines and stderr are collected as they come; killed on drop.
-struct Proc {
-    what: String,
-    child: Child,
-    out: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(String::new()));
-        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let (o, e) = (out.clone(), err.clone());
-        let readers = vec![
-            std::thread::spawn(move || {
-                for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    o.lock().unwrap().push(l);
-                }
-            }),
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(stderr);
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    e.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }),
-        ];
-        Proc {
-            what,
-            child,
-            out,
-            err,
-            readers,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().clone()
-    }
-
-    fn wait_stderr(&mut self, needle: &str) {
-        let deadline = Instant::now() + LIMIT;
-        while !self.stderr().contains(needle) {
-            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
-            if exited || Instant::now() >= deadline {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "{}: no '{needle}' on stderr (exited: {exited})\nstderr:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
-        let deadline = Instant::now() + LIMIT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{} did not exit within {LIMIT:?}\nstderr:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        let lines = self.out.lock().unwrap().clone();
-        (status, lines, self.stderr())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// The Python peer acting as identity `who`.
 fn peer(b: &Broker, who: &str, mode: &str) -> Command {
@@ -157,7 +50,7 @@ fn python_decodes_what_mqttkit_publishes() {
     c.args(["pub", "telemetry", "--count", "100"]);
     common::ok(&common::run(&mut c, LIMIT));
 
-    let (status, lines, err) = py.finish();
+    let (status, lines, err) = py.finish(LIMIT);
     assert!(status.success(), "python subscriber: {err}");
     let got = json_lines(&lines);
     let mut seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
@@ -184,10 +77,10 @@ fn mqttkit_decodes_what_python_publishes() {
 
     let mut py = peer(&b, "device-001", "pub-telemetry");
     py.args(["--device-id", "device-001", "--count", "20"]);
-    let (status, _, err) = Proc::spawn(py).finish();
+    let (status, _, err) = Proc::spawn(py).finish(LIMIT);
     assert!(status.success(), "python publisher: {err}");
 
-    let (status, lines, err) = sub.finish();
+    let (status, lines, err) = sub.finish(LIMIT);
     assert!(status.success(), "{err}");
     let got = json_lines(&lines);
     assert_eq!(got.len(), 20);
@@ -232,7 +125,7 @@ fn commands_cross_languages_both_ways() {
     ]);
     let o = common::ok(&common::run(&mut c, LIMIT)).clone();
     let sent: Value = serde_json::from_str(common::stdout(&o).trim()).unwrap();
-    let (status, lines, err) = py.finish();
+    let (status, lines, err) = py.finish(LIMIT);
     assert!(status.success(), "{err}");
     let got = json_lines(&lines);
     assert_eq!(got.len(), 1);
@@ -262,10 +155,10 @@ fn commands_cross_languages_both_ways() {
         "--param",
         "delay=3",
     ]);
-    let (status, lines, err) = Proc::spawn(py).finish();
+    let (status, lines, err) = Proc::spawn(py).finish(LIMIT);
     assert!(status.success(), "{err}");
     let sent = json_lines(&lines);
-    let (status, lines, err) = sub.finish();
+    let (status, lines, err) = sub.finish(LIMIT);
     assert!(status.success(), "{err}");
     let got = json_lines(&lines);
     assert_eq!(got[0]["id"], sent[0]["id"]);

@@ -48,16 +48,7 @@ impl Undo {
             let (what, result) = match &step {
                 Step::Thing(name) => (
                     format!("delete thing {name}"),
-                    retry(|| async {
-                        aws.iot
-                            .delete_thing()
-                            .thing_name(name)
-                            .send()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| sdk_error("iot:DeleteThing", e))
-                    })
-                    .await,
+                    delete_thing(aws, name).await,
                 ),
                 Step::Cert(id) => (
                     format!("delete certificate {id}"),
@@ -122,6 +113,20 @@ where
         }
     }
     f().await
+}
+
+/// Deletes a thing (retried while AWS still sees attachments going away).
+pub(super) async fn delete_thing(aws: &Aws, name: &str) -> Result<()> {
+    retry(|| async {
+        aws.iot
+            .delete_thing()
+            .thing_name(name)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_error("iot:DeleteThing", e))
+    })
+    .await
 }
 
 /// Deactivates and deletes one certificate.

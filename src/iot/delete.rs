@@ -101,16 +101,7 @@ pub(super) async fn delete_thing(args: DeleteArgs) -> Result<()> {
         delete_certificate(&aws, cert_id(arn)).await?;
         crate::note!("deleted certificate {}", cert_id(arn));
     }
-    retry(|| async {
-        aws.iot
-            .delete_thing()
-            .thing_name(name)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| sdk_error("iot:DeleteThing", e))
-    })
-    .await?;
+    super::create::delete_thing(&aws, name).await?;
     crate::note!("deleted thing {name}");
     if let Some(p) = policy {
         delete_policy_if_unused(&aws, &p).await?;

@@ -3,9 +3,12 @@
 //! stopped on drop; bounded waits for every child process.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub fn bin() -> &'static str {
@@ -280,4 +283,153 @@ pub fn mosquitto_tls_args(broker: &Broker, name: Option<&str>) -> Vec<String> {
         ]);
     }
     v
+}
+
+/// How long `Proc::wait_stderr` waits.
+const PROC_LIMIT: Duration = Duration::from_secs(60);
+
+/// A running mqttkit (or peer) whose stdout lines and stderr are collected
+/// as they come; killed on drop.
+pub struct Proc {
+    what: String,
+    child: Child,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let o = out.clone();
+        let e = err.clone();
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    match line {
+                        Ok(l) => o.lock().unwrap().push(l),
+                        Err(_) => break,
+                    }
+                }
+            }),
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stderr);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    e.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }),
+        ];
+        Proc {
+            what,
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits until `cond` holds, panicking (with both streams) after `limit`
+    /// or when the process exits first.
+    pub fn wait_for(&mut self, limit: Duration, what: &str, cond: impl Fn(&Proc) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if cond(self) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // One last look: the readers may have been behind.
+                std::thread::sleep(Duration::from_millis(100));
+                if cond(self) {
+                    return;
+                }
+                panic!(
+                    "{} exited ({status}) before {what}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.lines().join("\n"),
+                    self.stderr()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} : no {what} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.lines().join("\n"),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_stderr(&mut self, needle: &str) {
+        let n = needle.to_string();
+        self.wait_for(PROC_LIMIT, &format!("'{needle}' on stderr"), move |p| {
+            p.stderr().contains(&n)
+        });
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits for the exit (bounded) and returns status, stdout lines, stderr.
+    pub fn finish(mut self, limit: Duration) -> (ExitStatus, Vec<String>, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                panic!(
+                    "{} did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.lines().join("\n"),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        (status, self.lines(), self.stderr())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
