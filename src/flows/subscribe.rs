@@ -5,6 +5,7 @@
 //! unacknowledged, so a persistent session gets them next time instead of
 //! losing them.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -56,6 +57,8 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
     let mut handler = TelemetryPrinter {
         msg: Telemetry::default(),
         json: args.common.json,
+        // Only a bounded run needs to know what it has seen.
+        seen: args.common.count.map(|_| HashSet::new()),
     };
     subscribe(
         &endpoint,
@@ -100,6 +103,8 @@ enum Handled {
     Printed,
     /// Not decodable; warned about and acknowledged (it will never decode).
     Skipped,
+    /// Printed again: a QoS 1 redelivery of a message already counted.
+    Repeated,
 }
 
 async fn subscribe<F>(
@@ -188,6 +193,7 @@ where
                         }
                         match handle(&mut out, &p).context("writing to stdout")? {
                             Handled::Printed => printed += 1,
+                            Handled::Repeated => {}
                             Handled::Skipped => skipped += 1,
                         }
                         if out.is_tty() {
@@ -251,6 +257,9 @@ struct TelemetryPrinter {
     /// Decoded into the same message each time: no allocation once warm.
     msg: Telemetry,
     json: bool,
+    /// With --count: (device, seq) already printed, so redeliveries do not
+    /// end the run before N distinct messages arrived.
+    seen: Option<HashSet<(String, u64)>>,
 }
 
 #[derive(Serialize)]
@@ -319,7 +328,15 @@ impl TelemetryPrinter {
             )?;
         }
         out.end_line()?;
-        Ok(Handled::Printed)
+        let first_time = match &mut self.seen {
+            Some(seen) => seen.insert((m.device_id.clone(), m.seq)),
+            None => true,
+        };
+        Ok(if first_time {
+            Handled::Printed
+        } else {
+            Handled::Repeated
+        })
     }
 }
 
