@@ -70,22 +70,11 @@ fn a_client_certificate_from_another_ca_is_reported_as_rejected() {
         T,
     ));
     let certs = other.path().join("out/certs");
-    let o = run(
-        broker
-            .mqttkit()
-            .args(["doctor", "--cert"])
-            .arg(certs.join("device-001.crt"))
-            .arg("--key")
-            .arg(certs.join("device-001.key")),
-        T,
-    );
+    let o = doctor_with(&broker, &certs, "device-001", "device-001", &["doctor"]);
     assert!(!o.status.success());
     let text = stdout(&o);
     assert!(text.contains("NOT signed by --cafile's CA"), "{text}");
-    let fail = text
-        .lines()
-        .find(|l| l.starts_with("[FAIL]"))
-        .unwrap_or_else(|| panic!("{text}"));
+    let fail = first_failure(&text);
     assert!(
         fail.contains("MQTT CONNECT") && fail.contains("rejected the client certificate"),
         "{text}"
@@ -107,10 +96,7 @@ fn a_closed_port_says_nothing_is_listening() {
     );
     assert!(!o.status.success());
     let text = stdout(&o);
-    let fail = text
-        .lines()
-        .find(|l| l.starts_with("[FAIL]"))
-        .unwrap_or_else(|| panic!("{text}"));
+    let fail = first_failure(&text);
     assert!(
         fail.contains("TCP connect")
             && fail.contains(&format!("nothing is listening on 127.0.0.1:{port}")),
@@ -126,15 +112,7 @@ fn a_key_that_does_not_match_fails_before_connecting() {
         ..Default::default()
     });
     let certs = broker.certs();
-    let o = run(
-        broker
-            .mqttkit()
-            .args(["doctor", "--cert"])
-            .arg(certs.join("device-001.crt"))
-            .arg("--key")
-            .arg(certs.join("server.key")),
-        T,
-    );
+    let o = doctor_with(&broker, &certs, "device-001", "server", &["doctor"]);
     assert!(!o.status.success());
     let text = stdout(&o);
     assert!(text.starts_with("[FAIL] configuration"), "{text}");
@@ -151,14 +129,12 @@ fn a_certificate_for_another_device_is_refused_before_connecting() {
     let certs = broker.certs();
     // device-001's certificate acting as device-002: the broker's ACL keys on the CN
     // and would silently drop everything.
-    let o = run(
-        broker
-            .mqttkit()
-            .args(["doctor", "--device-id", "device-002", "--cert"])
-            .arg(certs.join("device-001.crt"))
-            .arg("--key")
-            .arg(certs.join("device-001.key")),
-        T,
+    let o = doctor_with(
+        &broker,
+        &certs,
+        "device-001",
+        "device-001",
+        &["doctor", "--device-id", "device-002"],
     );
     assert!(!o.status.success());
     let text = stdout(&o);
@@ -184,13 +160,37 @@ fn topics_the_acl_denies_fail_the_permission_steps() {
             .any(|l| l.starts_with("[ ok ]") && l.contains("MQTT CONNECT")),
         "{text}"
     );
-    let fail = text
-        .lines()
-        .find(|l| l.starts_with("[FAIL]"))
-        .unwrap_or_else(|| panic!("{text}"));
+    let fail = first_failure(&text);
     assert!(
         fail.contains("subscribe permission") && fail.contains("devices/+/telemetry"),
         "{text}"
     );
     assert!(text.contains("ACL"), "{text}");
+}
+
+/// The first `[FAIL]` line of doctor's report.
+fn first_failure(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("[FAIL]"))
+        .unwrap_or_else(|| panic!("no failing step in:\n{text}"))
+}
+
+/// `mqttkit <args> --cert CERTS/CERT.crt --key CERTS/KEY.key` in the broker's directory.
+fn doctor_with(
+    broker: &Broker,
+    certs: &std::path::Path,
+    cert: &str,
+    key: &str,
+    args: &[&str],
+) -> std::process::Output {
+    run(
+        broker
+            .mqttkit()
+            .args(args)
+            .arg("--cert")
+            .arg(certs.join(format!("{cert}.crt")))
+            .arg("--key")
+            .arg(certs.join(format!("{key}.key"))),
+        T,
+    )
 }
