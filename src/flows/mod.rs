@@ -269,8 +269,17 @@ pub(crate) struct Reconnect {
     backoff: Duration,
     give_up: Duration,
     last_report: Option<Instant>,
+    /// When the current connection got its CONNACK.
+    connected_at: Option<Instant>,
+    /// Connections in a row that the broker closed right after accepting them.
+    short_lived: u32,
     pub reconnects: u64,
 }
+
+/// A connection closed this soon after CONNACK counts as taken over.
+const SHORT_LIVED: Duration = Duration::from_millis(500);
+/// Take-overs in a row before giving up with an explanation.
+const TAKEN_OVER_LIMIT: u32 = 5;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -286,6 +295,8 @@ impl Reconnect {
             backoff: BACKOFF_MIN,
             give_up: Duration::from_secs(give_up_secs),
             last_report: None,
+            connected_at: None,
+            short_lived: 0,
             reconnects: 0,
         }
     }
@@ -301,6 +312,7 @@ impl Reconnect {
             );
         }
         self.connected_once = true;
+        self.connected_at = Some(Instant::now());
         self.down_since = None;
         self.last_report = None;
         self.backoff = BACKOFF_MIN;
@@ -310,6 +322,19 @@ impl Reconnect {
     pub fn failed(&mut self, err: ConnectionError) -> Result<Duration> {
         if !self.connected_once {
             bail!("{}", describe_connect_error(&self.endpoint, &err));
+        }
+        // Two clients with one client id take the connection from each other
+        // in turn (the broker keeps one per id): say so instead of looping.
+        match self.connected_at.take() {
+            Some(t) if t.elapsed() < SHORT_LIVED => self.short_lived += 1,
+            Some(_) => self.short_lived = 0,
+            None => {}
+        }
+        if self.short_lived >= TAKEN_OVER_LIMIT {
+            bail!(
+                "{}: the broker closed the connection right after accepting it {TAKEN_OVER_LIMIT} times in a row; another client is probably connected with the same client id; pass a different --client-id",
+                self.endpoint
+            );
         }
         let since = *self.down_since.get_or_insert_with(|| {
             crate::note!("connection to {} lost ({err}); reconnecting", self.endpoint);
