@@ -422,3 +422,33 @@ fn qos0_counts_sent_not_acked() {
     assert!(status.success(), "{err}");
     assert_eq!(seqs(&json_lines(&lines)), (0..100).collect::<Vec<u64>>());
 }
+
+#[test]
+fn two_publishers_with_one_client_id_are_told_so() {
+    let broker = Broker::start();
+    let spawn = || {
+        let mut c = broker.mqttkit();
+        c.args([
+            "pub",
+            "telemetry",
+            "--device-id",
+            "device-001",
+            "--rate",
+            "100",
+            "--count",
+            "400",
+        ]);
+        Proc::spawn(c)
+    };
+    let first = spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    let second = spawn();
+    // They take the session from each other until one gives up with the reason.
+    let (s2, _, e2) = second.finish(LIMIT);
+    let (s1, _, e1) = first.finish(LIMIT);
+    let msg = "another client is probably connected with the same client id";
+    assert!(
+        (!s1.success() && e1.contains(msg)) || (!s2.success() && e2.contains(msg)),
+        "first: {s1} {e1}\nsecond: {s2} {e2}"
+    );
+}
