@@ -296,12 +296,7 @@ pub fn line(out: &mut String, r: &TelemetryRow) {
         r.seq, r.received_unix_nano, r.rssi_dbm
     );
     // Line protocol has no NaN or infinity: such a reading is left out.
-    for (name, v) in [
-        ("temperature_c", r.temperature_c),
-        ("humidity_pct", r.humidity_pct),
-        ("pressure_hpa", r.pressure_hpa),
-        ("battery_v", r.battery_v),
-    ] {
+    for (name, v) in r.float_measures() {
         if v.is_finite() {
             let _ = write!(out, ",{name}={v:?}");
         }

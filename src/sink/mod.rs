@@ -178,6 +178,17 @@ pub struct TelemetryRow {
 }
 
 impl TelemetryRow {
+    /// The floating-point measurements, by column name: the one list the
+    /// stores that write one field per measurement iterate over.
+    pub fn float_measures(&self) -> [(&'static str, f64); 4] {
+        [
+            ("temperature_c", self.temperature_c),
+            ("humidity_pct", self.humidity_pct),
+            ("pressure_hpa", self.pressure_hpa),
+            ("battery_v", self.battery_v),
+        ]
+    }
+
     /// A row for `t` received on `topic_device`'s topic. The topic names the
     /// device (the broker's ACLs vouch for it); the payload's id is a fallback.
     pub fn from_telemetry(

@@ -215,12 +215,7 @@ pub fn record(r: &TelemetryRow) -> Result<Record> {
         mv("rssi_dbm", r.rssi_dbm.to_string(), MeasureValueType::Bigint)?,
         mv("status", r.status.clone(), MeasureValueType::Varchar)?,
     ];
-    for (name, v) in [
-        ("temperature_c", r.temperature_c),
-        ("humidity_pct", r.humidity_pct),
-        ("pressure_hpa", r.pressure_hpa),
-        ("battery_v", r.battery_v),
-    ] {
+    for (name, v) in r.float_measures() {
         if v.is_finite() {
             measures.push(mv(name, v.to_string(), MeasureValueType::Double)?);
         }
