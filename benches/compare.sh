@@ -26,7 +26,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   echo "== cargo build --release" >&2
   (cd "$ROOT" && cargo build --release --quiet)
 fi
-BIN="$ROOT/target/release/mqttkit"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mqttkit"
 
 WORK=$(mktemp -d /tmp/mqttkit-compare.XXXXXX)
 PIDS=()
@@ -45,6 +45,10 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 "$BIN" broker up --out out --runtime native --bind 127.0.0.1 --port "$PORT" --compose-file compose.yaml >/dev/null
 C=out/certs
 TLS=(-h 127.0.0.1 -p "$PORT" --cafile "$C/ca.crt")
+BROKER_PID=$(tr -dc 0-9 <out/mosquitto/mosquitto.pid)
+# The broker's CPU time (user + system) in seconds: where the single-threaded
+# broker is saturated, its CPU per message bounds every client's rate.
+broker_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$BROKER_PID/stat"; }
 
 now() { date +%s.%N; }
 lines() { [ -f "$1" ] && wc -l <"$1" || echo 0; }
@@ -76,20 +80,28 @@ for i in range(int(sys.argv[1])):
     print(f"device-001 seq={i:09d} t=21.53 h=45.20 p=1013.25 b=4.101 r=-63 ok")
 EOF
 
-declare -A RATE COUNT SECS
+declare -A RATE COUNT SECS BUSY
+# broker_note KEY CPU0 CPU1 SECS COUNT: broker CPU per delivered message and
+# how busy it was (CPU seconds / wall seconds) during one run.
+broker_note() {
+  read -r US BUSY[$1] < <(python3 -c "c=$3-$2; print(f'{c/$5*1e6:.1f}' if $5 else 'n/a', f'{c/$4*100:.0f}%' if $4 > 0 else 'n/a')")
+  BROKER_US[$1]=$US
+}
+declare -A BROKER_US
 run_mosquitto() {
   local q=$1; local out="mosq_q$q.txt"
   mosquitto_sub "${TLS[@]}" --cert "$C/server.crt" --key "$C/server.key" \
     -t 'devices/+/telemetry' -q "$q" -C "$N" -W "$SUB_TIMEOUT" >"$out" 2>mosq_sub_q$q.err &
   local sub=$!; PIDS+=("$sub")
   sleep 1  # subscribed before the first message
-  local t0; t0=$(now)
+  local t0 c0; t0=$(now); c0=$(broker_cpu)
   mosquitto_pub "${TLS[@]}" --cert "$C/device-001.crt" --key "$C/device-001.key" \
     -t devices/device-001/telemetry -q "$q" -l <lines.txt 2>mosq_pub_q$q.err || echo "  (mosquitto_pub exited $?)" >&2
   read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
   COUNT[mosq$q]=$n; SECS[mosq$q]=$secs
   RATE[mosq$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
-  echo "mosquitto_pub -l -> mosquitto_sub  QoS $q: $n of $N arrived in $secs s: ${RATE[mosq$q]} msg/s" >&2
+  broker_note "mosq$q" "$c0" "$(broker_cpu)" "$secs" "$n"
+  echo "mosquitto_pub -l -> mosquitto_sub  QoS $q: $n of $N arrived in $secs s: ${RATE[mosq$q]} msg/s (broker ${BROKER_US[mosq$q]} us CPU per message, busy ${BUSY[mosq$q]})" >&2
 }
 
 run_mqttkit() {
@@ -97,11 +109,12 @@ run_mqttkit() {
   "$BIN" sub telemetry --out out --qos "$q" --count "$N" --reconnect-timeout 5 >"$out" 2>mqttkit_sub_q$q.err &
   local sub=$!; PIDS+=("$sub")
   sleep 1
-  local t0; t0=$(now)
+  local t0 c0; t0=$(now); c0=$(broker_cpu)
   "$BIN" pub telemetry --out out --qos "$q" --count "$N" 2>mqttkit_pub_q$q.err || echo "  (mqttkit pub exited $?)" >&2
   read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
   COUNT[mqttkit$q]=$n; SECS[mqttkit$q]=$secs
   RATE[mqttkit$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
+  broker_note "mqttkit$q" "$c0" "$(broker_cpu)" "$secs" "$n"
   # Exactly once: every seq 0..N-1 once.
   local check; check=$(python3 - "$out" "$N" <<'EOF'
 import re, sys
@@ -113,7 +126,7 @@ missing = n - len(set(s for s in seqs if s < n))
 print(f"distinct {distinct}, duplicates {len(seqs) - distinct}, missing {missing}")
 EOF
 )
-  echo "mqttkit pub -> mqttkit sub         QoS $q: $n of $N arrived in $secs s: ${RATE[mqttkit$q]} msg/s ($check)" >&2
+  echo "mqttkit pub -> mqttkit sub         QoS $q: $n of $N arrived in $secs s: ${RATE[mqttkit$q]} msg/s ($check; broker ${BROKER_US[mqttkit$q]} us CPU per message, busy ${BUSY[mqttkit$q]})" >&2
   CHECK[mqttkit$q]=$check
 }
 declare -A CHECK
@@ -160,6 +173,9 @@ mqttkit pub -> mqttkit sub      QoS 1: ${RATE[mqttkit1]} msg/s (${COUNT[mqttkit1
 ratio mqttkit / mosquitto       QoS 0: $(ratio "${RATE[mqttkit0]}" "${RATE[mosq0]}")   (target >= 1.2x)
 ratio mqttkit / mosquitto       QoS 1: $(ratio "${RATE[mqttkit1]}" "${RATE[mosq1]}")
 ratio mqttkit QoS 1 / QoS 0          : $(ratio "${RATE[mqttkit1]}" "${RATE[mqttkit0]}")   (target >= 0.50x)
+ratio mqttkit QoS 1 / C clients QoS 0: $(ratio "${RATE[mqttkit1]}" "${RATE[mosq0]}")
+broker CPU per message, mqttkit pair : QoS 0 ${BROKER_US[mqttkit0]} us (busy ${BUSY[mqttkit0]}), QoS 1 ${BROKER_US[mqttkit1]} us (busy ${BUSY[mqttkit1]})
+  -> with the broker saturated, QoS 1 can reach at most $(ratio "${BROKER_US[mqttkit0]}" "${BROKER_US[mqttkit1]}") of the QoS 0 rate
 EOF
 for f in bench_*.json; do
   python3 - "$f" <<'EOF'

@@ -74,6 +74,42 @@ fn qos1_2000_messages_arrive_exactly_once() {
     }
 }
 
+/// Many packets per TLS record: the publisher's PUBLISHes and the
+/// subscriber's PUBACKs are written in batches (rumqttc patched, see
+/// vendor/rumqttc/MQTTKIT-PATCH.md), not one record and one write each.
+#[test]
+fn publishes_and_acks_are_batched_into_few_tls_records() {
+    const N: u64 = 3000;
+    let b = Broker::start();
+    let to_pub = common::TlsRecordCounter::start(b.port);
+    let to_sub = common::TlsRecordCounter::start(b.port);
+    let (pub_port, sub_port) = (to_pub.port.to_string(), to_sub.port.to_string());
+    let n = N.to_string();
+    let relayed = ["--host", "127.0.0.1", "--qos", "1", "--count", &n];
+    let sub = start_sub(&b, &[&relayed[..], &["--port", &sub_port]].concat());
+    let (status, summary, err) =
+        pub_telemetry(&b, &[&relayed[..], &["--port", &pub_port]].concat());
+    assert!(status.success(), "pub failed: {err}");
+    assert_eq!(summary["acked"], N, "{summary}");
+    let (status, lines, err) = sub.finish(LIMIT);
+    assert!(status.success(), "sub failed: {err}");
+    let mut s = seqs(&json_lines(&lines));
+    s.sort_unstable();
+    assert_eq!(s, (0..N).collect::<Vec<u64>>(), "each seq exactly once");
+
+    // Unbatched, each side sends at least one record per message.
+    let (pub_records, sub_records) = (to_pub.records(), to_sub.records());
+    eprintln!("TLS records for {N} messages: publisher {pub_records}, subscriber {sub_records}");
+    assert!(
+        pub_records <= N / 8,
+        "the publisher sent {pub_records} TLS records for {N} messages"
+    );
+    assert!(
+        sub_records <= N / 8,
+        "the subscriber sent {sub_records} TLS records to acknowledge {N} messages"
+    );
+}
+
 #[test]
 fn garbage_payload_is_a_warning_and_the_next_message_is_printed() {
     let b = Broker::start();
@@ -406,6 +442,30 @@ fn publisher_resends_when_the_broker_lost_its_session() {
     assert_eq!(summary["acked"], N, "{summary}");
     assert_eq!(summary["unacked"], 0, "{summary}");
     assert!(summary["resent"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+/// A live progress line on a terminal (`script` provides one), none in a pipe.
+#[test]
+fn pub_shows_progress_on_a_terminal_only() {
+    let b = Broker::start();
+    let cmd = format!("{} pub telemetry --count 300 --rate 300", common::bin());
+    let mut tty = Command::new("script");
+    tty.current_dir(b.path())
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("MQTTKIT_OUT")
+        .env_remove("MQTTKIT_PROFILE");
+    let o = common::run(&mut tty, LIMIT);
+    let screen = common::stdout(&o);
+    assert!(o.status.success(), "{screen}{}", common::stderr(&o));
+    assert!(
+        screen.contains("device-001: sent ") && screen.contains(", in flight "),
+        "no progress line on the terminal: {screen}"
+    );
+    assert!(screen.contains("acked 300, unacked 0"), "{screen}");
+
+    let (status, _, err) = pub_telemetry(&b, &["--count", "300", "--rate", "300"]);
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("in flight"), "progress in a pipe: {err}");
 }
 
 #[test]

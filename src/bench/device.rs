@@ -126,9 +126,13 @@ pub async fn run(
     let wake = Notify::new();
     let published = AtomicU64::new(0);
     let acked = AtomicU64::new(0);
+    // Driver -> producer: an ack arrived, or the driver ended.
+    let acks_wake = Notify::new();
+    let driver_ended = AtomicBool::new(false);
 
     let producer = {
         let (client, handed, producer_done, wake) = (&client, &handed, &producer_done, &wake);
+        let (acked, acks_wake, driver_ended) = (&acked, &acks_wake, &driver_ended);
         let (plan, topic, mut stop) = (&plan, spec.topic.clone(), stop);
         let mut source = Source::new(plan.payload, &spec.device_id);
         // Fixed-rate devices start spread over one interval, not all at once.
@@ -136,11 +140,27 @@ pub async fn run(
             .rate
             .map(|rate| Duration::from_secs_f64(spec.index as f64 / plan.devices as f64 / rate))
             .unwrap_or_default();
+        // Unthrottled at QoS 1, refill a quarter of the window at a time, as
+        // `pub` does: one message per PUBACK would be one TLS record each.
+        let window = u64::from(plan.inflight);
+        let refill_below = window - window / 4;
+        let bulk_acks = plan.rate.is_none() && plan.qos != QoS::AtMostOnce;
         async move {
             let mut n = 0u64;
-            loop {
+            'produce: loop {
                 if plan.count.is_some_and(|c| n >= c) || *stop.borrow() {
                     break;
+                }
+                if bulk_acks && n - acked.load(Ordering::Acquire) >= window {
+                    while n - acked.load(Ordering::Acquire) > refill_below {
+                        if driver_ended.load(Ordering::Acquire) {
+                            break 'produce;
+                        }
+                        tokio::select! {
+                            _ = acks_wake.notified() => {}
+                            _ = stop.wait_for(|s| *s) => break 'produce,
+                        }
+                    }
                 }
                 if let Some(rate) = plan.rate {
                     let due = start + offset + Duration::from_secs_f64(n as f64 / rate);
@@ -171,8 +191,9 @@ pub async fn run(
     let driver = {
         let (handed, producer_done, wake) = (&handed, &producer_done, &wake);
         let (published, acked, plan, client) = (&published, &acked, &plan, &client);
+        let (acks_wake, driver_ended) = (&acks_wake, &driver_ended);
         let endpoint = spec.endpoint.describe();
-        async move {
+        let driver = async move {
             let mut poller = poller;
             // Wakes the check below even when the network is quiet.
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -195,7 +216,8 @@ pub async fn run(
                             plan.live.published.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(Event::Incoming(Incoming::PubAck(_))) => {
-                            acked.fetch_add(1, Ordering::Relaxed);
+                            acked.fetch_add(1, Ordering::Release);
+                            acks_wake.notify_one();
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -210,6 +232,12 @@ pub async fn run(
             // A clean DISCONNECT, so the broker does not log a lost client.
             poller.disconnect(client, Duration::from_secs(2)).await;
             None
+        };
+        async move {
+            let error = driver.await;
+            driver_ended.store(true, Ordering::Release);
+            acks_wake.notify_one();
+            error
         }
     };
 

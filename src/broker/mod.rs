@@ -505,7 +505,7 @@ async fn wait_healthy(
 ) -> Result<Duration> {
     let deadline = Instant::now() + timeout;
     loop {
-        if state.runtime == Runtime::Native && !native::is_running(state) {
+        if state.runtime == Runtime::Native && state.pid.is_some_and(native::has_exited) {
             bail!("mosquitto exited during start-up");
         }
         let err = match probe(out, state, auth).await {

@@ -149,6 +149,19 @@ pub fn is_running(state: &BrokerState) -> bool {
     }
 }
 
+/// Whether the process we just spawned has ended (gone or a zombie). Unlike
+/// [`is_running`] it does not look at the command line or working directory,
+/// which can be briefly unreadable while mosquitto drops to its own user.
+pub fn has_exited(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return true;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+}
+
 fn is_our_mosquitto(pid: i32, conf: &Path) -> bool {
     if kill(Pid::from_raw(pid), None).is_err() {
         return false;

@@ -5,12 +5,13 @@
 //! unacknowledged, so a persistent session gets them next time instead of
 //! losing them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use prost::Message;
+use rangemap::RangeInclusiveSet;
 use rumqttc::{AsyncClient, Event, Incoming, Publish, SubscribeReasonCode};
 use serde::Serialize;
 
@@ -58,7 +59,7 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
         msg: Telemetry::default(),
         json: args.common.json,
         // Only a bounded run needs to know what it has seen.
-        seen: args.common.count.map(|_| HashSet::new()),
+        seen: args.common.count.map(|_| HashMap::new()),
     };
     subscribe(
         &endpoint,
@@ -257,9 +258,10 @@ struct TelemetryPrinter {
     /// Decoded into the same message each time: no allocation once warm.
     msg: Telemetry,
     json: bool,
-    /// With --count: (device, seq) already printed, so redeliveries do not
-    /// end the run before N distinct messages arrived.
-    seen: Option<HashSet<(String, u64)>>,
+    /// With --count: the seqs already printed per device, so redeliveries
+    /// do not end the run before N distinct messages arrived. Seqs mostly
+    /// arrive in order, so a set of ranges stays a few entries long.
+    seen: Option<HashMap<String, RangeInclusiveSet<u64>>>,
 }
 
 #[derive(Serialize)]
@@ -329,7 +331,17 @@ impl TelemetryPrinter {
         }
         out.end_line()?;
         let first_time = match &mut self.seen {
-            Some(seen) => seen.insert((m.device_id.clone(), m.seq)),
+            Some(seen) => {
+                let seqs = match seen.get_mut(m.device_id.as_str()) {
+                    Some(seqs) => seqs,
+                    None => seen.entry(m.device_id.clone()).or_default(),
+                };
+                let new = !seqs.contains(&m.seq);
+                if new {
+                    seqs.insert(m.seq..=m.seq);
+                }
+                new
+            }
             None => true,
         };
         Ok(if first_time {

@@ -17,18 +17,19 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing};
 
-type PollOutput = (EventLoop, Result<Event, ConnectionError>);
+// Boxed: a poll moves the event loop in and out, and it is large.
+type PollOutput = (Box<EventLoop>, Result<Event, ConnectionError>);
 type PollFuture = Pin<Box<dyn Future<Output = PollOutput> + Send>>;
 
 /// Drives an [`EventLoop`] so that a poll, once started, always finishes.
 pub struct Poller {
     // Exactly one is set: the event loop while no poll is in progress, or
     // the started poll that owns it.
-    idle: Option<EventLoop>,
+    idle: Option<Box<EventLoop>>,
     polling: Option<PollFuture>,
 }
 
-async fn poll_owned(mut eventloop: EventLoop) -> PollOutput {
+async fn poll_owned(mut eventloop: Box<EventLoop>) -> PollOutput {
     let ev = eventloop.poll().await;
     (eventloop, ev)
 }
@@ -36,7 +37,7 @@ async fn poll_owned(mut eventloop: EventLoop) -> PollOutput {
 impl Poller {
     pub fn new(eventloop: EventLoop) -> Self {
         Poller {
-            idle: Some(eventloop),
+            idle: Some(Box::new(eventloop)),
             polling: None,
         }
     }
@@ -59,7 +60,7 @@ impl Poller {
     /// The event loop, when no poll is in progress (e.g. to change its
     /// network options); `None` while a poll is paused mid-way.
     pub fn eventloop_mut(&mut self) -> Option<&mut EventLoop> {
-        self.idle.as_mut()
+        self.idle.as_deref_mut()
     }
 
     /// Whether a poll was started and not yet finished.
@@ -72,10 +73,10 @@ impl Poller {
     pub async fn into_inner(mut self) -> (EventLoop, Option<Result<Event, ConnectionError>>) {
         if let Some(fut) = self.polling.take() {
             let (eventloop, ev) = fut.await;
-            return (eventloop, Some(ev));
+            return (*eventloop, Some(ev));
         }
         match self.idle.take() {
-            Some(eventloop) => (eventloop, None),
+            Some(eventloop) => (*eventloop, None),
             None => unreachable!("a Poller holds its event loop or the poll that owns it"),
         }
     }

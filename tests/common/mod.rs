@@ -433,3 +433,79 @@ impl Drop for Proc {
         }
     }
 }
+
+/// A TCP relay on 127.0.0.1 in front of a server that counts the TLS
+/// application-data records clients send through it: how many separate
+/// writes a client made, however TCP split or merged the bytes.
+pub struct TlsRecordCounter {
+    pub port: u16,
+    records: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TlsRecordCounter {
+    pub fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay listener");
+        let port = listener.local_addr().expect("relay address").port();
+        let records = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = records.clone();
+        // Lives until the test process ends; every connection gets two relays.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (to_client, from_server) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                std::thread::spawn(move || relay(from_server, to_client, None));
+                let counted = counted.clone();
+                std::thread::spawn(move || relay(client, server, Some(&counted)));
+            }
+        });
+        TlsRecordCounter { port, records }
+    }
+
+    /// Application-data records (content type 23) clients sent so far.
+    pub fn records(&self) -> u64 {
+        self.records.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn relay(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    count: Option<&std::sync::atomic::AtomicU64>,
+) {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut header = Vec::with_capacity(5);
+    let mut body_left = 0usize;
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        let Some(count) = count else { continue };
+        // TLS record framing: 1 byte type, 2 bytes version, 2 bytes length.
+        let mut i = 0;
+        while i < n {
+            if body_left > 0 {
+                let take = body_left.min(n - i);
+                body_left -= take;
+                i += take;
+                continue;
+            }
+            header.push(buf[i]);
+            i += 1;
+            if header.len() == 5 {
+                if header[0] == 23 {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                body_left = u16::from_be_bytes([header[3], header[4]]) as usize;
+                header.clear();
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
