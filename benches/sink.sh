@@ -7,13 +7,13 @@
 # Two runs per store:
 #   drain: N messages queued for the sink's session while it is stopped, then
 #          the time for `--count N` to store them all (the sink alone);
-#   live:  `pub telemetry --rate 20000` and the sink running side by side;
+#   live:  `pub telemetry --rate $RATE` (default 20000) and the sink side by side;
 #          "keeps up" when the last row lands within 1 s of the last publish.
 # Everything runs on loopback in a temp dir and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
-RATE=20000
+RATE=${RATE:-20000}   # live-run publisher rate, msg/s
 
 cargo build --release --quiet
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mqttkit
