@@ -1,8 +1,12 @@
 //! PostgreSQL via tokio-postgres: one table keyed by (device_id, seq), with a
 //! time index; a TimescaleDB hypertable when that extension is installed.
 
-use anyhow::{Context, Result};
-use tokio_postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Config, NoTls};
 
 use super::{gaps_of, redact, DeviceStats, TelemetryRow, Written};
 
@@ -34,17 +38,98 @@ CREATE TABLE IF NOT EXISTS telemetry (
     PRIMARY KEY ({pk})
 )";
 
+async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::warn!("postgres connection ended: {e}");
+    }
+}
+
+/// tokio-postgres's settings from the URL, plus what it does not know and
+/// libpq users write: `sslrootcert=FILE` and `sslmode=verify-ca|verify-full`.
+/// Every TLS mode verifies the certificate and the host name (libpq's
+/// verify-full); `disable`/`prefer` (the default) connect without TLS.
+fn connection_config(url: &str) -> Result<(Config, Option<PathBuf>), String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut rootcert = None;
+    // Untouched parameters are passed on exactly as written.
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (decode(key).as_str(), decode(value).as_str()) {
+            ("sslrootcert", path) => rootcert = Some(PathBuf::from(path)),
+            ("sslmode", "verify-ca" | "verify-full") => kept.push("sslmode=require"),
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let config = Config::from_str(&url).map_err(|e| e.to_string())?;
+    if rootcert.is_some() && config.get_ssl_mode() != SslMode::Require {
+        return Err("sslrootcert without TLS: add sslmode=require".into());
+    }
+    Ok((config, rootcert))
+}
+
+/// Roots: `sslrootcert` when given, else the system's trust store.
+fn tls_config(rootcert: Option<&PathBuf>) -> Result<rustls::ClientConfig> {
+    let roots = match rootcert {
+        Some(path) => crate::mqtt::tls::load_roots(path).map_err(|e| match e {
+            crate::mqtt::tls::TlsSetupError::CaFile { path, reason } => {
+                anyhow!("sslrootcert={path}: {reason}")
+            }
+            other => anyhow!(other),
+        })?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                bail!("no system CA certificates found; pass sslrootcert=CA.crt");
+            }
+            roots
+        }
+    };
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crate::mqtt::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
         let what = || format!("--sink {}", redact(url));
-        let (client, conn) = tokio_postgres::connect(url, NoTls)
-            .await
-            .with_context(|| format!("{}: cannot connect", what()))?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!("postgres connection ended: {e}");
-            }
-        });
+        let (config, rootcert) = connection_config(url).map_err(|e| anyhow!("{}: {e}", what()))?;
+        let cannot_connect = |e: tokio_postgres::Error| {
+            // The server's words are in the error's source ("db error: FATAL: ...").
+            let e = anyhow::Error::new(e);
+            let hint = if format!("{e:#}").contains("no encryption") {
+                " (the server wants TLS: add ?sslmode=require, and &sslrootcert=CA.crt for a private CA)"
+            } else {
+                ""
+            };
+            anyhow!("{}: cannot connect: {e:#}{hint}", what())
+        };
+        let (client, conn_task) = if config.get_ssl_mode() == SslMode::Require {
+            let tls = tls_config(rootcert.as_ref()).map_err(|e| anyhow!("{}: {e}", what()))?;
+            let (client, conn) = config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map_err(cannot_connect)?;
+            (client, tokio::spawn(log_end(conn)))
+        } else {
+            let (client, conn) = config.connect(NoTls).await.map_err(cannot_connect)?;
+            (client, tokio::spawn(log_end(conn)))
+        };
         let store = PgStore {
             url: url.to_string(),
             client,
@@ -186,4 +271,28 @@ struct Cols<'a> {
     battery: Vec<f64>,
     rssi: Vec<i32>,
     status: Vec<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_tls_parameters_are_understood() {
+        let (c, root) = connection_config("postgres://u@h:5433/db").unwrap();
+        assert_eq!((c.get_ssl_mode(), root), (SslMode::Prefer, None));
+
+        let (c, root) = connection_config(
+            "postgres://u:p%40ss@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt&application_name=a%20b",
+        )
+        .unwrap();
+        assert_eq!(c.get_ssl_mode(), SslMode::Require);
+        assert_eq!(root, Some(PathBuf::from("/etc/ca.crt")));
+        assert_eq!(c.get_application_name(), Some("a b"));
+        assert_eq!(c.get_password(), Some(&b"p@ss"[..]));
+
+        let e = connection_config("postgres://u@h/db?sslrootcert=ca.crt").unwrap_err();
+        assert!(e.contains("sslmode=require"), "{e}");
+        assert!(connection_config("postgres://u@h/db?sslmode=sometimes").is_err());
+    }
 }

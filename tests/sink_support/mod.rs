@@ -265,6 +265,12 @@ fn as_pg_user(program: &Path) -> Command {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// With `Some((cert, key))`: TLS on, and `pg_hba.conf` admits TLS
+    /// connections only, so a plaintext client is refused.
+    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         if nix::unistd::Uid::effective().is_root() {
             let st = Command::new("chown")
@@ -288,6 +294,38 @@ impl Postgres {
             Duration::from_secs(120),
         );
         common::ok(&out);
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some((cert, key)) = tls {
+            // Copies postgres owns; it refuses a key others can read.
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(cert, &c).expect("copy cert");
+            std::fs::copy(key, &k).expect("copy key");
+            std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod key");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+            if nix::unistd::Uid::effective().is_root() {
+                for f in [&c, &k, &data.join("pg_hba.conf")] {
+                    let st = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(f)
+                        .status()
+                        .expect("chown");
+                    assert!(st.success());
+                }
+            }
+            tls_args = vec![
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", c.display()),
+                "-c".into(),
+                format!("ssl_key_file={}", k.display()),
+            ];
+        }
         let port = common::free_port();
         let log = dir.path().join("postgres.log");
         let err = std::fs::File::create(&log).expect("log");
@@ -305,6 +343,7 @@ impl Postgres {
             .arg("-k")
             .arg(dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
