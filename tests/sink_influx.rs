@@ -5,7 +5,9 @@ mod common;
 mod sink_support;
 
 use common::Broker;
-use sink_support::{kill_restart_flow, Influx};
+use std::time::{Duration, Instant};
+
+use sink_support::{kill_restart_flow, rows, Influx, SinkProc};
 
 #[test]
 fn influx_keeps_every_point_once_across_sigkill() {
@@ -39,4 +41,52 @@ fn influx_keeps_every_point_once_across_sigkill() {
             "{row}"
         );
     }
+}
+
+/// HTTPS only: `influxs://...?cafile=CA` stores every point (read back over
+/// TLS by `sink stats`); the system's roots do not know the private CA, so
+/// without `cafile` it is a one-line certificate error.
+#[test]
+fn influx_over_tls_verifies_the_server() {
+    let broker = Broker::start();
+    common::ok(&common::run(
+        broker
+            .mqttkit()
+            .args(["pki", "issue", "influx", "--server", "--host", "127.0.0.1"]),
+        Duration::from_secs(30),
+    ));
+    let certs = broker.certs();
+    let influx =
+        Influx::start_with_tls(Some((&certs.join("influx.crt"), &certs.join("influx.key"))));
+    let base = format!("influxs://127.0.0.1:{}/telemetry", influx.port);
+    let url = format!("{base}?cafile={}", certs.join("ca.crt").display());
+
+    let mut sink = SinkProc::start(&broker, &url, &["--count", "300"], &[]);
+    sink.wait_subscribed();
+    common::ok(&common::run(
+        broker
+            .mqttkit()
+            .args(["pub", "telemetry", "--count", "300"]),
+        Duration::from_secs(60),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "sink still running: {}",
+            sink.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sink.child.wait().unwrap().success(), "{}", sink.stderr());
+    assert_eq!(rows(&broker, &url, &[]), 300);
+
+    let o = common::run(
+        broker.mqttkit().args(["sink", "stats", &base]),
+        Duration::from_secs(30),
+    );
+    let err = common::stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

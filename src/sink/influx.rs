@@ -25,10 +25,13 @@ pub struct InfluxTarget {
     pub org: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// `?cafile=PATH` (influxs only): trust this CA instead of the system's.
+    pub cafile: Option<std::path::PathBuf>,
 }
 
 impl InfluxTarget {
-    /// Parses what follows `influx:` / `influxs:`: `//[USER:PASS@]HOST:PORT/DB[?org=ORG]`.
+    /// Parses what follows `influx:` / `influxs:`:
+    /// `//[USER:PASS@]HOST:PORT/DB[?org=ORG][&cafile=PATH]`.
     pub fn parse(tls: bool, rest: &str) -> Result<Self, String> {
         let scheme = if tls { "https" } else { "http" };
         let url = Url::parse(&format!("{scheme}:{rest}"))
@@ -47,6 +50,13 @@ impl InfluxTarget {
             .query_pairs()
             .find(|(k, _)| k == "org")
             .map(|(_, v)| v.into_owned());
+        let cafile = url
+            .query_pairs()
+            .find(|(k, _)| k == "cafile")
+            .map(|(_, v)| std::path::PathBuf::from(v.as_ref()));
+        if cafile.is_some() && !tls {
+            return Err("cafile is for TLS: use influxs://".into());
+        }
         let user = (!url.username().is_empty()).then(|| url.username().to_string());
         Ok(InfluxTarget {
             tls,
@@ -56,6 +66,7 @@ impl InfluxTarget {
             org,
             user,
             password: url.password().map(str::to_string),
+            cafile,
         })
     }
 
@@ -83,11 +94,28 @@ pub struct InfluxStore {
 
 impl InfluxStore {
     pub async fn open(target: &InfluxTarget) -> Result<Self> {
-        let http = Client::builder()
+        let mut builder = Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
+            .timeout(Duration::from_secs(30));
+        if let Some(cafile) = &target.cafile {
+            // Checked by our loader first: its errors name the file and the fix.
+            crate::mqtt::tls::load_roots(cafile).map_err(|e| {
+                let reason = match e {
+                    crate::mqtt::tls::TlsSetupError::CaFile { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                anyhow::anyhow!(
+                    "{}: cafile={}: {reason}",
+                    target.describe(),
+                    cafile.display()
+                )
+            })?;
+            let pem = std::fs::read(cafile)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("cafile={}", cafile.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
         if target.org.is_some() && token.is_none() {
             bail!(
@@ -327,6 +355,10 @@ mod tests {
             (8086, Some("acme"), Some("u"))
         );
         assert!(InfluxTarget::parse(false, "//h:1/").is_err());
+        let t = InfluxTarget::parse(true, "//h:8086/db?cafile=out%2Fcerts%2Fca.crt").unwrap();
+        assert_eq!(t.cafile, Some(std::path::PathBuf::from("out/certs/ca.crt")));
+        let e = InfluxTarget::parse(false, "//h:8086/db?cafile=ca.crt").unwrap_err();
+        assert!(e.contains("influxs://"), "{e}");
     }
 
     #[test]

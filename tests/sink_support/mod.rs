@@ -413,6 +413,11 @@ pub struct Influx {
 
 impl Influx {
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// With `Some((cert, key))` the HTTP API is HTTPS only.
+    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = common::free_port();
         let rpc = common::free_port();
@@ -430,6 +435,16 @@ impl Influx {
             data = d.join("data").display(),
             wal = d.join("wal").display(),
         );
+        let https = match tls {
+            Some((cert, key)) => format!(
+                "  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
+        // The [http] section is the last one that ends before [monitor].
+        let conf = conf.replacen("[monitor]", &format!("{https}[monitor]"), 1);
         let conf_path = d.join("influxdb.conf");
         std::fs::write(&conf_path, conf).expect("influx config");
         let log = d.join("influxd.log");
