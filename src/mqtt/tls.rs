@@ -58,6 +58,15 @@ pub fn load_roots(cafile: &Path) -> Result<RootCertStore, TlsSetupError> {
     Ok(roots)
 }
 
+/// [`load_roots`] for a CA file named by a URL parameter (`sslrootcert=`,
+/// `cafile=`): the error names that parameter, not `--cafile`.
+pub fn load_roots_for(param: &str, cafile: &Path) -> Result<RootCertStore, String> {
+    load_roots(cafile).map_err(|e| match e {
+        TlsSetupError::CaFile { path, reason } => format!("{param}={path}: {reason}"),
+        other => other.to_string(),
+    })
+}
+
 pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let err = |reason: String| TlsSetupError::CertFile {
         path: cert.display().to_string(),

@@ -99,17 +99,8 @@ impl InfluxStore {
             .timeout(Duration::from_secs(30));
         if let Some(cafile) = &target.cafile {
             // Checked by our loader first: its errors name the file and the fix.
-            crate::mqtt::tls::load_roots(cafile).map_err(|e| {
-                let reason = match e {
-                    crate::mqtt::tls::TlsSetupError::CaFile { reason, .. } => reason,
-                    other => other.to_string(),
-                };
-                anyhow::anyhow!(
-                    "{}: cafile={}: {reason}",
-                    target.describe(),
-                    cafile.display()
-                )
-            })?;
+            crate::mqtt::tls::load_roots_for("cafile", cafile)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", target.describe()))?;
             let pem = std::fs::read(cafile)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("cafile={}", cafile.display()))?;

@@ -81,12 +81,9 @@ fn connection_config(url: &str) -> Result<(Config, Option<PathBuf>), String> {
 /// Roots: `sslrootcert` when given, else the system's trust store.
 fn tls_config(rootcert: Option<&PathBuf>) -> Result<rustls::ClientConfig> {
     let roots = match rootcert {
-        Some(path) => crate::mqtt::tls::load_roots(path).map_err(|e| match e {
-            crate::mqtt::tls::TlsSetupError::CaFile { path, reason } => {
-                anyhow!("sslrootcert={path}: {reason}")
-            }
-            other => anyhow!(other),
-        })?,
+        Some(path) => {
+            crate::mqtt::tls::load_roots_for("sslrootcert", path).map_err(|e| anyhow!(e))?
+        }
         None => {
             let found = rustls_native_certs::load_native_certs();
             let mut roots = rustls::RootCertStore::empty();
