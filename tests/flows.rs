@@ -444,6 +444,31 @@ fn publisher_resends_when_the_broker_lost_its_session() {
     assert!(summary["resent"].as_u64().unwrap() >= 1, "{summary}");
 }
 
+/// A broker that stops reading (SIGSTOP) while `pub` is mid-stream: writes
+/// run under rumqttc's flush timeout (batches stop before the codec would
+/// write to the socket by itself), so `pub` notices, retries for
+/// --reconnect-timeout and exits non-zero instead of hanging on a full socket.
+#[test]
+fn a_broker_that_stops_reading_ends_pub_with_an_error() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let b = Broker::start();
+    let broker = Pid::from_raw(b.pid());
+    let mut c = b.mqttkit();
+    c.args(["pub", "telemetry", "--qos", "0", "--count", "2000000"])
+        .args(["--reconnect-timeout", "2"]);
+    let publisher = Proc::spawn(c);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(broker, Signal::SIGSTOP).expect("SIGSTOP mosquitto");
+    let started = Instant::now();
+    let (status, _, err) = publisher.finish(Duration::from_secs(90));
+    kill(broker, Signal::SIGCONT).expect("SIGCONT mosquitto");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("giving up"), "{err}");
+    // Flush timeout (5 s) + one connection attempt (5 s): about 10 s.
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+}
+
 /// A live progress line on a terminal (`script` provides one), none in a pipe.
 #[test]
 fn pub_shows_progress_on_a_terminal_only() {

@@ -50,10 +50,16 @@ impl InfluxTarget {
             .query_pairs()
             .find(|(k, _)| k == "org")
             .map(|(_, v)| v.into_owned());
+        // Percent-decoded only (a `+` in a path stays a `+`), as for PostgreSQL.
         let cafile = url
-            .query_pairs()
-            .find(|(k, _)| k == "cafile")
-            .map(|(_, v)| std::path::PathBuf::from(v.as_ref()));
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("cafile="))
+            .map(|v| {
+                let path = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                std::path::PathBuf::from(path.as_ref())
+            });
         if cafile.is_some() && !tls {
             return Err("cafile is for TLS: use influxs://".into());
         }
@@ -101,7 +107,8 @@ impl InfluxStore {
             // Checked by our loader first: its errors name the file and the fix.
             crate::mqtt::tls::load_roots_for("cafile", cafile)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", target.describe()))?;
-            let pem = std::fs::read(cafile)?;
+            let pem = std::fs::read(cafile)
+                .with_context(|| format!("{}: cafile={}", target.describe(), cafile.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("cafile={}", cafile.display()))?;
             builder = builder.tls_certs_only(certs);
@@ -346,8 +353,11 @@ mod tests {
             (8086, Some("acme"), Some("u"))
         );
         assert!(InfluxTarget::parse(false, "//h:1/").is_err());
-        let t = InfluxTarget::parse(true, "//h:8086/db?cafile=out%2Fcerts%2Fca.crt").unwrap();
-        assert_eq!(t.cafile, Some(std::path::PathBuf::from("out/certs/ca.crt")));
+        let t = InfluxTarget::parse(true, "//h:8086/db?cafile=out%2Fcerts%2Fca+1.crt").unwrap();
+        assert_eq!(
+            t.cafile,
+            Some(std::path::PathBuf::from("out/certs/ca+1.crt"))
+        );
         let e = InfluxTarget::parse(false, "//h:8086/db?cafile=ca.crt").unwrap_err();
         assert!(e.contains("influxs://"), "{e}");
     }

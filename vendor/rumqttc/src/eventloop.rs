@@ -253,7 +253,9 @@ impl EventLoop {
                         network.write(outgoing).await?;
                     }
                     let mut batched = 1;
-                    while !last && batched < MAX_REQUEST_BATCH {
+                    // Only while the buffer has room: every write stays in
+                    // memory and the one flush below runs under the timeout.
+                    while !last && batched < MAX_REQUEST_BATCH && network.has_room() {
                         let request = if !self.pending.is_empty() {
                             if !self.mqtt_options.pending_throttle.is_zero() {
                                 break;
