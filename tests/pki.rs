@@ -473,3 +473,139 @@ fn mosquitto_requires_a_certificate_from_this_ca_and_rustls_verifies_the_broker(
         .unwrap_or_else(|e| panic!("{host}: {e}"));
     }
 }
+
+/// Every file of a PKI directory except the writer's lock file.
+fn pki_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    snapshot(dir)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with(".mqttkit.lock"))
+        .collect()
+}
+
+#[test]
+fn init_force_with_a_planted_failure_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&run(mqttkit(dir.path()).args(["pki", "init"]), T));
+    let certs = dir.path().join("out/certs");
+
+    // A directory where a key goes.
+    fs::remove_file(certs.join("broker.key")).unwrap();
+    fs::create_dir(certs.join("broker.key")).unwrap();
+    let before = pki_files(&certs);
+    let o = run(mqttkit(dir.path()).args(["pki", "init", "--force"]), T);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("broker.key is not a regular file"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(before, pki_files(&certs), "files changed");
+    fs::remove_dir(certs.join("broker.key")).unwrap();
+
+    // A read-only file among the targets.
+    ok(&run(
+        mqttkit(dir.path()).args(["pki", "init", "--force"]),
+        T,
+    ));
+    let ro = certs.join("device-001.crt");
+    fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    let before = pki_files(&certs);
+    let o = run(mqttkit(dir.path()).args(["pki", "init", "--force"]), T);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("device-001.crt is read-only"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(before, pki_files(&certs), "files changed");
+}
+
+fn have_strace() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// SIGKILL at each rename of `pki init --force` (strace fault injection):
+/// after the next run the set is the old one or the new one, whole, and no
+/// temp file (with or without key material) is left.
+#[test]
+fn init_force_killed_at_any_rename_leaves_the_old_or_the_new_set() {
+    if !have_strace() {
+        eprintln!("SKIPPED: strace is not installed (apt-get install strace)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ok(&run(mqttkit(dir.path()).args(["pki", "init"]), T));
+    let certs = dir.path().join("out/certs");
+    let mut outcomes = (0, 0);
+    for when in 1..=14 {
+        let old = pki_files(&certs);
+        let o = run(
+            Command::new("strace")
+                .current_dir(dir.path())
+                .env_remove("MQTTKIT_OUT")
+                .args([
+                    "-f",
+                    "-qq",
+                    "-o",
+                    "/dev/null",
+                    "-e",
+                    "trace=rename,renameat,renameat2",
+                    "-e",
+                ])
+                .arg(format!(
+                    "inject=rename,renameat,renameat2:signal=SIGKILL:when={when}"
+                ))
+                .args([common::bin(), "pki", "init", "--force"]),
+            T,
+        );
+        let killed = !o.status.success();
+        // The next run repairs what the kill left.
+        ok(&run(mqttkit(dir.path()).args(["pki", "list"]), T));
+        let now = pki_files(&certs);
+        let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&old),
+            names(&now),
+            "rename {when}: the file set changed"
+        );
+        let same = old.iter().zip(&now).filter(|(a, b)| a.1 == b.1).count();
+        if same == old.len() {
+            assert!(killed, "rename {when}: a finished run changed nothing");
+            outcomes.0 += 1;
+        } else {
+            assert_eq!(
+                same, 0,
+                "rename {when}: a mix of old and new files: {now:?}"
+            );
+            outcomes.1 += 1;
+            let verified = openssl(&[
+                "verify",
+                "-CAfile",
+                file_str(&certs.join("ca.crt")),
+                file_str(&certs.join("broker.crt")),
+                file_str(&certs.join("device-001.crt")),
+            ]);
+            assert_eq!(verified.matches(": OK").count(), 2, "{verified}");
+        }
+        let temps: Vec<_> = walk(&certs)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".mqttkit-")
+            })
+            .collect();
+        assert!(
+            temps.is_empty(),
+            "rename {when}: temp files left: {temps:?}"
+        );
+    }
+    eprintln!(
+        "kept the old set {} times, the new set {} times",
+        outcomes.0, outcomes.1
+    );
+    // Early kills keep the old set, late ones (after the commit) the new one.
+    assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
+}

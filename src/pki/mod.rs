@@ -418,6 +418,8 @@ fn check_out_dir(out: &Path) -> Result<()> {
 pub fn load_issuer(certs_dir: &Path) -> Result<Issuer<'static, KeyPair>> {
     let ca_crt = certs_dir.join("ca.crt");
     let ca_key = certs_dir.join("ca.key");
+    // A write that crashed half way is finished or undone before the CA is read.
+    crate::fsutil::recover_dir(certs_dir)?;
     if !ca_crt.exists() || !ca_key.exists() {
         bail!(
             "no CA in {} (ca.crt and ca.key); create one with `mqttkit pki init --out {}`",
@@ -486,6 +488,7 @@ fn list(args: ListArgs) -> Result<()> {
             args.out.out.display()
         );
     }
+    crate::fsutil::recover_dir(&dir)?;
     let infos = inspect_dir(&dir)?;
     if args.json {
         return output::print_json(&infos);
