@@ -284,6 +284,22 @@ fn password_file_in_mosquitto_format() {
     }
     let passwd = std::fs::read_to_string(broker.out().join("mosquitto/passwd")).unwrap();
     assert!(passwd.lines().all(|l| l.contains(":$7$101$")), "{passwd}");
+    // mosquitto drops an entry whose name holds ':', so it is refused.
+    let o = run(
+        broker
+            .mqttkit()
+            .args(["broker", "user", "add", "e:ve", "--password-stdin"]),
+        T,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("NAME 'e:ve': contains ':'"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    let after = std::fs::read_to_string(broker.out().join("mosquitto/passwd")).unwrap();
+    assert_eq!(passwd, after, "the password file changed");
     broker.up();
     let base = mosquitto_tls_args(&broker, None);
     let right = run(

@@ -728,6 +728,7 @@ fn read_password(args: &UserAddArgs) -> Result<String> {
 
 fn user_add(args: UserAddArgs) -> Result<ExitCode> {
     crate::pki::validate_identity(&args.name)
+        .and_then(|()| passwd::validate_user(&args.name))
         .map_err(|e| anyhow::anyhow!("NAME '{}': {e}", args.name))?;
     let password = read_password(&args)?;
     let path = mosquitto_dir(&args.out.out).join("passwd");

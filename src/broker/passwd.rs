@@ -9,6 +9,16 @@ pub const ITERATIONS: u32 = 101;
 const SALT_LEN: usize = 12;
 const HASH_LEN: usize = 64;
 
+/// A name mosquitto can read back from its password file: `:` separates the
+/// name from the hash there, so mosquitto silently drops an entry whose name
+/// holds one.
+pub fn validate_user(name: &str) -> Result<(), String> {
+    if name.contains(':') {
+        return Err("contains ':', which separates name and hash in mosquitto's password file (mosquitto would drop the entry); choose a name without ':'".into());
+    }
+    Ok(())
+}
+
 pub fn hash_password(password: &str, salt: &[u8], iterations: u32) -> String {
     let mut out = [0u8; HASH_LEN];
     pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), salt, iterations, &mut out);
@@ -86,6 +96,14 @@ mod tests {
         assert!(!verify("Secret", line));
         let salt = STANDARD.decode("nYq7efY7Eg4rVUev").unwrap();
         assert_eq!(hash_password("secret", &salt, 101), line);
+    }
+
+    #[test]
+    fn a_colon_in_a_user_name_is_refused() {
+        assert!(validate_user("eve").is_ok());
+        assert!(validate_user("e:ve")
+            .unwrap_err()
+            .starts_with("contains ':'"));
     }
 
     #[test]
