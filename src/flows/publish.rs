@@ -20,11 +20,13 @@ use prost::Message;
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde::Serialize;
 
-use super::dummy::{now_unix_nano, DummyDevice};
+use super::dummy::DummyDevice;
 use super::{
-    device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs, Reconnect, Shutdown,
+    device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs,
 };
+use crate::clock::now_unix_nano;
 use crate::mqtt::poller::Poller;
+use crate::pipeline::{Reconnect, Shutdown};
 use crate::mqtt::{command_topic, telemetry_topic, unique_client_id, Role};
 use crate::proto::Command;
 
@@ -113,7 +115,10 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         slots: vec![None; args.window as usize * 2 + 2],
         connected: false,
         retry_at: None,
-        reconnect: Reconnect::new(&endpoint, args.reconnect_timeout),
+        reconnect: Reconnect::new(
+            &endpoint,
+            Some(Duration::from_secs(args.reconnect_timeout)),
+        ),
         progress: Progress::on_terminal(&device),
         sent: 0,
         acked: 0,
