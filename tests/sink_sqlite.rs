@@ -289,3 +289,24 @@ fn json_with_a_sink_is_a_one_line_error_before_anything_runs() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!db.exists(), "the store was opened anyway");
 }
+
+#[test]
+fn sink_gives_up_after_reconnect_timeout_without_a_broker() {
+    let broker = Broker::start();
+    let url = format!("sqlite:{}", broker.path().join("r.db").display());
+    let mut sink = SinkProc::start(&broker, &url, &["--reconnect-timeout", "1"], &[]);
+    sink.wait_subscribed();
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = sink.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", sink.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = sink.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("see --reconnect-timeout"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
