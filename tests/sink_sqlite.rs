@@ -275,7 +275,10 @@ fn json_with_a_sink_is_a_one_line_error_before_anything_runs() {
     let err = common::stderr(&o);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("--json: not used with --sink"), "{err}");
-    assert!(err.contains("sink stats"), "names the way to read rows: {err}");
+    assert!(
+        err.contains("sink stats"),
+        "names the way to read rows: {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!db.exists(), "the store was opened anyway");
     // The same device-id check as `sub` without a sink.
@@ -302,7 +305,11 @@ fn sink_gives_up_after_reconnect_timeout_without_a_broker() {
         if let Some(st) = sink.child.try_wait().expect("wait") {
             break st;
         }
-        assert!(Instant::now() < deadline, "still running:\n{}", sink.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "still running:\n{}",
+            sink.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let err = sink.stderr();

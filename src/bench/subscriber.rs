@@ -132,7 +132,8 @@ impl Handler for Recorder {
                 if lat_ns < 0 {
                     r.below_zero += 1;
                 }
-                r.latency_us.saturating_record((lat_ns.max(0) / 1000) as u64);
+                r.latency_us
+                    .saturating_record((lat_ns.max(0) / 1000) as u64);
                 match r.seen.get_mut(t.device_id.as_str()) {
                     Some(s) => s.mark(t.seq),
                     None => r.seen.entry(t.device_id).or_default().mark(t.seq),

@@ -5,8 +5,8 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::proto::v1::telemetry::Status;
 use crate::clock::now_unix_nano;
+use crate::proto::v1::telemetry::Status;
 use crate::proto::Telemetry;
 
 /// Produces one device's readings as encoded protobuf payloads.

@@ -136,7 +136,11 @@ async fn subscribe<P: Print>(
     let banner = format!(
         "subscribed to {filter} on {} as {client_id}{}",
         endpoint.describe(),
-        if common.persistent { " (persistent session)" } else { "" }
+        if common.persistent {
+            " (persistent session)"
+        } else {
+            ""
+        }
     );
     let cfg = subscribe_config(common, filter, client_id, common.persistent);
     let mut handler = Printing {
