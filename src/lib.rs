@@ -5,12 +5,14 @@
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod doctor;
 pub mod flows;
 pub mod fsutil;
 pub mod iot;
 pub mod mqtt;
 pub mod output;
+pub mod pipeline;
 pub mod pki;
 pub mod proto;
 pub mod quickstart;

@@ -164,11 +164,7 @@ async fn until_suback(events: &mut Poller, who: &str, topic: &str) -> Result<()>
     loop {
         match events.next().await {
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
+                if crate::pipeline::any_refused(&ack.return_codes) {
                     bail!("the broker refused {who}'s subscription to {topic}");
                 }
                 return Ok(());

@@ -240,3 +240,80 @@ fn bad_sinks_fail_in_one_line_before_subscribing() {
     );
     assert!(!broker.path().join("nope.db").exists());
 }
+
+#[test]
+fn qos0_sink_stores_what_arrives() {
+    let broker = Broker::start();
+    let url = format!("sqlite:{}", broker.path().join("q0.db").display());
+    let mut sink = SinkProc::start(&broker, &url, &["--qos", "0", "--batch-ms", "20"], &[]);
+    sink.wait_subscribed();
+    assert!(sink.stderr().contains("QoS 0"), "{}", sink.stderr());
+    let mut c = broker.mqttkit();
+    c.args(["pub", "telemetry", "--out", "out", "--count", "200"]);
+    common::ok(&common::run(&mut c, Duration::from_secs(60)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(&broker, &url, &[]) < 200 {
+        assert!(Instant::now() < deadline, "{}", sink.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sink.terminate();
+    assert!(
+        sink.stderr().contains("stored 200 messages"),
+        "{}",
+        sink.stderr()
+    );
+}
+
+#[test]
+fn json_with_a_sink_is_a_one_line_error_before_anything_runs() {
+    let broker = Broker::start();
+    let db = broker.path().join("j.db");
+    let url = format!("sqlite:{}", db.display());
+    let mut c = broker.mqttkit();
+    c.args(["sub", "telemetry", "--out", "out", "--sink", &url, "--json"]);
+    let o = common::run(&mut c, Duration::from_secs(30));
+    let err = common::stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("--json: not used with --sink"), "{err}");
+    assert!(
+        err.contains("sink stats"),
+        "names the way to read rows: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!db.exists(), "the store was opened anyway");
+    // The same device-id check as `sub` without a sink.
+    let mut c = broker.mqttkit();
+    c.args(["sub", "telemetry", "--out", "out", "--sink", &url])
+        .args(["--device-id", "a\tb"]);
+    let o = common::run(&mut c, Duration::from_secs(30));
+    let err = common::stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("--device-id"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!db.exists(), "the store was opened anyway");
+}
+
+#[test]
+fn sink_gives_up_after_reconnect_timeout_without_a_broker() {
+    let broker = Broker::start();
+    let url = format!("sqlite:{}", broker.path().join("r.db").display());
+    let mut sink = SinkProc::start(&broker, &url, &["--reconnect-timeout", "1"], &[]);
+    sink.wait_subscribed();
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = sink.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running:\n{}",
+            sink.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = sink.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("see --reconnect-timeout"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -120,12 +120,12 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     if server.client_id.is_some() {
         crate::note!("bench: ignoring the fixed client id: each connection gets its own");
     }
-    let qos = crate::flows::qos(args.qos);
+    let qos = crate::pipeline::qos(args.qos);
     let live = Arc::new(Live::default());
     let progress = report::Progress::start(live.clone(), n);
 
     // Subscribers first: connected and subscribed before any device publishes.
-    let (sub_stop_tx, sub_stop) = watch::channel(false);
+    let (sub_stop_tx, sub_stop) = crate::pipeline::Shutdown::manual();
     let (sub_ready_tx, mut sub_ready) = mpsc::channel(m);
     let mut subs = Vec::with_capacity(m);
     for _ in 0..m {
@@ -216,7 +216,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = sub_stop_tx.send(true);
+    sub_stop_tx.stop();
     let mut sub_results = Vec::with_capacity(m);
     for s in subs {
         sub_results.push(s.await.context("a subscriber task failed")?);

@@ -4,7 +4,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use crate::flows::dummy::{now_unix_nano, DummyDevice};
+use crate::clock::now_unix_nano;
+use crate::flows::dummy::DummyDevice;
 use crate::proto::Telemetry;
 
 /// Smallest `--payload BYTES`: room for the device id, seq and send time.

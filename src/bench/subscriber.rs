@@ -1,4 +1,5 @@
-//! A server subscriber on `devices/+/telemetry`: decodes every message, records
+//! A server subscriber on `devices/+/telemetry`, a handler over
+//! [`crate::pipeline`]: decodes every message, records
 //! its end-to-end latency and which (device, seq) pairs arrived. All state is
 //! local to the task; the results are merged once at the end.
 
@@ -7,14 +8,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use hdrhistogram::Histogram;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, Incoming, QoS, SubscribeReasonCode};
-use tokio::sync::{mpsc, watch};
+use rumqttc::{Publish, QoS};
+use tokio::sync::mpsc;
 
 use super::Live;
-use crate::flows::dummy::now_unix_nano;
+use crate::clock::now_unix_nano;
 use crate::mqtt::{unique_client_id, Endpoint, ALL_TELEMETRY};
+use crate::pipeline::{self, Acks, Batching, Handled, Handler, Shutdown, SubscribeConfig};
 use crate::proto::Telemetry;
 
 /// Seqs above this are not ours (a bench never sends a billion per device).
@@ -60,104 +63,109 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_max(3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Runs one subscriber over the pipeline until `stop`; `ready` gets `Ok`
+/// once it is subscribed, or the error that kept it from subscribing.
 pub async fn run(
     endpoint: Endpoint,
     qos: QoS,
     live: Arc<Live>,
     ready: mpsc::Sender<Result<(), String>>,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) -> SubResult {
-    let mut r = SubResult {
-        seen: HashMap::new(),
-        latency_us: histogram(),
-        received: 0,
-        below_zero: 0,
-        undecodable: 0,
-        last_delivery: None,
-        error: None,
+    let cfg = SubscribeConfig {
+        filters: vec![ALL_TELEMETRY.to_string()],
+        qos,
+        client_id: unique_client_id("bench-sub"),
+        persistent: false,
+        // A lost connection is an error in the report, not hidden by a reconnect.
+        reconnect_timeout: None,
+        count: None,
+        acks: Acks::OnReceipt,
+        // Many handshakes run at once; rumqttc's default is 5 s.
+        connect_timeout: Some(Duration::from_secs(30)),
     };
-    let mut opts = endpoint.mqtt_options(&unique_client_id("bench-sub"));
-    opts.set_clean_session(true);
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    eventloop.network_options.set_connection_timeout(30);
-    let mut eventloop = super::device::Poller::new(eventloop);
-    if let Err(e) = client.subscribe(ALL_TELEMETRY, qos).await {
-        let msg = format!("subscriber: {e}");
-        let _ = ready.send(Err(msg.clone())).await;
-        r.error = Some(msg);
-        return r;
-    }
-    // Connected and subscribed before any device publishes.
-    loop {
-        match eventloop.next().await {
-            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
-                    let msg = format!(
-                        "the broker refused the subscription to {ALL_TELEMETRY}: the server identity must be allowed to read it (see the broker's ACL)"
-                    );
-                    let _ = ready.send(Err(msg.clone())).await;
-                    r.error = Some(msg);
-                    return r;
-                }
-                break;
+    let mut h = Recorder {
+        r: SubResult {
+            seen: HashMap::new(),
+            latency_us: histogram(),
+            received: 0,
+            below_zero: 0,
+            undecodable: 0,
+            last_delivery: None,
+            error: None,
+        },
+        live,
+        ready: Some(ready),
+    };
+    if let Err(e) = pipeline::run(&endpoint, &cfg, stop, &mut h).await {
+        let msg = match h.ready.take() {
+            Some(ready) => {
+                let msg = format!("{e:#}");
+                let _ = ready.try_send(Err(msg.clone()));
+                msg
             }
-            Ok(_) => {}
-            Err(e) => {
-                let msg = crate::flows::describe_connect_error(&endpoint.describe(), &e);
-                let _ = ready.send(Err(msg.clone())).await;
-                r.error = Some(msg);
-                return r;
+            None => format!("subscriber: {e:#}"),
+        };
+        h.r.error = Some(msg);
+    }
+    h.r
+}
+
+/// Records latency and which seqs arrived; everything stays in the task.
+struct Recorder {
+    r: SubResult,
+    live: Arc<Live>,
+    /// Until subscribed: whom to tell.
+    ready: Option<mpsc::Sender<Result<(), String>>>,
+}
+
+impl Handler for Recorder {
+    fn handle(&mut self, p: &Publish) -> Result<Handled> {
+        let now = now_unix_nano();
+        let r = &mut self.r;
+        r.received += 1;
+        self.live.delivered.fetch_add(1, Ordering::Relaxed);
+        r.last_delivery = Some(Instant::now());
+        match Telemetry::decode(p.payload.as_ref()) {
+            Ok(t) if t.seq < MAX_SEQ => {
+                let lat_ns = now as i128 - t.time_unix_nano as i128;
+                if lat_ns < 0 {
+                    r.below_zero += 1;
+                }
+                r.latency_us
+                    .saturating_record((lat_ns.max(0) / 1000) as u64);
+                match r.seen.get_mut(t.device_id.as_str()) {
+                    Some(s) => s.mark(t.seq),
+                    None => r.seen.entry(t.device_id).or_default().mark(t.seq),
+                }
+                Ok(Handled::Counted)
             }
-        }
-    }
-    let _ = ready.send(Ok(())).await;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            ev = eventloop.next() => match ev {
-                Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    let now = now_unix_nano();
-                    r.received += 1;
-                    live.delivered.fetch_add(1, Ordering::Relaxed);
-                    r.last_delivery = Some(Instant::now());
-                    match Telemetry::decode(p.payload) {
-                        Ok(t) if t.seq < MAX_SEQ => {
-                            let lat_ns = now as i128 - t.time_unix_nano as i128;
-                            if lat_ns < 0 {
-                                r.below_zero += 1;
-                            }
-                            r.latency_us.saturating_record((lat_ns.max(0) / 1000) as u64);
-                            match r.seen.get_mut(t.device_id.as_str()) {
-                                Some(s) => s.mark(t.seq),
-                                None => r.seen.entry(t.device_id).or_default().mark(t.seq),
-                            }
-                        }
-                        _ => r.undecodable += 1,
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    r.error = Some(format!("subscriber lost its connection: {e}"));
-                    return r;
-                }
-            },
-        }
-    }
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(ev) = eventloop.next().await {
-            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
+            _ => {
+                r.undecodable += 1;
+                Ok(Handled::Skipped)
             }
         }
-    })
-    .await;
-    r
+    }
+
+    fn commit(&mut self) -> impl std::future::Future<Output = Result<()>> + Send {
+        // Nothing is buffered: every message is recorded when handled.
+        std::future::ready(Ok(()))
+    }
+
+    fn batching(&self) -> Batching {
+        // Acks are rumqttc's (on receipt), so commits have nothing to do.
+        Batching {
+            max_wait: Duration::from_secs(3600),
+            max_messages: usize::MAX,
+        }
+    }
+
+    fn subscribed(&mut self, _resumed: bool) {
+        // Connected and subscribed before any device publishes.
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.try_send(Ok(()));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -284,11 +284,10 @@ pub async fn print_log(log: &Path, tail: Option<usize>, follow: bool) -> Result<
         return Ok(());
     }
     let mut pos = file.seek(SeekFrom::End(0))?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut shutdown = crate::pipeline::Shutdown::install();
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
+            _ = shutdown.wait() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         let len = std::fs::metadata(log)?.len();

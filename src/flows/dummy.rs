@@ -1,22 +1,13 @@
 //! Dummy telemetry: plausible, slowly drifting sensor readings for one device.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::clock::now_unix_nano;
 use crate::proto::v1::telemetry::Status;
 use crate::proto::Telemetry;
-
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_unix_nano() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
 
 /// Produces one device's readings as encoded protobuf payloads.
 pub struct DummyDevice {

@@ -11,13 +11,12 @@ pub mod subscribe;
 
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use rumqttc::{ConnectReturnCode, ConnectionError, QoS};
+use rumqttc::{ConnectReturnCode, ConnectionError};
 
-use crate::mqtt::{ConnectionArgs, Endpoint};
+use crate::mqtt::ConnectionArgs;
 
 #[derive(Debug, Args)]
 pub struct PubArgs {
@@ -107,13 +106,18 @@ pub struct SubCommonArgs {
     /// Exit after N decoded messages (default: until Ctrl-C).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// One JSON object per line on stdout.
+    /// One JSON object per line on stdout. Not with --sink (refused: the
+    /// messages go to the store; read them with `mqttkit sink stats URL --json`).
     #[arg(long)]
     pub json: bool,
     /// Persistent session (clean session off, fixed client id): messages sent
-    /// while this subscriber was away arrive when it comes back.
+    /// while this subscriber was away arrive when it comes back. A --sink is
+    /// always persistent.
     #[arg(long)]
     pub persistent: bool,
+    /// QoS of the subscription: 1 acknowledges each message once printed (or
+    /// stored, with --sink); 0 has no acknowledgements, so what arrives while
+    /// away or before a crash is lost.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
     /// Give up after this many seconds without a connection.
@@ -188,13 +192,7 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub(crate) fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
+pub(crate) use crate::pipeline::qos;
 
 /// The device a device-side command acts as: the flag, else the profile's.
 pub(crate) fn device_id(conn: &ConnectionArgs, flag: Option<&str>) -> Result<String> {
@@ -216,156 +214,6 @@ pub(crate) fn validate_device_id(id: &str) -> Result<()> {
         bail!("--device-id '{id}': must be non-empty and contain no '/', '+', '#' or control characters");
     }
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM, observable from any number of select loops.
-pub(crate) struct Shutdown {
-    rx: tokio::sync::watch::Receiver<bool>,
-}
-
-impl Shutdown {
-    pub fn install() -> Self {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        // Registered here, before any network work: a signal that arrives
-        // before the watcher task first runs must not kill the process
-        // with the default action (no DISCONNECT, no summary).
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        tokio::spawn(async move {
-            match (term, int) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = int.recv() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-            let _ = tx.send(true);
-            // Keep the sender alive so receivers never see a closed channel.
-            std::future::pending::<()>().await;
-        });
-        Shutdown { rx }
-    }
-
-    /// Resolves once a stop was requested (immediately if it already was).
-    pub async fn wait(&mut self) {
-        if self.rx.wait_for(|v| *v).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Reconnect policy: the first connection must succeed (a wrong host or
-/// certificate is an error, not something to retry forever); after that,
-/// exponential backoff until `give_up` without a connection.
-pub(crate) struct Reconnect {
-    endpoint: String,
-    connected_once: bool,
-    down_since: Option<Instant>,
-    backoff: Duration,
-    give_up: Duration,
-    last_report: Option<Instant>,
-    /// When the current connection got its CONNACK.
-    connected_at: Option<Instant>,
-    /// Connections in a row that the broker closed right after accepting them.
-    short_lived: u32,
-    pub reconnects: u64,
-}
-
-/// A connection closed this soon after CONNACK counts as taken over.
-const SHORT_LIVED: Duration = Duration::from_millis(500);
-/// Take-overs in a row before giving up with an explanation.
-const TAKEN_OVER_LIMIT: u32 = 5;
-
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How often to repeat the last error while reconnecting.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
-impl Reconnect {
-    pub fn new(endpoint: &Endpoint, give_up_secs: u64) -> Self {
-        Reconnect {
-            endpoint: endpoint.describe(),
-            connected_once: false,
-            down_since: None,
-            backoff: BACKOFF_MIN,
-            give_up: Duration::from_secs(give_up_secs),
-            last_report: None,
-            connected_at: None,
-            short_lived: 0,
-            reconnects: 0,
-        }
-    }
-
-    pub fn connected(&mut self) {
-        if self.connected_once {
-            self.reconnects += 1;
-            let down = self.down_since.map(|t| t.elapsed()).unwrap_or_default();
-            crate::note!(
-                "reconnected to {} after {:.1} s",
-                self.endpoint,
-                down.as_secs_f64()
-            );
-        }
-        self.connected_once = true;
-        self.connected_at = Some(Instant::now());
-        self.down_since = None;
-        self.last_report = None;
-        self.backoff = BACKOFF_MIN;
-    }
-
-    /// How long to wait before the next attempt, or the error to stop with.
-    pub fn failed(&mut self, err: ConnectionError) -> Result<Duration> {
-        if !self.connected_once {
-            bail!("{}", describe_connect_error(&self.endpoint, &err));
-        }
-        // Two clients with one client id take the connection from each other
-        // in turn (the broker keeps one per id): say so instead of looping.
-        match self.connected_at.take() {
-            Some(t) if t.elapsed() < SHORT_LIVED => self.short_lived += 1,
-            Some(_) => self.short_lived = 0,
-            None => {}
-        }
-        if self.short_lived >= TAKEN_OVER_LIMIT {
-            bail!(
-                "{}: the broker closed the connection right after accepting it {TAKEN_OVER_LIMIT} times in a row; another client is probably connected with the same client id; pass a different --client-id",
-                self.endpoint
-            );
-        }
-        let since = *self.down_since.get_or_insert_with(|| {
-            crate::note!("connection to {} lost ({err}); reconnecting", self.endpoint);
-            Instant::now()
-        });
-        let now = Instant::now();
-        match self.last_report {
-            None => self.last_report = Some(now),
-            Some(t) if now - t >= REPORT_EVERY => {
-                self.last_report = Some(now);
-                crate::note!(
-                    "still reconnecting after {:.0} s: {}",
-                    since.elapsed().as_secs_f64(),
-                    describe_connect_error(&self.endpoint, &err)
-                );
-            }
-            Some(_) => {}
-        }
-        if since.elapsed() >= self.give_up {
-            bail!(
-                "no connection to {} for {} s (last error: {}); giving up (see --reconnect-timeout)",
-                self.endpoint,
-                self.give_up.as_secs(),
-                describe_connect_error(&self.endpoint, &err)
-            );
-        }
-        tracing::debug!("reconnect attempt failed: {err}");
-        let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        Ok(delay)
-    }
 }
 
 /// One line saying what went wrong connecting and what to do about it.

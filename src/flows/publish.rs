@@ -20,12 +20,12 @@ use prost::Message;
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde::Serialize;
 
-use super::dummy::{now_unix_nano, DummyDevice};
-use super::{
-    device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs, Reconnect, Shutdown,
-};
+use super::dummy::DummyDevice;
+use super::{device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs};
+use crate::clock::now_unix_nano;
 use crate::mqtt::poller::Poller;
 use crate::mqtt::{command_topic, telemetry_topic, unique_client_id, Role};
+use crate::pipeline::{Reconnect, Shutdown};
 use crate::proto::Command;
 
 /// How long Ctrl-C waits for the PUBACKs of messages already written.
@@ -113,7 +113,7 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         slots: vec![None; args.window as usize * 2 + 2],
         connected: false,
         retry_at: None,
-        reconnect: Reconnect::new(&endpoint, args.reconnect_timeout),
+        reconnect: Reconnect::new(&endpoint, Some(Duration::from_secs(args.reconnect_timeout))),
         progress: Progress::on_terminal(&device),
         sent: 0,
         acked: 0,

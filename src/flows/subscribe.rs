@@ -1,4 +1,5 @@
-//! Subscribers: the server's view of all telemetry, and a device's commands.
+//! Subscribers: the server's view of all telemetry, and a device's commands,
+//! as printers over [`crate::pipeline`] (and `--sink`, the store handler).
 //!
 //! Acknowledgements are manual: a QoS 1 message is acknowledged only after
 //! it was decoded and written out, and messages past `--count` are left
@@ -8,40 +9,29 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use prost::Message;
 use rangemap::RangeInclusiveSet;
-use rumqttc::{AsyncClient, Event, Incoming, Publish, SubscribeReasonCode};
+use rumqttc::Publish;
 use serde::Serialize;
 
-use super::publish::disconnect;
 use super::{
-    device_id, qos, validate_device_id, Out, Reconnect, Shutdown, SubCommandArgs, SubCommonArgs,
-    SubTelemetryArgs,
+    device_id, qos, validate_device_id, Out, SubCommandArgs, SubCommonArgs, SubTelemetryArgs,
 };
-use crate::mqtt::poller::Poller;
 use crate::mqtt::{
     command_topic, device_of_topic, telemetry_topic, unique_client_id, Endpoint, Role,
     ALL_TELEMETRY,
 };
+use crate::pipeline::{self, Acks, Batching, Handled, Handler, Shutdown, SubscribeConfig};
 use crate::proto::v1::telemetry::Status;
 use crate::proto::{Command, Telemetry};
 
 /// Longest a received line waits in the stdout buffer (when not a TTY).
-const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+const FLUSH_AFTER: Duration = Duration::from_millis(10);
 
 pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
-    if args.sink.is_some() {
-        // Storing, not printing: see crate::sink (acks only after commit).
-        return crate::sink::run_subscriber(
-            &args.conn,
-            args.device_id.as_deref(),
-            args.common.count,
-            &args.sink,
-        )
-        .await;
-    }
     let filter = match &args.device_id {
         Some(id) => {
             validate_device_id(id)?;
@@ -49,26 +39,22 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
         }
         None => ALL_TELEMETRY.to_string(),
     };
+    if args.sink.is_some() {
+        return run_sink(args, filter).await;
+    }
     let endpoint = args.conn.resolve(Role::Server)?;
     let identity = identity_name(&endpoint, "server");
     let fixed_id = match &args.device_id {
         Some(id) => format!("{identity}-sub-telemetry-{id}"),
         None => format!("{identity}-sub-telemetry"),
     };
-    let mut handler = TelemetryPrinter {
+    let printer = TelemetryPrinter {
         msg: Telemetry::default(),
         json: args.common.json,
         // Only a bounded run needs to know what it has seen.
         seen: args.common.count.map(|_| HashMap::new()),
     };
-    subscribe(
-        &endpoint,
-        &args.common,
-        &fixed_id,
-        &filter,
-        |out: &mut Out, p: &Publish| handler.handle(out, p),
-    )
-    .await
+    subscribe(&endpoint, &args.common, &fixed_id, filter, printer).await
 }
 
 pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
@@ -76,15 +62,47 @@ pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
     let endpoint = args.conn.resolve(Role::Device(&device))?;
     let filter = command_topic(&device);
     let fixed_id = format!("{device}-sub-commands");
-    let json = args.common.json;
-    subscribe(
-        &endpoint,
-        &args.common,
-        &fixed_id,
-        &filter,
-        |out: &mut Out, p: &Publish| print_command(out, p, json),
-    )
-    .await
+    let printer = CommandPrinter {
+        json: args.common.json,
+    };
+    subscribe(&endpoint, &args.common, &fixed_id, filter, printer).await
+}
+
+/// Storing, not printing: see crate::sink (acks only after commit). The
+/// sink takes `sub`'s options or refuses them here, before anything runs.
+async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
+    if args.common.json {
+        bail!("--json: not used with --sink (the messages go to the store, not to stdout); drop --json and read the rows with `mqttkit sink stats URL --json`");
+    }
+    let sink = crate::sink::Sink::open(&args.sink).await?;
+    let endpoint = args.conn.resolve(Role::Server)?;
+    let client_id = endpoint
+        .client_id
+        .clone()
+        .unwrap_or_else(|| sink.default_client_id(args.device_id.as_deref()));
+    // Always persistent: the session keeps what arrives while the sink is
+    // down (the at-least-once guarantee); --persistent says it again.
+    let cfg = subscribe_config(&args.common, filter, client_id, true);
+    sink.run(&endpoint, &cfg).await
+}
+
+/// The pipeline's configuration from `sub`'s flags: the one place they are read.
+fn subscribe_config(
+    common: &SubCommonArgs,
+    filter: String,
+    client_id: String,
+    persistent: bool,
+) -> SubscribeConfig {
+    SubscribeConfig {
+        filters: vec![filter],
+        qos: qos(common.qos),
+        client_id,
+        persistent,
+        reconnect_timeout: Some(Duration::from_secs(common.reconnect_timeout)),
+        count: common.count,
+        acks: Acks::AfterCommit,
+        connect_timeout: None,
+    }
 }
 
 /// The certificate's file stem (its identity name), for stable client ids.
@@ -98,160 +116,97 @@ fn identity_name(endpoint: &Endpoint, fallback: &str) -> String {
         .unwrap_or_else(|| fallback.to_string())
 }
 
-/// Outcome of one received message.
-enum Handled {
-    /// Decoded and printed; counts towards --count.
-    Printed,
-    /// Not decodable; warned about and acknowledged (it will never decode).
-    Skipped,
-    /// Printed again: a QoS 1 redelivery of a message already counted.
-    Repeated,
+/// Prints messages to stdout.
+trait Print: Send {
+    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled>;
 }
 
-async fn subscribe<F>(
+async fn subscribe<P: Print>(
     endpoint: &Endpoint,
     common: &SubCommonArgs,
     fixed_id: &str,
-    filter: &str,
-    mut handle: F,
-) -> Result<ExitCode>
-where
-    F: FnMut(&mut Out, &Publish) -> Result<Handled>,
-{
+    filter: String,
+    printer: P,
+) -> Result<ExitCode> {
     let client_id = match (&endpoint.client_id, common.persistent) {
         (Some(id), _) => id.clone(),
         (None, true) => fixed_id.to_string(),
         (None, false) => unique_client_id("mqttkit-sub"),
     };
-    let mut opts = endpoint.mqtt_options(&client_id);
-    opts.set_clean_session(!common.persistent);
-    opts.set_manual_acks(true);
-    // Every ack goes through this channel while we are the one polling, so
-    // it must hold as many as the broker can have in flight (packet ids).
-    let (client, eventloop) = AsyncClient::new(opts, u16::MAX as usize + 16);
-    // Cancel-safe: the flush and retry timers below interrupt polls, and an
-    // interrupted write (an acknowledgement) must not be lost.
-    let mut poller = Poller::new(eventloop);
-    let q = qos(common.qos);
-    let mut reconnect = Reconnect::new(endpoint, common.reconnect_timeout);
-    let mut shutdown = Shutdown::install();
-    let mut out = Out::new();
-    let mut printed: u64 = 0;
-    let mut skipped: u64 = 0;
-    let mut subscribed = false;
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    // Into a pipe, lines are flushed in batches, at most FLUSH_AFTER after
-    // the first unflushed one: readers see messages as they come without a
-    // write per line.
-    // One timer, re-armed: not a new timer registration per message.
-    let flush_timer = tokio::time::sleep(FLUSH_AFTER);
-    tokio::pin!(flush_timer);
-    let mut flush_armed = false;
-    // Messages printed into the buffer but not yet flushed: acked after the flush,
-    // so a crash never acknowledges a line that was not written out.
-    let mut unflushed: Vec<rumqttc::Publish> = Vec::new();
-    let wanted = common.count;
-    if wanted == Some(0) {
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    let result: Result<()> = async {
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => break,
-                _ = &mut flush_timer, if flush_armed => {
-                    flush_armed = false;
-                    flush_and_ack(&mut out, &client, &mut unflushed)?;
-                }
-                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
-                    retry_at = None;
-                }
-                ev = poller.next(), if retry_at.is_none() => match ev {
-                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                        reconnect.connected();
-                        if !ack.session_present || !subscribed {
-                            client.subscribe(filter, q).await.context("subscribing")?;
-                        }
-                    }
-                    Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                        if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                            bail!("the broker refused the subscription to {filter} for client {client_id}: its ACL does not allow this identity to read it");
-                        }
-                        if !subscribed {
-                            subscribed = true;
-                            crate::note!(
-                                "subscribed to {filter} on {} as {client_id}{}",
-                                endpoint.describe(),
-                                if common.persistent { " (persistent session)" } else { "" }
-                            );
-                        }
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        if wanted.is_some_and(|n| printed >= n) {
-                            // Past --count: leave it to the next session.
-                            continue;
-                        }
-                        match handle(&mut out, &p).context("writing to stdout")? {
-                            Handled::Printed => printed += 1,
-                            Handled::Repeated => {}
-                            Handled::Skipped => skipped += 1,
-                        }
-                        if out.is_tty() {
-                            // Written and flushed line by line: acknowledge now.
-                            client.try_ack(&p).context("queueing an acknowledgement")?;
-                        } else {
-                            // Acknowledged only once the line has left our buffer.
-                            unflushed.push(p);
-                        }
-                        if !flush_armed && !out.is_tty() {
-                            flush_timer.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
-                            flush_armed = true;
-                        }
-                        if wanted.is_some_and(|n| printed >= n) {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        out.flush().context("writing to stdout")?;
-                        // Their packet ids belong to the dead connection; the
-                        // broker redelivers what it kept.
-                        unflushed.clear();
-                        flush_armed = false;
-                        let delay = reconnect.failed(e)?;
-                        retry_at = Some(tokio::time::Instant::now() + delay);
-                    }
-                }
-            }
+    let banner = format!(
+        "subscribed to {filter} on {} as {client_id}{}",
+        endpoint.describe(),
+        if common.persistent {
+            " (persistent session)"
+        } else {
+            ""
         }
-        Ok(())
-    }
-    .await;
-    if retry_at.is_none() {
-        flush_and_ack(&mut out, &client, &mut unflushed)?;
-    } else {
-        out.flush().context("writing to stdout")?;
-    }
-    if retry_at.is_none() && result.is_ok() {
-        // Sends the queued acknowledgements before DISCONNECT.
-        disconnect(&client, &mut poller).await;
-    }
-    result?;
-    let skipped_note = if skipped > 0 {
-        format!(", {skipped} undecodable skipped")
+    );
+    let cfg = subscribe_config(common, filter, client_id, common.persistent);
+    let mut handler = Printing {
+        out: Out::new(),
+        printer,
+        banner,
+    };
+    let summary = pipeline::run(endpoint, &cfg, Shutdown::install(), &mut handler).await?;
+    let skipped_note = if summary.skipped > 0 {
+        format!(", {} undecodable skipped", summary.skipped)
     } else {
         String::new()
     };
     crate::note!(
-        "sub: {printed} message(s) received{skipped_note}, {} reconnects",
-        reconnect.reconnects
+        "sub: {} message(s) received{skipped_note}, {} reconnects",
+        summary.counted,
+        summary.reconnects
     );
-    if wanted.is_some_and(|n| printed < n) {
+    if summary.short_of(cfg.count) {
         // Stopped (Ctrl-C) before the requested count.
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A printer as a pipeline handler: a message is durable once its line has
+/// left our stdout buffer.
+struct Printing<P> {
+    out: Out,
+    printer: P,
+    banner: String,
+}
+
+impl<P: Print> Handler for Printing<P> {
+    fn handle(&mut self, p: &Publish) -> Result<Handled> {
+        (self.printer)
+            .print(&mut self.out, p)
+            .context("writing to stdout")
+    }
+
+    fn commit(&mut self) -> impl std::future::Future<Output = Result<()>> + Send {
+        let flushed = self.out.flush().context("writing to stdout");
+        async move { flushed }
+    }
+
+    fn batching(&self) -> Batching {
+        if self.out.is_tty() {
+            // Written and flushed line by line: acknowledge each at once.
+            Batching {
+                max_wait: Duration::ZERO,
+                max_messages: 1,
+            }
+        } else {
+            // Into a pipe, lines are flushed in batches, at most FLUSH_AFTER
+            // after the first unflushed one: readers see messages as they
+            // come without a write per line.
+            Batching {
+                max_wait: FLUSH_AFTER,
+                max_messages: usize::MAX,
+            }
+        }
+    }
+
+    fn subscribed(&mut self, _resumed: bool) {
+        crate::note!("{}", self.banner);
+    }
 }
 
 struct TelemetryPrinter {
@@ -280,8 +235,8 @@ struct TelemetryJson<'a> {
     dup: bool,
 }
 
-impl TelemetryPrinter {
-    fn handle(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
+impl Print for TelemetryPrinter {
+    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
         self.msg.clear();
         if let Err(e) = self.msg.merge(p.payload.as_ref()) {
             warn_undecodable(&p.topic, p.payload.len(), "Telemetry", &e);
@@ -345,7 +300,7 @@ impl TelemetryPrinter {
             None => true,
         };
         Ok(if first_time {
-            Handled::Printed
+            Handled::Counted
         } else {
             Handled::Repeated
         })
@@ -364,6 +319,16 @@ struct CommandJson<'a> {
     name: &'a str,
     params: &'a std::collections::BTreeMap<String, String>,
     time_unix_nano: u64,
+}
+
+struct CommandPrinter {
+    json: bool,
+}
+
+impl Print for CommandPrinter {
+    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
+        print_command(out, p, self.json)
+    }
 }
 
 fn print_command(out: &mut Out, p: &Publish, json: bool) -> Result<Handled> {
@@ -401,7 +366,7 @@ fn print_command(out: &mut Out, p: &Publish, json: bool) -> Result<Handled> {
         }
     }
     out.end_line()?;
-    Ok(Handled::Printed)
+    Ok(Handled::Counted)
 }
 
 /// Unix nanoseconds as an RFC 3339 UTC time with milliseconds.
@@ -424,19 +389,6 @@ impl std::fmt::Display for Rfc3339Nanos {
             Err(_) => write!(f, "t={}", self.0),
         }
     }
-}
-
-/// Flushes the printed lines, then acknowledges the messages behind them.
-fn flush_and_ack(
-    out: &mut Out,
-    client: &AsyncClient,
-    unflushed: &mut Vec<rumqttc::Publish>,
-) -> Result<()> {
-    out.flush().context("writing to stdout")?;
-    for p in unflushed.drain(..) {
-        client.try_ack(&p).context("queueing an acknowledgement")?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::proto::Telemetry;
 
-pub use subscriber::run_subscriber;
+pub use subscriber::Sink;
 
 /// The schemes `--sink` accepts, for error messages and help.
 pub const ACCEPTED: &str =
@@ -220,13 +220,6 @@ impl TelemetryRow {
             status,
         })
     }
-}
-
-pub fn now_unix_nano() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// What arrived for one device.

@@ -1,4 +1,5 @@
-//! The at-least-once subscriber behind `sub telemetry --sink`.
+//! The at-least-once store behind `sub telemetry --sink`, as a handler over
+//! [`crate::pipeline`].
 //!
 //! A persistent session (clean_session=false, a fixed client id) and manual
 //! acknowledgements: a message is acknowledged only after the batch holding it
@@ -7,33 +8,25 @@
 //! repeat. The broker bounds how many unacknowledged deliveries are in flight
 //! (mosquitto `max_inflight_messages`); batches fill up to that, so it should
 //! be at least `--batch-size`, and `max_queued_messages` must hold what
-//! arrives while the sink is down.
+//! arrives while the sink is down. With `--qos 0` nothing is acknowledged:
+//! what arrives while the sink is down, or is not committed at a crash, is lost.
 
+use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use prost::Message;
-use rumqttc::{AsyncClient, Event, Incoming, Outgoing, Publish, QoS};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use rumqttc::{Publish, QoS};
 
-use super::{now_unix_nano, redact, SinkOptions, SinkUrl, Store, TelemetryRow};
-use crate::mqtt::{ConnectionArgs, Role};
+use super::{redact, SinkOptions, SinkUrl, Store, TelemetryRow};
+use crate::mqtt::Endpoint;
+use crate::pipeline::{self, Backoff, Batching, Handled, Handler, Shutdown, SubscribeConfig};
 use crate::proto::Telemetry;
 
-/// What the network task tells the batcher, in arrival order.
-enum Net {
-    Connected {
-        session_present: bool,
-    },
-    Publish(Publish),
-    Subscribed,
-    SubscribeRefused,
-    /// The first connection failed: nothing was received, give up.
-    Fatal(String),
-    Lost(String),
-}
+/// Delays between attempts to commit while the store fails.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(200);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// A stable client id per destination, so a restarted sink resumes its session.
 pub fn default_client_id(sink_url: &str, device_id: Option<&str>) -> String {
@@ -46,294 +39,150 @@ pub fn default_client_id(sink_url: &str, device_id: Option<&str>) -> String {
     format!("mqttkit-sink-{:08x}", h as u32)
 }
 
-/// Subscribes to telemetry and stores every message in `opts.sink`, acknowledging
-/// each only after it is committed. Ends on SIGINT/SIGTERM (after a final
-/// commit) or after `count` rows are stored.
-pub async fn run_subscriber(
-    conn: &ConnectionArgs,
-    device_id: Option<&str>,
-    count: Option<u64>,
-    opts: &SinkOptions,
-) -> Result<ExitCode> {
-    let Some(raw_url) = opts.sink.as_deref() else {
-        bail!("--sink: no URL given");
-    };
-    let url: SinkUrl = raw_url.parse()?;
-    if let Some(d) = device_id {
-        if d.is_empty() || d.contains(['/', '+', '#']) {
-            bail!("--device-id '{d}': a device id cannot be empty or contain '/', '+' or '#'");
-        }
-    }
-    // The store must work before anything is taken from the broker.
-    let store = Store::open(&url).await?;
-
-    let endpoint = conn.resolve(Role::Server)?;
-    let client_id = endpoint
-        .client_id
-        .clone()
-        .unwrap_or_else(|| default_client_id(raw_url, device_id));
-    let mut mqtt = endpoint.mqtt_options(&client_id);
-    mqtt.set_clean_session(false);
-    mqtt.set_manual_acks(true);
-    mqtt.set_request_channel_capacity(1024);
-    let (client, eventloop) = AsyncClient::new(mqtt, 1024);
-    let topic = match device_id {
-        Some(d) => crate::mqtt::telemetry_topic(d),
-        None => crate::mqtt::ALL_TELEMETRY.to_string(),
-    };
-    crate::note!(
-        "sink: {} -> {} (client id {client_id}; a restart with the same id resumes)",
-        endpoint.describe(),
-        redact(raw_url)
-    );
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    let net = tokio::spawn(network_task(eventloop, client.clone(), topic.clone(), tx));
-    let mut sink = Batcher {
-        store,
-        url,
-        client: client.clone(),
-        batch_size: opts.batch_size.max(1) as usize,
-        batch_wait: Duration::from_millis(opts.batch_ms.max(1)),
-        count,
-        rows: Vec::new(),
-        acks: Vec::new(),
-        first_at: None,
-        stored: 0,
-        duplicates: 0,
-        rejected: 0,
-        undecodable: 0,
-        progress: crate::output::spinner(format!("storing {topic}")),
-    };
-    let result = sink.run(rx, &topic).await;
-    sink.progress.finish_and_clear();
-    // Acks are queued before the disconnect, and rumqttc sends requests in order.
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(3), net).await;
-    let code = result?;
-    crate::note!(
-        "sink: stored {} messages ({} already there){}{}",
-        sink.stored,
-        sink.duplicates,
-        if sink.rejected > 0 {
-            format!(", {} rejected by the store", sink.rejected)
-        } else {
-            String::new()
-        },
-        if sink.undecodable > 0 {
-            format!(", {} undecodable messages skipped", sink.undecodable)
-        } else {
-            String::new()
-        }
-    );
-    Ok(code)
+/// An open store and how to batch into it: opened before anything is taken
+/// from the broker, so an unusable store fails first.
+pub struct Sink {
+    raw_url: String,
+    url: SinkUrl,
+    store: Store,
+    batching: Batching,
 }
 
-async fn network_task(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
-    topic: String,
-    tx: mpsc::UnboundedSender<Net>,
-) {
-    let mut connected_once = false;
-    let mut closing = false;
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                connected_once = true;
-                backoff = Duration::from_millis(250);
-                // A resumed session still has the subscription; subscribing
-                // again while mosquitto resends its in-flight messages gets
-                // the connection dropped with a protocol error.
-                if !ack.session_present {
-                    let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                }
-                let _ = tx.send(Net::Connected {
-                    session_present: ack.session_present,
-                });
-            }
-            Ok(Event::Incoming(Incoming::Publish(p))) => {
-                // Once the batcher is done, keep polling (without acking) so
-                // its last acks and the disconnect still go out.
-                let _ = tx.send(Net::Publish(p));
-            }
-            Ok(Event::Incoming(Incoming::SubAck(s))) => {
-                if s.return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    let _ = tx.send(Net::SubscribeRefused);
-                } else {
-                    let _ = tx.send(Net::Subscribed);
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                // Read on until the broker closes: closing a socket with
-                // unread data resets it, and the broker may then drop the
-                // last acks and the DISCONNECT unread.
-                closing = true;
-            }
-            Ok(_) => {}
-            Err(_) if closing => return,
-            Err(e) => {
-                // rumqttc keeps events it read before the failure and would
-                // hand them out after the next CONNACK, where their packet ids
-                // mean nothing. Deliver them now, before `Lost`: they are
-                // stored, and their acks are dropped when the new connection
-                // starts (the broker redelivers what it kept).
-                for ev in eventloop.state.events.drain(..) {
-                    if let Event::Incoming(Incoming::Publish(p)) = ev {
-                        let _ = tx.send(Net::Publish(p));
-                    }
-                }
-                if !connected_once {
-                    let _ = tx.send(Net::Fatal(e.to_string()));
-                    return;
-                }
-                if tx.send(Net::Lost(e.to_string())).is_err() {
-                    return; // the batcher is done
-                }
-                // The next poll reconnects; the session (and our unacked
-                // messages) waits at the broker.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
+impl Sink {
+    pub async fn open(opts: &SinkOptions) -> Result<Sink> {
+        let Some(raw_url) = opts.sink.clone() else {
+            bail!("--sink: no URL given; pass --sink sqlite:PATH (or another store URL)");
+        };
+        let url: SinkUrl = raw_url.parse()?;
+        let store = Store::open(&url).await?;
+        Ok(Sink {
+            raw_url,
+            url,
+            store,
+            batching: Batching {
+                max_wait: Duration::from_millis(opts.batch_ms.max(1)),
+                max_messages: opts.batch_size.max(1) as usize,
+            },
+        })
+    }
+
+    pub fn default_client_id(&self, device_id: Option<&str>) -> String {
+        default_client_id(&self.raw_url, device_id)
+    }
+
+    /// Stores every message of `cfg`'s subscription, acknowledging each only
+    /// after it is committed. Ends on SIGINT/SIGTERM (after a final commit)
+    /// or after `cfg.count` rows are stored.
+    pub async fn run(self, endpoint: &Endpoint, cfg: &SubscribeConfig) -> Result<ExitCode> {
+        let topic = cfg.filters.join(", ");
+        crate::note!(
+            "sink: {} -> {} (client id {}; a restart with the same id resumes)",
+            endpoint.describe(),
+            redact(&self.raw_url),
+            cfg.client_id
+        );
+        if cfg.qos == QoS::AtMostOnce {
+            crate::note!("sink: QoS 0: messages are not acknowledged; what arrives while the sink is down or before a crash's last commit is lost");
         }
+        let shutdown = Shutdown::install();
+        let mut h = Storing {
+            store: self.store,
+            url: self.url,
+            batching: self.batching,
+            shutdown: shutdown.clone(),
+            rows: Vec::new(),
+            stored: 0,
+            duplicates: 0,
+            rejected: 0,
+            progress: crate::output::spinner(format!("storing {topic}")),
+            topic,
+        };
+        let result = pipeline::run(endpoint, cfg, shutdown, &mut h).await;
+        h.progress.finish_and_clear();
+        let summary = result?;
+        crate::note!(
+            "sink: stored {} messages ({} already there){}{}",
+            h.stored,
+            h.duplicates,
+            if h.rejected > 0 {
+                format!(", {} rejected by the store", h.rejected)
+            } else {
+                String::new()
+            },
+            if summary.skipped > 0 {
+                format!(", {} undecodable messages skipped", summary.skipped)
+            } else {
+                String::new()
+            }
+        );
+        Ok(ExitCode::SUCCESS)
     }
 }
 
-struct Batcher {
+struct Storing {
     store: Store,
     url: SinkUrl,
-    client: AsyncClient,
-    batch_size: usize,
-    batch_wait: Duration,
-    count: Option<u64>,
+    batching: Batching,
+    shutdown: Shutdown,
+    topic: String,
+    /// The open batch.
     rows: Vec<TelemetryRow>,
-    /// Every message of the open batch, in arrival order (PUBACKs go in order).
-    acks: Vec<Publish>,
-    first_at: Option<Instant>,
     stored: u64,
     duplicates: u64,
     rejected: u64,
-    undecodable: u64,
     progress: indicatif::ProgressBar,
 }
 
-enum Stop {
-    Signal,
-    Count,
-}
-
-impl Batcher {
-    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Net>, topic: &str) -> Result<ExitCode> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigterm =
-            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-        if self.count == Some(0) {
-            return Ok(ExitCode::SUCCESS);
-        }
-        loop {
-            let deadline = self.first_at.map(|t| t + self.batch_wait);
-            let stop = tokio::select! {
-                biased;
-                _ = sigterm.recv() => Some(Stop::Signal),
-                _ = sigint.recv() => Some(Stop::Signal),
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    self.flush(&mut sigterm, &mut sigint).await?
-                }
-                msg = rx.recv() => match msg {
-                    None => bail!("the MQTT connection task ended unexpectedly"),
-                    Some(Net::Fatal(e)) => bail!("cannot connect to the broker: {e}"),
-                    Some(Net::SubscribeRefused) => bail!(
-                        "the broker refused the subscription to {topic}; check the ACL for the server identity"
-                    ),
-                    Some(Net::Lost(e)) => {
-                        crate::note!("sink: connection lost ({e}); reconnecting");
-                        None
-                    }
-                    Some(Net::Subscribed) => {
-                        crate::note!("sink: subscribed to {topic}");
-                        None
-                    }
-                    Some(Net::Connected { session_present }) => {
-                        tracing::info!("connected (session present: {session_present})");
-                        if session_present {
-                            crate::note!("sink: resumed the session subscribed to {topic}");
-                        }
-                        if !self.acks.is_empty() {
-                            // These came on the previous connection: store them,
-                            // but their packet ids mean nothing now; the broker
-                            // delivers them again if it kept the session.
-                            self.acks.clear();
-                            self.flush(&mut sigterm, &mut sigint).await?
-                        } else {
-                            None
-                        }
-                    }
-                    Some(Net::Publish(p)) => {
-                        self.take(p);
-                        let reached = self
-                            .count
-                            .is_some_and(|n| self.stored + self.rows.len() as u64 >= n);
-                        if self.rows.len() >= self.batch_size || reached {
-                            self.flush(&mut sigterm, &mut sigint).await?
-                        } else {
-                            None
-                        }
-                    }
-                }
-            };
-            match stop {
-                None => {}
-                Some(Stop::Count) => return Ok(ExitCode::SUCCESS),
-                Some(Stop::Signal) => {
-                    // Take what already arrived, commit and acknowledge it.
-                    while let Ok(Net::Publish(p)) = rx.try_recv() {
-                        self.take(p);
-                    }
-                    self.flush(&mut sigterm, &mut sigint).await?;
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
-        }
-    }
-
-    fn take(&mut self, p: Publish) {
-        if self.first_at.is_none() {
-            self.first_at = Some(Instant::now());
-        }
+impl Handler for Storing {
+    fn handle(&mut self, p: &Publish) -> Result<Handled> {
         let device = crate::mqtt::device_of_topic(&p.topic);
+        let received = i64::try_from(crate::clock::now_unix_nano()).unwrap_or(i64::MAX);
         let row = Telemetry::decode(p.payload.as_ref())
             .map_err(|e| e.to_string())
-            .and_then(|t| TelemetryRow::from_telemetry(&t, device, now_unix_nano()));
+            .and_then(|t| TelemetryRow::from_telemetry(&t, device, received));
         match row {
-            Ok(r) => self.rows.push(r),
+            Ok(r) => {
+                self.rows.push(r);
+                Ok(Handled::Counted)
+            }
             Err(e) => {
                 // It can never be stored; acknowledging it keeps it from
                 // blocking the session forever.
-                self.undecodable += 1;
                 crate::note!(
                     "warning: {}: undecodable Telemetry ({} bytes): {e}; skipped",
                     p.topic,
                     p.payload.len()
                 );
+                Ok(Handled::Skipped)
             }
         }
-        self.acks.push(p);
     }
 
-    /// Commits the open batch (retrying with backoff while the store fails),
-    /// then acknowledges its messages.
-    async fn flush(
-        &mut self,
-        sigterm: &mut tokio::signal::unix::Signal,
-        sigint: &mut tokio::signal::unix::Signal,
-    ) -> Result<Option<Stop>> {
-        self.first_at = None;
-        let mut backoff = Duration::from_millis(200);
+    fn commit(&mut self) -> impl Future<Output = Result<()>> + Send {
+        self.write_batch()
+    }
+
+    fn batching(&self) -> Batching {
+        self.batching
+    }
+
+    fn subscribed(&mut self, resumed: bool) {
+        if resumed {
+            crate::note!("sink: resumed the session subscribed to {}", self.topic);
+        } else {
+            crate::note!("sink: subscribed to {}", self.topic);
+        }
+    }
+}
+
+impl Storing {
+    /// Commits the open batch, retrying with backoff while the store fails;
+    /// a stop request meanwhile gives up (nothing is acknowledged then).
+    async fn write_batch(&mut self) -> Result<()> {
+        let mut backoff = Backoff::new(STORE_RETRY_MIN, STORE_RETRY_MAX);
+        // A stop that is already being handled (the final commit) does not
+        // count; the next one does.
+        let seen = self.shutdown.requests();
         loop {
             match self.store.write_batch(&self.rows).await {
                 Ok(w) => {
@@ -343,17 +192,19 @@ impl Batcher {
                     break;
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     // Nothing is acknowledged: the broker keeps the messages.
                     crate::note!(
                         "sink: store failed: {e:#}; retrying in {} ms (messages stay with the broker)",
-                        backoff.as_millis()
+                        delay.as_millis()
                     );
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = sigterm.recv() => bail!("stopped while the store was failing; {} messages were not acknowledged and stay with the broker", self.acks.len()),
-                        _ = sigint.recv() => bail!("stopped while the store was failing; {} messages were not acknowledged and stay with the broker", self.acks.len()),
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.wait_beyond(seen) => bail!(
+                            "stopped while the store was failing; {} messages were not acknowledged and stay with the broker",
+                            self.rows.len()
+                        ),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     // A dropped database connection needs a new one.
                     match Store::open(&self.url).await {
                         Ok(s) => self.store = s,
@@ -364,25 +215,9 @@ impl Batcher {
         }
         tracing::debug!("committed {} rows", self.rows.len());
         self.rows.clear();
-        for p in self.acks.drain(..) {
-            self.client
-                .ack(&p)
-                .await
-                .context("acknowledging to the broker")?;
-        }
         self.progress
             .set_message(format!("{} rows stored", self.stored));
-        if self.count.is_some_and(|n| self.stored >= n) {
-            return Ok(Some(Stop::Count));
-        }
-        Ok(None)
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+        Ok(())
     }
 }
 
