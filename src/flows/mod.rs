@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use rumqttc::{ConnectReturnCode, ConnectionError, QoS};
+use rumqttc::{ConnectionError, QoS};
 
 use crate::mqtt::{ConnectionArgs, Endpoint};
 
@@ -370,29 +370,13 @@ impl Reconnect {
 
 /// One line saying what went wrong connecting and what to do about it.
 pub(crate) fn describe_connect_error(endpoint: &str, err: &ConnectionError) -> String {
-    match err {
-        ConnectionError::ConnectionRefused(code) => {
-            let why = match code {
-                ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
-                    "not authorized; check that the client certificate is one the broker trusts and the client id is allowed"
-                }
-                ConnectReturnCode::BadClientId => "client id rejected; pass another --client-id",
-                ConnectReturnCode::ServiceUnavailable => "service unavailable; retry later",
-                _ => "refused",
-            };
-            format!("broker {endpoint} refused the connection ({code:?}): {why}")
-        }
-        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => format!(
-            "cannot connect to {endpoint}: connection refused; is the broker running (`mqttkit broker up`) and are --host/--port right?"
-        ),
-        ConnectionError::Tls(e) => format!(
-            "TLS handshake with {endpoint} failed: {e}; check --cafile (it must sign the broker's certificate) and that --host is a name in that certificate"
-        ),
-        ConnectionError::NetworkTimeout => {
-            format!("cannot connect to {endpoint}: timed out; check --host/--port and firewalls")
-        }
-        other => format!("connection to {endpoint} failed: {other}"),
-    }
+    // `endpoint` is `Endpoint::describe()`: scheme://host:port, IPv6 in brackets.
+    let authority = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    crate::mqtt::failure::Failure::classify(err)
+        .or_unresolved(host)
+        .explain(endpoint, host, None)
 }
 
 /// Buffered stdout: one flush per line only when a person is watching.

@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use aws_sdk_iot::error::SdkError;
+use aws_sdk_iot::operation::delete_certificate::DeleteCertificateError;
+use aws_sdk_iot::operation::delete_thing::DeleteThingError;
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::Serialize;
@@ -95,36 +98,35 @@ impl Undo {
     }
 }
 
-/// AWS IoT detaches asynchronously; deleting right after may conflict for a moment.
-pub(super) async fn retry<F, Fut>(mut f: F) -> Result<()>
+/// AWS IoT detaches asynchronously; deleting right after may conflict for a
+/// moment. `conflict` picks the operation's conflict variant, so only that
+/// error is retried.
+pub(super) async fn retry<F, Fut, E, R>(op: &str, conflict: fn(&E) -> bool, mut f: F) -> Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
+    Fut: std::future::Future<Output = Result<(), SdkError<E, R>>>,
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let mut delay = Duration::from_millis(200);
     for _ in 0..5 {
         match f().await {
             Ok(()) => return Ok(()),
-            Err(e) if format!("{e:#}").contains("Conflict") => {
+            Err(SdkError::ServiceError(e)) if conflict(e.err()) => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(sdk_error(op, e)),
         }
     }
-    f().await
+    f().await.map_err(|e| sdk_error(op, e))
 }
 
 /// Deletes a thing (retried while AWS still sees attachments going away).
 pub(super) async fn delete_thing(aws: &Aws, name: &str) -> Result<()> {
-    retry(|| async {
-        aws.iot
-            .delete_thing()
-            .thing_name(name)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| sdk_error("iot:DeleteThing", e))
+    let conflict = |e: &DeleteThingError| matches!(e, DeleteThingError::VersionConflictException(_));
+    retry("iot:DeleteThing", conflict, || async {
+        aws.iot.delete_thing().thing_name(name).send().await.map(|_| ())
     })
     .await
 }
@@ -138,14 +140,10 @@ pub(super) async fn delete_certificate(aws: &Aws, id: &str) -> Result<()> {
         .send()
         .await
         .map_err(|e| sdk_error("iot:UpdateCertificate", e))?;
-    retry(|| async {
-        aws.iot
-            .delete_certificate()
-            .certificate_id(id)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| sdk_error("iot:DeleteCertificate", e))
+    let conflict =
+        |e: &DeleteCertificateError| matches!(e, DeleteCertificateError::DeleteConflictException(_));
+    retry("iot:DeleteCertificate", conflict, || async {
+        aws.iot.delete_certificate().certificate_id(id).send().await.map(|_| ())
     })
     .await
 }

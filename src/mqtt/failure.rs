@@ -167,6 +167,18 @@ impl Failure {
         }
     }
 
+    /// Refines a kind with checks only a live endpoint allows: DNS, and a
+    /// plain MQTT broker behind a closed TLS handshake.
+    pub async fn refine(self, host: &str, port: u16) -> Failure {
+        let failure = self.or_unresolved(host);
+        if failure == Failure::ClosedDuringHandshake
+            && speaks_plain_mqtt(host, port, Duration::from_secs(2)).await
+        {
+            return Failure::NotTls;
+        }
+        failure
+    }
+
     /// Names the broker certificate carries, for the reissue command.
     pub fn with_carried_names(self, names: Vec<String>) -> Failure {
         match self {
@@ -298,7 +310,7 @@ impl Failure {
 /// `pki issue` for the broker certificate only: the CA and every device stay.
 /// `pki issue --server` takes the full list of names, so the current ones
 /// are repeated (a placeholder when the caller does not know them).
-fn reissue_broker(carried: &[String], add: Option<&str>) -> String {
+pub fn reissue_broker(carried: &[String], add: Option<&str>) -> String {
     let mut names: Vec<&str> = carried.iter().map(String::as_str).collect();
     if names.is_empty() {
         names.push("<each name it carries now>");
