@@ -516,3 +516,57 @@ fn report(args: &CreateArgs, created: Created) -> Result<()> {
     }
     output::print_stdout(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use aws_sdk_iot::config::http::HttpResponse;
+    use aws_sdk_iot::types::error::{DeleteConflictException, InvalidRequestException};
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    type Error = SdkError<DeleteCertificateError, HttpResponse>;
+
+    /// A service error as the SDK builds it from AWS's answer.
+    fn service(e: DeleteCertificateError, status: u16) -> Error {
+        let raw = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        SdkError::service_error(e, raw)
+    }
+
+    fn conflict(e: &DeleteCertificateError) -> bool {
+        matches!(e, DeleteCertificateError::DeleteConflictException(_))
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_until_it_clears() {
+        let calls = AtomicU32::new(0);
+        let r = retry("iot:DeleteCertificate", conflict, || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                let e = DeleteConflictException::builder().message("attached").build();
+                Err(service(DeleteCertificateError::DeleteConflictException(e), 409))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn another_error_is_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r = retry("iot:DeleteCertificate", conflict, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let e = InvalidRequestException::builder().message("bad id").build();
+            Err(service(DeleteCertificateError::InvalidRequestException(e), 400))
+        })
+        .await;
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with("iot:DeleteCertificate failed"), "{e}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
