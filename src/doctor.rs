@@ -323,7 +323,9 @@ async fn check_tls(
                 .with_carried_names(names);
             let mut detail = failure.problem(&endpoint.host, Some(&endpoint.cafile));
             if let (
-                Failure::ServerCertExpired | Failure::ServerCertNotYetValid | Failure::UnknownIssuer,
+                Failure::ServerCertExpired
+                | Failure::ServerCertNotYetValid
+                | Failure::UnknownIssuer,
                 Some(l),
             ) = (&failure, &leaf)
             {

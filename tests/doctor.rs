@@ -57,11 +57,26 @@ fn a_name_missing_from_the_certificate_is_named() {
         "names present missing: {text}"
     );
     // Only the broker certificate is reissued, from the same CA, keeping its names.
-    let fix = text.lines().find(|l| l.contains("fix:")).unwrap_or_else(|| panic!("{text}"));
-    assert!(fix.contains("fix: connect by one of those names, or reissue only the broker certificate"), "{text}");
-    assert!(fix.contains("`mqttkit pki issue broker --server --host localhost"), "{text}");
-    assert!(fix.contains("--host 127.0.0.1") && fix.contains("--host 127.0.0.2 --force`"), "{text}");
-    assert!(fix.contains("mqttkit broker down && mqttkit broker up"), "{text}");
+    let fix = text
+        .lines()
+        .find(|l| l.contains("fix:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        fix.contains("fix: connect by one of those names, or reissue only the broker certificate"),
+        "{text}"
+    );
+    assert!(
+        fix.contains("`mqttkit pki issue broker --server --host localhost"),
+        "{text}"
+    );
+    assert!(
+        fix.contains("--host 127.0.0.1") && fix.contains("--host 127.0.0.2 --force`"),
+        "{text}"
+    );
+    assert!(
+        fix.contains("mqttkit broker down && mqttkit broker up"),
+        "{text}"
+    );
     assert!(!text.contains("pki init"), "{text}");
 }
 

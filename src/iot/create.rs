@@ -124,9 +124,15 @@ where
 
 /// Deletes a thing (retried while AWS still sees attachments going away).
 pub(super) async fn delete_thing(aws: &Aws, name: &str) -> Result<()> {
-    let conflict = |e: &DeleteThingError| matches!(e, DeleteThingError::VersionConflictException(_));
+    let conflict =
+        |e: &DeleteThingError| matches!(e, DeleteThingError::VersionConflictException(_));
     retry("iot:DeleteThing", conflict, || async {
-        aws.iot.delete_thing().thing_name(name).send().await.map(|_| ())
+        aws.iot
+            .delete_thing()
+            .thing_name(name)
+            .send()
+            .await
+            .map(|_| ())
     })
     .await
 }
@@ -140,10 +146,16 @@ pub(super) async fn delete_certificate(aws: &Aws, id: &str) -> Result<()> {
         .send()
         .await
         .map_err(|e| sdk_error("iot:UpdateCertificate", e))?;
-    let conflict =
-        |e: &DeleteCertificateError| matches!(e, DeleteCertificateError::DeleteConflictException(_));
+    let conflict = |e: &DeleteCertificateError| {
+        matches!(e, DeleteCertificateError::DeleteConflictException(_))
+    };
     retry("iot:DeleteCertificate", conflict, || async {
-        aws.iot.delete_certificate().certificate_id(id).send().await.map(|_| ())
+        aws.iot
+            .delete_certificate()
+            .certificate_id(id)
+            .send()
+            .await
+            .map(|_| ())
     })
     .await
 }
@@ -545,8 +557,13 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = retry("iot:DeleteCertificate", conflict, || async {
             if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                let e = DeleteConflictException::builder().message("attached").build();
-                Err(service(DeleteCertificateError::DeleteConflictException(e), 409))
+                let e = DeleteConflictException::builder()
+                    .message("attached")
+                    .build();
+                Err(service(
+                    DeleteCertificateError::DeleteConflictException(e),
+                    409,
+                ))
             } else {
                 Ok(())
             }
@@ -562,7 +579,10 @@ mod tests {
         let r = retry("iot:DeleteCertificate", conflict, || async {
             calls.fetch_add(1, Ordering::SeqCst);
             let e = InvalidRequestException::builder().message("bad id").build();
-            Err(service(DeleteCertificateError::InvalidRequestException(e), 400))
+            Err(service(
+                DeleteCertificateError::InvalidRequestException(e),
+                400,
+            ))
         })
         .await;
         let e = r.unwrap_err().to_string();

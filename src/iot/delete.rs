@@ -135,9 +135,15 @@ async fn delete_policy_if_unused(aws: &Aws, policy: &str) -> Result<()> {
         );
         return Ok(());
     }
-    let conflict = |e: &DeletePolicyError| matches!(e, DeletePolicyError::DeleteConflictException(_));
+    let conflict =
+        |e: &DeletePolicyError| matches!(e, DeletePolicyError::DeleteConflictException(_));
     retry("iot:DeletePolicy", conflict, || async {
-        aws.iot.delete_policy().policy_name(policy).send().await.map(|_| ())
+        aws.iot
+            .delete_policy()
+            .policy_name(policy)
+            .send()
+            .await
+            .map(|_| ())
     })
     .await?;
     crate::note!("deleted policy {policy}");

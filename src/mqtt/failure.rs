@@ -28,7 +28,9 @@ pub enum Failure {
     Unreachable,
     /// The broker's certificate does not carry the host name; `carried` lists
     /// the names it does carry when the caller looked (empty: unknown).
-    NameMismatch { carried: Vec<String> },
+    NameMismatch {
+        carried: Vec<String>,
+    },
     /// The broker's certificate is not signed by the CA in --cafile.
     UnknownIssuer,
     ServerCertExpired,
@@ -128,9 +130,9 @@ impl Failure {
     fn from_cert_error(c: &CertificateError) -> Failure {
         use CertificateError as C;
         match c {
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                Failure::NameMismatch { carried: Vec::new() }
-            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => Failure::NameMismatch {
+                carried: Vec::new(),
+            },
             C::UnknownIssuer | C::BadSignature => Failure::UnknownIssuer,
             C::Expired | C::ExpiredContext { .. } => Failure::ServerCertExpired,
             C::NotValidYet | C::NotValidYetContext { .. } => Failure::ServerCertNotYetValid,
@@ -217,7 +219,9 @@ impl Failure {
 
     /// What went wrong, in words.
     pub fn problem(&self, host: &str, cafile: Option<&Path>) -> String {
-        let ca = cafile.map_or("--cafile".to_string(), |p| format!("--cafile {}", p.display()));
+        let ca = cafile.map_or("--cafile".to_string(), |p| {
+            format!("--cafile {}", p.display())
+        });
         match self {
             Failure::NothingListening => "nothing is listening (connection refused)".into(),
             Failure::TimedOut => "the connection timed out".into(),
@@ -243,7 +247,9 @@ impl Failure {
             Failure::ClientCertRejected(a) => {
                 format!("the broker rejected the client certificate (TLS alert {a:?})")
             }
-            Failure::ClientCertRevoked => "the broker says the client certificate is revoked".into(),
+            Failure::ClientCertRevoked => {
+                "the broker says the client certificate is revoked".into()
+            }
             Failure::ClientCertOutOfDate => {
                 "the broker says the client certificate has expired or is not valid yet".into()
             }
@@ -252,7 +258,9 @@ impl Failure {
                 "the broker refused the MQTT CONNECT: bad user name or password".into()
             }
             Failure::NotAuthorized => "the broker refused the MQTT CONNECT: not authorized".into(),
-            Failure::BadClientId => "the broker refused the MQTT CONNECT: client id rejected".into(),
+            Failure::BadClientId => {
+                "the broker refused the MQTT CONNECT: client id rejected".into()
+            }
             Failure::ServerUnavailable => {
                 "the broker refused the MQTT CONNECT: server unavailable".into()
             }
@@ -266,7 +274,8 @@ impl Failure {
 
     /// The fix, as a command or a flag to change.
     pub fn fix(&self, host: &str) -> String {
-        const RESTART: &str = "then restart the broker (`mqttkit broker down && mqttkit broker up`)";
+        const RESTART: &str =
+            "then restart the broker (`mqttkit broker down && mqttkit broker up`)";
         match self {
             Failure::NothingListening => {
                 "start the broker (`mqttkit broker up`) or check --host/--port".into()
@@ -317,7 +326,10 @@ pub fn reissue_broker(carried: &[String], add: Option<&str>) -> String {
     }
     names.extend(add);
     let hosts: Vec<String> = names.iter().map(|n| format!("--host {n}")).collect();
-    format!("mqttkit pki issue broker --server {} --force", hosts.join(" "))
+    format!(
+        "mqttkit pki issue broker --server {} --force",
+        hosts.join(" ")
+    )
 }
 
 /// Whether `host:port` answers a plain MQTT CONNECT with a CONNACK: tells
@@ -347,7 +359,6 @@ pub async fn speaks_plain_mqtt(host: &str, port: u16, timeout: Duration) -> bool
     };
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -382,16 +393,61 @@ mod tests {
         assert!(line.contains(fix), "{line}");
     }
 
+    /// One row per kind: the real error value, the kind, words of the fix.
     #[test]
-    fn io_kinds() {
-        let io = |k| ConnectionError::Io(io::Error::from(k));
-        check(io(io::ErrorKind::ConnectionRefused), Failure::NothingListening, "`mqttkit broker up`");
-        check(io(io::ErrorKind::TimedOut), Failure::TimedOut, "firewalls");
-        check(ConnectionError::NetworkTimeout, Failure::TimedOut, "firewalls");
-        check(io(io::ErrorKind::HostUnreachable), Failure::Unreachable, "network route");
-        for k in [io::ErrorKind::UnexpectedEof, io::ErrorKind::ConnectionReset] {
-            check(io(k), Failure::ClosedDuringHandshake, "client certificate was probably rejected");
+    fn every_kind_and_its_fix() {
+        use io::ErrorKind as K;
+        use AlertDescription as A;
+        use CertificateError as C;
+        use ConnectReturnCode as R;
+        let io = |k: K| ConnectionError::Io(io::Error::from(k));
+        let refused = ConnectionError::ConnectionRefused;
+        let closed = Failure::ClosedDuringHandshake;
+        let rejected = "signed by the broker's CA";
+        let reissue = "reissue only the broker certificate";
+        #[rustfmt::skip]
+        let table = [
+            (io(K::ConnectionRefused), Failure::NothingListening, "`mqttkit broker up`"),
+            (io(K::TimedOut), Failure::TimedOut, "firewalls"),
+            (ConnectionError::NetworkTimeout, Failure::TimedOut, "firewalls"),
+            (io(K::HostUnreachable), Failure::Unreachable, "network route"),
+            (io(K::UnexpectedEof), closed.clone(), "probably rejected or missing"),
+            (io(K::ConnectionReset), closed, "probably rejected or missing"),
+            (cert(C::UnknownIssuer), Failure::UnknownIssuer, "not signed by --cafile ca.crt"),
+            (cert(C::BadSignature), Failure::UnknownIssuer, "pass the CA that issued"),
+            (cert(C::Expired), Failure::ServerCertExpired, reissue),
+            (cert(C::NotValidYet), Failure::ServerCertNotYetValid, reissue),
+            (cert(C::Revoked), Failure::BadServerCert(C::Revoked), "mqttkit pki list"),
+            (alert(A::CertificateRequired), Failure::ClientCertRequired, "pass --cert/--key"),
+            (alert(A::UnknownCA), Failure::ClientCertRejected(A::UnknownCA), rejected),
+            (alert(A::BadCertificate), Failure::ClientCertRejected(A::BadCertificate), rejected),
+            (alert(A::DecryptError), Failure::ClientCertRejected(A::DecryptError), rejected),
+            (alert(A::HandshakeFailure), Failure::ClientCertRejected(A::HandshakeFailure), rejected),
+            (alert(A::CertificateRevoked), Failure::ClientCertRevoked, "a new client certificate"),
+            (alert(A::CertificateExpired), Failure::ClientCertOutOfDate, "this machine's clock"),
+            (refused(R::BadUserNamePassword), Failure::BadCredentials, "user name and password"),
+            (refused(R::NotAuthorized), Failure::NotAuthorized, "certificate's CN"),
+            (refused(R::BadClientId), Failure::BadClientId, "another --client-id"),
+            (refused(R::ServiceUnavailable), Failure::ServerUnavailable, "retry later"),
+            (refused(R::RefusedProtocolVersion), Failure::Refused(R::RefusedProtocolVersion), "broker log"),
+        ];
+        for (e, kind, fix) in table {
+            check(e, kind, fix);
         }
+    }
+
+    #[test]
+    fn kinds_beyond_the_fix_line() {
+        // The alert's name is shown; the same alert during a TLS 1.2 handshake lands in TlsError.
+        let line = Failure::classify(&alert(AlertDescription::UnknownCA)).explain("at", "h", None);
+        assert!(line.contains("TLS alert UnknownCA"), "{line}");
+        let e = handshake(rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired,
+        ));
+        assert_eq!(Failure::classify(&e), Failure::ClientCertRequired);
+        assert!(!Failure::ServerCertExpired.fix("h").contains("pki init"));
+        assert!(Failure::BadCredentials.is_connack_refusal());
+        assert!(!Failure::ClientCertRequired.is_connack_refusal());
         assert!(!Failure::NothingListening.reached());
         assert!(!Failure::TimedOut.reached());
         assert!(Failure::ClosedDuringHandshake.reached());
@@ -403,15 +459,24 @@ mod tests {
         let f = other.clone().or_unresolved("no-such-host.invalid");
         assert_eq!(f, Failure::NameNotResolved);
         assert!(!f.reached());
-        assert!(f.explain("x", "no-such-host.invalid", None).contains("does not resolve"));
+        assert!(f
+            .explain("x", "no-such-host.invalid", None)
+            .contains("does not resolve"));
         assert_eq!(other.clone().or_unresolved("127.0.0.1"), other);
-        assert_eq!(Failure::NotTls.or_unresolved("no-such-host.invalid"), Failure::NotTls);
+        assert_eq!(
+            Failure::NotTls.or_unresolved("no-such-host.invalid"),
+            Failure::NotTls
+        );
     }
 
     #[test]
     fn name_mismatch_reissues_only_the_broker_certificate() {
         use CertificateError as C;
-        for c in [C::NotValidForName] {
+        let context = C::NotValidForNameContext {
+            expected: rustls::pki_types::ServerName::try_from("h").unwrap(),
+            presented: vec!["localhost".into()],
+        };
+        for c in [C::NotValidForName, context] {
             check(cert(c), Failure::NameMismatch { carried: vec![] }, "mqttkit pki issue broker --server --host <each name it carries now> --host h --force");
         }
         let f = Failure::classify(&cert(C::NotValidForName))
@@ -419,54 +484,21 @@ mod tests {
         let line = f.explain("at", "10.0.0.5", None);
         assert!(line.contains("it carries: localhost, 127.0.0.1"), "{line}");
         assert!(line.contains("`mqttkit pki issue broker --server --host localhost --host 127.0.0.1 --host 10.0.0.5 --force`"), "{line}");
-        assert!(line.contains("mqttkit broker down && mqttkit broker up"), "{line}");
+        assert!(
+            line.contains("mqttkit broker down && mqttkit broker up"),
+            "{line}"
+        );
         assert!(!line.contains("pki init"), "{line}");
-    }
-
-    #[test]
-    fn server_certificate_kinds() {
-        use CertificateError as C;
-        check(cert(C::UnknownIssuer), Failure::UnknownIssuer, "not signed by --cafile ca.crt");
-        check(cert(C::BadSignature), Failure::UnknownIssuer, "pass the CA that issued");
-        check(cert(C::Expired), Failure::ServerCertExpired, "reissue only the broker certificate");
-        check(cert(C::NotValidYet), Failure::ServerCertNotYetValid, "reissue only the broker certificate");
-        check(cert(C::Revoked), Failure::BadServerCert(C::Revoked), "mqttkit pki list");
-        assert!(!Failure::ServerCertExpired.fix("h").contains("pki init"));
-    }
-
-    #[test]
-    fn client_certificate_alerts() {
-        use AlertDescription as A;
-        check(alert(A::CertificateRequired), Failure::ClientCertRequired, "pass --cert/--key or --profile");
-        for a in [A::UnknownCA, A::BadCertificate, A::DecryptError, A::CertificateUnknown, A::HandshakeFailure] {
-            check(alert(a), Failure::ClientCertRejected(a), "signed by the broker's CA");
-        }
-        let line = Failure::classify(&alert(A::UnknownCA)).explain("at", "h", None);
-        assert!(line.contains("TLS alert UnknownCA"), "{line}");
-        check(alert(A::CertificateRevoked), Failure::ClientCertRevoked, "issue a new client certificate");
-        check(alert(A::CertificateExpired), Failure::ClientCertOutOfDate, "this machine's clock");
-        // The same alert during the handshake (TLS 1.2) lands in TlsError.
-        let e = handshake(rustls::Error::AlertReceived(A::CertificateRequired));
-        assert_eq!(Failure::classify(&e), Failure::ClientCertRequired);
-    }
-
-    #[test]
-    fn connack_codes() {
-        let refused = ConnectionError::ConnectionRefused;
-        check(refused(ConnectReturnCode::BadUserNamePassword), Failure::BadCredentials, "check the user name and password");
-        check(refused(ConnectReturnCode::NotAuthorized), Failure::NotAuthorized, "certificate's CN");
-        check(refused(ConnectReturnCode::BadClientId), Failure::BadClientId, "another --client-id");
-        check(refused(ConnectReturnCode::ServiceUnavailable), Failure::ServerUnavailable, "retry later");
-        check(refused(ConnectReturnCode::RefusedProtocolVersion), Failure::Refused(ConnectReturnCode::RefusedProtocolVersion), "broker log");
-        assert!(Failure::BadCredentials.is_connack_refusal());
-        assert!(!Failure::ClientCertRequired.is_connack_refusal());
     }
 
     #[test]
     fn other_keeps_the_text() {
         let e = handshake(rustls::Error::General("odd".into()));
         let f = Failure::classify(&e);
-        assert!(matches!(&f, Failure::Other(t) if t == "unexpected error: odd"), "{f:?}");
+        assert!(
+            matches!(&f, Failure::Other(t) if t == "unexpected error: odd"),
+            "{f:?}"
+        );
     }
 
     /// A loopback listener that answers every connection with `reply`, then closes.
