@@ -78,6 +78,19 @@ fn a_name_missing_from_the_certificate_is_named() {
         "{text}"
     );
     assert!(!text.contains("pki init"), "{text}");
+
+    // Running the fix as printed repairs it: same CA, so the device certificate still works.
+    let ca = std::fs::read(broker.certs().join("ca.crt")).unwrap();
+    let command = fix
+        .split('`')
+        .find(|c| c.starts_with("mqttkit pki issue"))
+        .unwrap();
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    ok(&run(broker.mqttkit().args(&args), T));
+    ok(&run(broker.mqttkit().args(["broker", "down"]), T));
+    broker.up();
+    assert_eq!(std::fs::read(broker.certs().join("ca.crt")).unwrap(), ca);
+    ok(&run(broker.mqttkit().args(["doctor"]), T));
 }
 
 #[test]
