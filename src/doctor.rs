@@ -224,8 +224,12 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
             format!("CONNACK accepted in {:.1} ms", d.as_secs_f64() * 1000.0),
         ),
         Err(e) => {
-            let fix = e.failure.fix(&endpoint.host);
-            report.fail("MQTT CONNECT", e.explanation, fix);
+            // The explanation already carries the fix; the report shows it apart.
+            let problem = match e.failure {
+                Failure::TimedOut => e.explanation,
+                ref f => f.problem(&endpoint.host, Some(&endpoint.cafile)),
+            };
+            report.fail("MQTT CONNECT", problem, e.failure.fix(&endpoint.host));
             return report.finish();
         }
     }
