@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use x509_parser::prelude::*;
 
+use crate::mqtt::failure::Failure;
 use crate::mqtt::{self, ConnectionArgs, Endpoint, Role, Transport};
 use crate::output;
 
@@ -223,17 +224,12 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
             format!("CONNACK accepted in {:.1} ms", d.as_secs_f64() * 1000.0),
         ),
         Err(e) => {
-            let fix = if e.explanation.contains("rejected the client certificate")
-                || e.explanation
-                    .contains("closed the connection during the handshake")
-            {
-                "issue a certificate from the broker's CA (`mqttkit pki issue NAME`) or pass the CA the broker trusts"
-            } else if e.explanation.contains("requires a client certificate") {
-                "pass --cert/--key or --profile"
-            } else {
-                "see the broker log (`mqttkit broker logs`)"
+            // The explanation already carries the fix; the report shows it apart.
+            let problem = match e.failure {
+                Failure::TimedOut => e.explanation,
+                ref f => f.problem(&endpoint.host, Some(&endpoint.cafile)),
             };
-            report.fail("MQTT CONNECT", e.explanation, fix);
+            report.fail("MQTT CONNECT", problem, e.failure.fix(&endpoint.host));
             return report.finish();
         }
     }
@@ -322,50 +318,24 @@ async fn check_tls(
             true
         }
         Ok(Err(e)) => {
-            let debug = format!("{e:?}");
             // Fetch the certificate without verifying it, to say what it does carry.
             let leaf = fetch_leaf(endpoint, server_name, timeout).await;
             let names = leaf.as_ref().map(|l| sans_of(l)).unwrap_or_default();
-            let (detail, fix) = if debug.contains("NotValidForName") {
-                (
-                    format!(
-                        "the broker's certificate is not valid for '{}'; it carries: {}",
-                        endpoint.host,
-                        if names.is_empty() { "no subjectAltName".into() } else { names.join(", ") }
-                    ),
-                    format!(
-                        "connect by one of those names, or reissue with `mqttkit pki init --host {} --force` and restart the broker",
-                        endpoint.host
-                    ),
-                )
-            } else if debug.contains("Expired") {
-                (
-                    format!(
-                        "the broker's certificate has expired{}",
-                        leaf.as_ref().map(|l| describe_leaf(l)).unwrap_or_default()
-                    ),
-                    "reissue it with `mqttkit pki init --force` and restart the broker".to_string(),
-                )
-            } else if debug.contains("UnknownIssuer") || debug.contains("BadSignature") {
-                (
-                    format!(
-                        "the broker's certificate is not signed by {}{}",
-                        endpoint.cafile.display(),
-                        leaf.as_ref().map(|l| describe_leaf(l)).unwrap_or_default()
-                    ),
-                    "pass the CA that issued the broker certificate with --cafile".to_string(),
-                )
-            } else if debug.contains("CorruptMessage") || debug.contains("InvalidContentType") {
-                (
-                    "the server does not speak TLS on this port".to_string(),
-                    "check --port (8883 is MQTT over TLS; 1883 is plain MQTT)".to_string(),
-                )
-            } else {
-                (
-                    format!("{e}"),
-                    "see the broker log (`mqttkit broker logs`)".to_string(),
-                )
-            };
+            let failure = Failure::from_error(&e)
+                .refine(&endpoint.host, endpoint.port)
+                .await
+                .with_carried_names(names);
+            let mut detail = failure.problem(&endpoint.host, Some(&endpoint.cafile));
+            if let (
+                Failure::ServerCertExpired
+                | Failure::ServerCertNotYetValid
+                | Failure::UnknownIssuer,
+                Some(l),
+            ) = (&failure, &leaf)
+            {
+                detail.push_str(&describe_leaf(l));
+            }
+            let fix = failure.fix(&endpoint.host);
             report.fail("TLS handshake", detail, fix);
             false
         }

@@ -56,7 +56,41 @@ fn a_name_missing_from_the_certificate_is_named() {
         line.contains("localhost") && line.contains("127.0.0.1"),
         "names present missing: {text}"
     );
-    assert!(text.contains("fix: connect by one of those names, or reissue with `mqttkit pki init --host 127.0.0.2"), "{text}");
+    // Only the broker certificate is reissued, from the same CA, keeping its names.
+    let fix = text
+        .lines()
+        .find(|l| l.contains("fix:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        fix.contains("fix: connect by one of those names, or reissue only the broker certificate"),
+        "{text}"
+    );
+    assert!(
+        fix.contains("`mqttkit pki issue broker --server --host localhost"),
+        "{text}"
+    );
+    assert!(
+        fix.contains("--host 127.0.0.1") && fix.contains("--host 127.0.0.2 --force`"),
+        "{text}"
+    );
+    assert!(
+        fix.contains("mqttkit broker down && mqttkit broker up"),
+        "{text}"
+    );
+    assert!(!text.contains("pki init"), "{text}");
+
+    // Running the fix as printed repairs it: same CA, so the device certificate still works.
+    let ca = std::fs::read(broker.certs().join("ca.crt")).unwrap();
+    let command = fix
+        .split('`')
+        .find(|c| c.starts_with("mqttkit pki issue"))
+        .unwrap();
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    ok(&run(broker.mqttkit().args(&args), T));
+    ok(&run(broker.mqttkit().args(["broker", "down"]), T));
+    broker.up();
+    assert_eq!(std::fs::read(broker.certs().join("ca.crt")).unwrap(), ca);
+    ok(&run(broker.mqttkit().args(["doctor"]), T));
 }
 
 #[test]

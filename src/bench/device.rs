@@ -86,7 +86,7 @@ pub async fn run(
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => break,
                 Ok(_) => {}
                 Err(e) => {
-                    r.error = Some(crate::flows::describe_connect_error(
+                    r.error = Some(crate::mqtt::failure::describe_connect_error(
                         &spec.endpoint.describe(),
                         &e,
                     ));

@@ -405,9 +405,11 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         Some(b) => b.to_string(),
     };
     let profile_path = profile::write_local(out, &host, args.port)?;
-    if !broker_cert_names(out).contains(&host) {
+    let names = broker_cert_names(out);
+    if !names.contains(&host) {
         note!(
-            "warning: the broker certificate does not carry '{host}', so clients connecting by it will fail to verify the broker; reissue with `mqttkit pki init --host {host} --force`"
+            "warning: the broker certificate does not carry '{host}', so clients connecting by it will fail to verify the broker; reissue only the broker certificate with `{}` and restart the broker",
+            mqtt::failure::reissue_broker(&names, Some(&host))
         );
     }
 
@@ -544,7 +546,7 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
         .await
         {
             Ok(d) => Ok(d),
-            Err(e) if e.explanation.contains("refused the MQTT CONNECT") => Ok(Duration::ZERO),
+            Err(e) if e.failure.is_connack_refusal() => Ok(Duration::ZERO),
             Err(e) => Err(e.into()),
         };
     }

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use rumqttc::{ConnectReturnCode, ConnectionError};
 
 use crate::mqtt::ConnectionArgs;
 
@@ -214,33 +213,6 @@ pub(crate) fn validate_device_id(id: &str) -> Result<()> {
         bail!("--device-id '{id}': must be non-empty and contain no '/', '+', '#' or control characters");
     }
     Ok(())
-}
-
-/// One line saying what went wrong connecting and what to do about it.
-pub(crate) fn describe_connect_error(endpoint: &str, err: &ConnectionError) -> String {
-    match err {
-        ConnectionError::ConnectionRefused(code) => {
-            let why = match code {
-                ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
-                    "not authorized; check that the client certificate is one the broker trusts and the client id is allowed"
-                }
-                ConnectReturnCode::BadClientId => "client id rejected; pass another --client-id",
-                ConnectReturnCode::ServiceUnavailable => "service unavailable; retry later",
-                _ => "refused",
-            };
-            format!("broker {endpoint} refused the connection ({code:?}): {why}")
-        }
-        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => format!(
-            "cannot connect to {endpoint}: connection refused; is the broker running (`mqttkit broker up`) and are --host/--port right?"
-        ),
-        ConnectionError::Tls(e) => format!(
-            "TLS handshake with {endpoint} failed: {e}; check --cafile (it must sign the broker's certificate) and that --host is a name in that certificate"
-        ),
-        ConnectionError::NetworkTimeout => {
-            format!("cannot connect to {endpoint}: timed out; check --host/--port and firewalls")
-        }
-        other => format!("connection to {endpoint} failed: {other}"),
-    }
 }
 
 /// Buffered stdout: one flush per line only when a person is watching.

@@ -579,7 +579,7 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
                     Ok(Event::Incoming(Incoming::PubAck(_))) if q == QoS::AtLeastOnce => return Ok(()),
                     Ok(Event::Outgoing(Outgoing::Publish(_))) if q == QoS::AtMostOnce => return Ok(()),
                     Ok(_) => {}
-                    Err(e) => bail!("{}", super::describe_connect_error(&describe, &e)),
+                    Err(e) => bail!("{}", crate::mqtt::failure::describe_connect_error(&describe, &e)),
                 }
             }
         }

@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use aws_sdk_iot::error::SdkError;
+use aws_sdk_iot::operation::delete_certificate::DeleteCertificateError;
+use aws_sdk_iot::operation::delete_thing::DeleteThingError;
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::Serialize;
@@ -95,36 +98,41 @@ impl Undo {
     }
 }
 
-/// AWS IoT detaches asynchronously; deleting right after may conflict for a moment.
-pub(super) async fn retry<F, Fut>(mut f: F) -> Result<()>
+/// AWS IoT detaches asynchronously; deleting right after may conflict for a
+/// moment. `conflict` picks the operation's conflict variant, so only that
+/// error is retried.
+pub(super) async fn retry<F, Fut, E, R>(op: &str, conflict: fn(&E) -> bool, mut f: F) -> Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
+    Fut: std::future::Future<Output = Result<(), SdkError<E, R>>>,
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let mut delay = Duration::from_millis(200);
     for _ in 0..5 {
         match f().await {
             Ok(()) => return Ok(()),
-            Err(e) if format!("{e:#}").contains("Conflict") => {
+            Err(SdkError::ServiceError(e)) if conflict(e.err()) => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(sdk_error(op, e)),
         }
     }
-    f().await
+    f().await.map_err(|e| sdk_error(op, e))
 }
 
 /// Deletes a thing (retried while AWS still sees attachments going away).
 pub(super) async fn delete_thing(aws: &Aws, name: &str) -> Result<()> {
-    retry(|| async {
+    let conflict =
+        |e: &DeleteThingError| matches!(e, DeleteThingError::VersionConflictException(_));
+    retry("iot:DeleteThing", conflict, || async {
         aws.iot
             .delete_thing()
             .thing_name(name)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sdk_error("iot:DeleteThing", e))
     })
     .await
 }
@@ -138,14 +146,16 @@ pub(super) async fn delete_certificate(aws: &Aws, id: &str) -> Result<()> {
         .send()
         .await
         .map_err(|e| sdk_error("iot:UpdateCertificate", e))?;
-    retry(|| async {
+    let conflict = |e: &DeleteCertificateError| {
+        matches!(e, DeleteCertificateError::DeleteConflictException(_))
+    };
+    retry("iot:DeleteCertificate", conflict, || async {
         aws.iot
             .delete_certificate()
             .certificate_id(id)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sdk_error("iot:DeleteCertificate", e))
     })
     .await
 }
@@ -517,4 +527,66 @@ fn report(args: &CreateArgs, created: Created) -> Result<()> {
         text.push_str(&format!("profile\t{p}\n"));
     }
     output::print_stdout(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use aws_sdk_iot::config::http::HttpResponse;
+    use aws_sdk_iot::types::error::{DeleteConflictException, InvalidRequestException};
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    type Error = SdkError<DeleteCertificateError, HttpResponse>;
+
+    /// A service error as the SDK builds it from AWS's answer.
+    fn service(e: DeleteCertificateError, status: u16) -> Error {
+        let raw = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        SdkError::service_error(e, raw)
+    }
+
+    fn conflict(e: &DeleteCertificateError) -> bool {
+        matches!(e, DeleteCertificateError::DeleteConflictException(_))
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_until_it_clears() {
+        let calls = AtomicU32::new(0);
+        let r = retry("iot:DeleteCertificate", conflict, || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                let e = DeleteConflictException::builder()
+                    .message("attached")
+                    .build();
+                Err(service(
+                    DeleteCertificateError::DeleteConflictException(e),
+                    409,
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn another_error_is_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r = retry("iot:DeleteCertificate", conflict, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let e = InvalidRequestException::builder().message("bad id").build();
+            Err(service(
+                DeleteCertificateError::InvalidRequestException(e),
+                400,
+            ))
+        })
+        .await;
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with("iot:DeleteCertificate failed"), "{e}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

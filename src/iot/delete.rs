@@ -2,6 +2,7 @@
 //! certificates, delete the thing and the policy mqttkit created for it.
 
 use anyhow::{bail, Context, Result};
+use aws_sdk_iot::operation::delete_policy::DeletePolicyError;
 
 use super::create::{delete_certificate, retry};
 use super::{
@@ -134,14 +135,15 @@ async fn delete_policy_if_unused(aws: &Aws, policy: &str) -> Result<()> {
         );
         return Ok(());
     }
-    retry(|| async {
+    let conflict =
+        |e: &DeletePolicyError| matches!(e, DeletePolicyError::DeleteConflictException(_));
+    retry("iot:DeletePolicy", conflict, || async {
         aws.iot
             .delete_policy()
             .policy_name(policy)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sdk_error("iot:DeletePolicy", e))
     })
     .await?;
     crate::note!("deleted policy {policy}");

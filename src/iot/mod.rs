@@ -254,6 +254,9 @@ where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    if credentials_missing(&e) {
+        return anyhow::anyhow!("{op}: {NO_CREDENTIALS_HELP}");
+    }
     if matches!(
         e,
         aws_sdk_iot::error::SdkError::DispatchFailure(_)
@@ -266,17 +269,28 @@ where
         }
         let endpoint = std::env::var("AWS_ENDPOINT_URL")
             .unwrap_or_else(|_| "the AWS IoT endpoint".to_string());
-        if !root.to_string().contains("credentials") {
-            return anyhow::anyhow!(
-                "{op}: cannot reach {endpoint} ({root}); check the network, AWS_REGION and AWS_ENDPOINT_URL"
-            );
-        }
+        return anyhow::anyhow!(
+            "{op}: cannot reach {endpoint} ({root}); check the network, AWS_REGION and AWS_ENDPOINT_URL"
+        );
     }
     let text = aws_sdk_iot::error::DisplayErrorContext(&e).to_string();
-    if text.contains("credentials") && text.contains("provider") {
-        return anyhow::anyhow!("{op}: {NO_CREDENTIALS_HELP}");
-    }
     anyhow::anyhow!("{op} failed: {text}")
+}
+
+/// The SDK could not load credentials: a `CredentialsError` somewhere in
+/// the error's sources (the identity resolver's error, boxed by the SDK).
+fn credentials_missing(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut layer = Some(e);
+    while let Some(err) = layer {
+        if err
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        layer = err.source();
+    }
+    false
 }
 
 /// The certificate id at the end of a certificate ARN.

@@ -2,6 +2,7 @@
 //! broker health check: flags and profiles resolved into an [`Endpoint`],
 //! then rumqttc options over rustls.
 
+pub mod failure;
 pub mod poller;
 pub mod probe;
 pub mod profile;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use rumqttc::ConnectionError;
 
-use crate::flows::describe_connect_error;
+use crate::mqtt::failure::describe_connect_error;
 use crate::mqtt::Endpoint;
 
 /// Doubling delays from `min` up to `max`; `reset` after a success.

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::{gaps_of, redact, DeviceStats, TelemetryRow, Written};
@@ -102,18 +103,26 @@ fn tls_config(rootcert: Option<&PathBuf>) -> Result<rustls::ClientConfig> {
     )
 }
 
+/// pg_hba.conf turns a plain connection away with invalid_authorization_specification
+/// ("no pg_hba.conf entry ... no encryption"): without sslmode=require that
+/// is most often a server that accepts only TLS.
+fn tls_hint(plain: bool, code: Option<&SqlState>) -> &'static str {
+    if plain && code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) {
+        " (the server may want TLS: add ?sslmode=require, and &sslrootcert=CA.crt for a private CA)"
+    } else {
+        ""
+    }
+}
+
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
         let what = || format!("--sink {}", redact(url));
         let (config, rootcert) = connection_config(url).map_err(|e| anyhow!("{}: {e}", what()))?;
+        let plain = config.get_ssl_mode() != SslMode::Require;
         let cannot_connect = |e: tokio_postgres::Error| {
+            let hint = tls_hint(plain, e.code());
             // The server's words are in the error's source ("db error: FATAL: ...").
             let e = anyhow::Error::new(e);
-            let hint = if format!("{e:#}").contains("no encryption") {
-                " (the server wants TLS: add ?sslmode=require, and &sslrootcert=CA.crt for a private CA)"
-            } else {
-                ""
-            };
             anyhow!("{}: cannot connect: {e:#}{hint}", what())
         };
         let (client, conn_task) = if config.get_ssl_mode() == SslMode::Require {
@@ -273,6 +282,15 @@ struct Cols<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pg_hba_refusal_without_tls_hints_at_sslmode() {
+        let hba = SqlState::from_code("28000");
+        assert!(tls_hint(true, Some(&hba)).contains("?sslmode=require"));
+        assert_eq!(tls_hint(false, Some(&hba)), "");
+        assert_eq!(tls_hint(true, Some(&SqlState::INVALID_PASSWORD)), "");
+        assert_eq!(tls_hint(true, None), "");
+    }
 
     #[test]
     fn libpq_tls_parameters_are_understood() {
