@@ -2,6 +2,7 @@
 //! flows from one binary. `main.rs` only parses arguments and reports errors;
 //! each subcommand family lives in its own module here.
 
+pub mod aws;
 pub mod bench;
 pub mod broker;
 pub mod cli;

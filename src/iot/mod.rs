@@ -15,8 +15,7 @@ mod policy;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use aws_credential_types::provider::ProvideCredentials;
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -26,7 +25,7 @@ use crate::pki::KeyType;
 pub use keys::{check_cert_matches, pkcs1_to_pkcs8};
 
 /// What to tell a user whose AWS credentials cannot be found.
-pub const NO_CREDENTIALS_HELP: &str = "no AWS credentials found: set AWS_PROFILE to a profile in ~/.aws/config (or run `aws configure` / `aws sso login`), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary credentials)";
+pub use crate::aws::NO_CREDENTIALS_HELP;
 
 /// The Amazon Root CA 1 that signs AWS IoT Core's ATS endpoints (public;
 /// shipped in the binary so nothing is downloaded at run time).
@@ -170,18 +169,9 @@ pub(crate) struct Aws {
 impl Aws {
     /// Loads the config and checks that credentials exist, before any call.
     pub async fn connect(args: &AwsArgs) -> Result<Self> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = &args.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        let config = loader.load().await;
-        let Some(region) = config.region().map(|r| r.to_string()) else {
-            bail!("no AWS region: pass --region REGION or set AWS_REGION (or `region` in your AWS profile)");
-        };
-        let provider = config.credentials_provider().context(NO_CREDENTIALS_HELP)?;
-        if let Err(e) = provider.provide_credentials().await {
-            bail!("{NO_CREDENTIALS_HELP} ({e})");
-        }
+        let config = crate::aws::load_config(args.region.as_deref()).await;
+        let region = crate::aws::region(&config, "iot")?;
+        crate::aws::credentials(&config).await?;
         Ok(Self {
             iot: aws_sdk_iot::Client::new(&config),
             sts: aws_sdk_sts::Client::new(&config),

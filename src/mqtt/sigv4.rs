@@ -112,15 +112,7 @@ pub fn region_of_endpoint(host: &str) -> Option<&str> {
 
 /// Loads credentials from the normal AWS chain (env, profile, SSO, IMDS...).
 pub async fn load_credentials() -> anyhow::Result<Credentials> {
-    use aws_credential_types::provider::ProvideCredentials;
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let provider = config
-        .credentials_provider()
-        .ok_or_else(|| anyhow::anyhow!("{}", crate::iot::NO_CREDENTIALS_HELP))?;
-    provider
-        .provide_credentials()
-        .await
-        .map_err(|e| anyhow::anyhow!("{} ({e})", crate::iot::NO_CREDENTIALS_HELP))
+    crate::aws::credentials(&crate::aws::load_config(None).await).await
 }
 
 /// rumqttc request modifier: rewrites the WebSocket upgrade request's URL to

@@ -39,10 +39,8 @@ fn describe(database: &str, table: &str) -> String {
 impl TimestreamStore {
     pub async fn open(database: &str, table: &str) -> Result<Self> {
         let what = describe(database, table);
-        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        if conf.region().is_none() {
-            bail!("{what}: no AWS region; set AWS_REGION or a region in ~/.aws/config");
-        }
+        let conf = crate::aws::load_config(None).await;
+        crate::aws::region(&conf, &what)?;
         let base = Client::new(&conf);
         // Real Timestream needs endpoint discovery; an explicit endpoint
         // (AWS_ENDPOINT_URL, e.g. a local emulator) is used as given.
