@@ -10,6 +10,7 @@ pub mod clock;
 pub mod doctor;
 pub mod flows;
 pub mod fsutil;
+pub mod identity;
 pub mod iot;
 pub mod mqtt;
 pub mod output;

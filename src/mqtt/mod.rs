@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::identity;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use rumqttc::{MqttOptions, TlsConfiguration};
@@ -217,20 +218,9 @@ impl ConnectionArgs {
 /// a certificate for device A used as device B is refused up front. CNs that
 /// are not identities (AWS IoT's "AWS IoT Certificate") are not checked.
 fn check_identity_matches_device(cert: &Path, device: &str) -> Result<()> {
-    let Ok(der) = crate::pki::inspect::read_cert_der(cert) else {
-        return Ok(()); // unreadable files are reported by the TLS setup
-    };
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&der) else {
-        return Ok(());
-    };
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string);
-    match cn {
-        Some(cn) if cn != device && crate::pki::validate_identity(&cn).is_ok() => bail!(
+    // Unreadable files are reported by the TLS setup.
+    match identity::common_name_of_file(cert) {
+        Some(cn) if cn != device && identity::validate_identity(&cn).is_ok() => bail!(
             "--device-id {device}: the certificate {} is device '{cn}', and the broker lets it act only as '{cn}'; use --device-id {cn}, or `mqttkit pki issue {device}` for a certificate of its own",
             cert.display()
         ),
@@ -248,17 +238,12 @@ fn identity_from_profile(p: &Profile, role: Role<'_>) -> Option<(PathBuf, PathBu
         Role::Server => p
             .server_identity
             .clone()
-            .unwrap_or_else(|| crate::pki::DEFAULT_SERVER.to_string()),
+            .unwrap_or_else(|| identity::DEFAULT_SERVER.to_string()),
     };
     Some(identity_in(dir, &name))
 }
 
-pub fn identity_in(certs_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (
-        certs_dir.join(format!("{name}.crt")),
-        certs_dir.join(format!("{name}.key")),
-    )
-}
+pub use identity::files as identity_in;
 
 impl Endpoint {
     /// rumqttc options for this endpoint (MQTT 3.1.1).

@@ -109,15 +109,15 @@ pub fn absolute(p: &Path) -> PathBuf {
 
 /// Writes (or updates the port of) the `local` profile for the broker in `out`.
 pub fn write_local(out: &Path, host: &str, port: u16) -> Result<PathBuf> {
-    let certs = absolute(&crate::pki::certs_dir(out));
+    let certs = absolute(&crate::identity::certs_dir(out));
     let profile = Profile {
         host: host.to_string(),
         port,
         transport: Transport::Tls,
         cafile: certs.join("ca.crt"),
         certs_dir: Some(certs),
-        server_identity: Some(crate::pki::DEFAULT_SERVER.to_string()),
-        device_id: Some(crate::pki::DEFAULT_DEVICE.to_string()),
+        server_identity: Some(crate::identity::DEFAULT_SERVER.to_string()),
+        device_id: Some(crate::identity::DEFAULT_DEVICE.to_string()),
         ..Profile::default()
     };
     profile.save(out, LOCAL_PROFILE)

@@ -63,13 +63,7 @@ impl CertInfo {
     }
 }
 
-/// Parses one PEM certificate file into DER.
-pub fn read_cert_der(path: &Path) -> Result<Vec<u8>> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (_, pem) = parse_x509_pem(&data)
-        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate: {e}", path.display()))?;
-    Ok(pem.contents)
-}
+pub use crate::identity::read_cert_der;
 
 pub fn key_type_of(spki: &SubjectPublicKeyInfo<'_>) -> String {
     let alg = &spki.algorithm.algorithm;
@@ -148,12 +142,7 @@ pub fn inspect_file(path: &Path, ca_der: Option<&[u8]>) -> Result<CertInfo> {
     };
     let not_after = cert.validity().not_after.to_datetime();
     let days_left = (not_after - ::time::OffsetDateTime::now_utc()).whole_days();
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string);
+    let common_name = crate::identity::common_name(&cert);
     let fmt = |t: ::time::OffsetDateTime| {
         t.format(&::time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| t.to_string())

@@ -20,13 +20,9 @@ use time::{Duration, OffsetDateTime};
 use crate::fsutil::{StagedFiles, MODE_PUBLIC, MODE_SECRET};
 use crate::output;
 
+pub use crate::identity::{certs_dir, validate_identity, DEFAULT_DEVICE, DEFAULT_SERVER};
 pub use inspect::{inspect_dir, CertInfo};
-pub use names::{validate_identity, HostName};
-
-/// Default client identities: one device and one server, matching the ACLs
-/// `broker up` writes and the topics `pub`/`sub` use.
-pub const DEFAULT_DEVICE: &str = "device-001";
-pub const DEFAULT_SERVER: &str = "server";
+pub use names::HostName;
 
 /// File stems `pki init` uses itself: a client named so would replace them.
 const RESERVED_NAMES: &[&str] = &["ca", "broker"];
@@ -105,10 +101,6 @@ impl OutArg {
     pub fn certs_dir(&self) -> PathBuf {
         certs_dir(&self.out)
     }
-}
-
-pub fn certs_dir(out: &Path) -> PathBuf {
-    out.join("certs")
 }
 
 #[derive(Debug, Args)]

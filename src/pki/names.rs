@@ -71,32 +71,6 @@ fn is_dns_name(s: &str) -> bool {
     })
 }
 
-/// A certificate identity is also a file name, an MQTT client id and a topic
-/// level (`devices/NAME/...`), so it must be safe in all three.
-pub fn validate_identity(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.len() > 128 {
-        return Err("is longer than 128 characters".into());
-    }
-    if name.starts_with('.') || name.starts_with('-') {
-        return Err("must not start with '.' or '-'".into());
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
-    {
-        return Err(format!(
-            "contains '{c}'; use letters, digits, '-', '_', '.' or ':'"
-        ));
-    }
-    if name.ends_with("_pkcs8") {
-        return Err("must not end with '_pkcs8' (that suffix names DER key files)".into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,15 +101,6 @@ mod tests {
         ] {
             let e = HostName::parse(bad).unwrap_err().to_string();
             assert!(e.contains("neither a DNS name nor an IP"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn identities() {
-        assert!(validate_identity("device-001").is_ok());
-        assert!(validate_identity("server").is_ok());
-        for bad in ["", "a/b", "dev+", "#", ".hidden", "x_pkcs8", "a b"] {
-            assert!(validate_identity(bad).is_err(), "{bad}");
         }
     }
 }
