@@ -19,3 +19,4 @@ pub mod pki;
 pub mod proto;
 pub mod quickstart;
 pub mod sink;
+pub mod telemetry;

@@ -15,6 +15,7 @@ use crate::mqtt::poller::Poller;
 use crate::mqtt::{self, ConnectionArgs, Endpoint, Role};
 use crate::pki::{self, DEFAULT_DEVICE, DEFAULT_SERVER};
 use crate::proto::{Command, Telemetry};
+use crate::telemetry::{Escaped, HumanLine};
 use crate::{note, output};
 
 #[derive(Debug, Args)]
@@ -225,9 +226,11 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
                     let t = Telemetry::decode(p.payload.as_ref())
                         .with_context(|| format!("decoding telemetry on {}", p.topic))?;
                     received += 1;
+                    let device = mqtt::device_of_topic(&p.topic).unwrap_or(&t.device_id);
                     output::print_stdout(&format!(
-                        "server  <- {}  seq={} temperature={:.1}°C humidity={:.0}% battery={:.2}V\n",
-                        p.topic, t.seq, t.temperature_c, t.humidity_pct, t.battery_v
+                        "server  <- {}  {}\n",
+                        Escaped(&p.topic),
+                        HumanLine { device, telemetry: &t }
                     ))?;
                 }
                 Ok(_) => {}
@@ -243,7 +246,7 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
 
     // The server sends a command; the device prints what it decodes.
     let command = Command {
-        id: format!("{:016x}", rand::random::<u64>()),
+        id: uuid::Uuid::new_v4().to_string(),
         device_id: DEFAULT_DEVICE.into(),
         name: "set_interval".into(),
         params: [("seconds".to_string(), "10".to_string())].into(),
@@ -265,7 +268,9 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     }
     output::print_stdout(&format!(
         "{DEFAULT_DEVICE} <- {commands}  {} {:?} (id {})\n",
-        got.name, got.params, got.id
+        Escaped(&got.name),
+        got.params,
+        Escaped(&got.id)
     ))?;
     drop(device_poll);
     server_events

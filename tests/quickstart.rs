@@ -46,7 +46,7 @@ fn quickstart_from_nothing_to_a_round_trip_then_reuses_the_ca() {
     for seq in 0..5 {
         assert!(
             text.contains(&format!(
-                "server  <- devices/device-001/telemetry  seq={seq} "
+                "server  <- devices/device-001/telemetry  device-001 seq={seq} "
             )),
             "telemetry {seq} missing: {text}"
         );

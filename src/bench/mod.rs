@@ -107,7 +107,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let n = args.devices as usize;
     let m = args.subscribers as usize;
     raise_fd_limit(n + m)?;
-    let baseline_rss = report::status_kib("VmRSS");
+    let baseline_rss = report::rss_kib();
 
     let server = args.conn.resolve(Role::Server)?;
     let (identities, device_specs) = device_specs(&args.conn, &server, n)?;
@@ -181,7 +181,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     let connect_elapsed = connect_started.elapsed();
-    let connected_rss = report::status_kib("VmRSS");
+    let connected_rss = report::rss_kib();
 
     let start = Instant::now();
     let _ = go_tx.send(Some(start));

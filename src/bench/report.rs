@@ -14,16 +14,31 @@ use super::payload::PayloadKind;
 use super::subscriber::{histogram, SubResult};
 use super::Live;
 
-/// A field of /proc/self/status in KiB (VmRSS, VmHWM); 0 where unavailable.
-pub fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(str::to_string))
-        })
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// This process's resident memory now, in KiB; 0 where unavailable.
+pub fn rss_kib() -> u64 {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+    let Ok(pid) = sysinfo::get_current_pid() else {
+        return 0;
+    };
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        false,
+        ProcessRefreshKind::nothing().with_memory(),
+    );
+    sys.process(pid).map_or(0, |p| p.memory() / 1024)
+}
+
+/// This process's peak resident memory, in KiB (getrusage); 0 where unavailable.
+pub fn peak_rss_kib() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let max = getrusage(UsageWho::RUSAGE_SELF).map_or(0, |u| u.max_rss().max(0) as u64);
+    // ru_maxrss is in KiB on Linux and in bytes on macOS.
+    if cfg!(target_os = "macos") {
+        max / 1024
+    } else {
+        max
+    }
 }
 
 /// A live status line on stderr, only when it is a terminal.
@@ -105,7 +120,7 @@ pub struct Memory {
     pub baseline_rss_kib: u64,
     /// RSS with every connection up, before publishing.
     pub connected_rss_kib: u64,
-    /// Peak RSS of the process (VmHWM), including message buffers.
+    /// Peak RSS of the process (getrusage's ru_maxrss), including message buffers.
     pub peak_rss_kib: u64,
     /// (connected RSS - baseline) / connections: certificate, TLS and MQTT state of one idle connection.
     pub per_connection_kib: f64,
@@ -333,7 +348,7 @@ pub fn build(inp: Inputs) -> BenchReport {
         memory: Memory {
             baseline_rss_kib: inp.baseline_rss,
             connected_rss_kib: inp.connected_rss,
-            peak_rss_kib: status_kib("VmHWM"),
+            peak_rss_kib: peak_rss_kib(),
             per_connection_kib,
         },
         problems,
@@ -394,25 +409,38 @@ pub fn render(r: &BenchReport) -> String {
         .iter()
         .filter(|d| d.lost > 0 || d.duplicated > 0 || d.error.is_some())
         .collect();
-    for d in troubled.iter().take(20) {
-        let _ = writeln!(
-            s,
-            "  {}: published {}, delivered {}, lost {}, duplicated {}{}",
-            d.device_id,
-            d.published,
-            d.delivered,
-            d.lost,
-            d.duplicated,
-            d.error
-                .as_deref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        );
+    if !troubled.is_empty() {
+        let rows = troubled
+            .iter()
+            .take(20)
+            .map(|d| {
+                vec![
+                    crate::telemetry::Escaped(&d.device_id).to_string(),
+                    d.published.to_string(),
+                    d.delivered.to_string(),
+                    d.lost.to_string(),
+                    d.duplicated.to_string(),
+                    d.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        s.push_str(&crate::output::table(
+            &[
+                "DEVICE",
+                "PUBLISHED",
+                "DELIVERED",
+                "LOST",
+                "DUPLICATED",
+                "ERROR",
+            ],
+            &[false, true, true, true, true, false],
+            rows,
+        ));
     }
     if troubled.len() > 20 {
         let _ = writeln!(
             s,
-            "  ... and {} more devices (see --json)",
+            "... and {} more devices (see --json)",
             troubled.len() - 20
         );
     }
@@ -431,9 +459,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_fields_parse() {
-        assert!(status_kib("VmRSS") > 0);
-        assert!(status_kib("VmHWM") >= status_kib("VmRSS") / 2);
-        assert_eq!(status_kib("NoSuchField"), 0);
+    fn memory_readings() {
+        let rss = rss_kib();
+        assert!(rss > 0);
+        assert!(peak_rss_kib() >= rss / 2, "{} {rss}", peak_rss_kib());
     }
 }

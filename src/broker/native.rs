@@ -149,6 +149,34 @@ pub fn is_running(state: &BrokerState) -> bool {
     }
 }
 
+/// What the PID checks need to know of a live process, read through
+/// sysinfo (`/proc` on Linux, libproc on macOS) so they work on both.
+struct ProcessInfo {
+    argv0: Option<std::ffi::OsString>,
+    name: std::ffi::OsString,
+    zombie: bool,
+    cwd: Option<PathBuf>,
+}
+
+/// `None` when no process has this PID (or it cannot be read at all).
+fn process_info(pid: i32, with_cwd: bool) -> Option<ProcessInfo> {
+    use sysinfo::{ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
+    let spid = sysinfo::Pid::from_u32(u32::try_from(pid).ok()?);
+    let mut refresh = ProcessRefreshKind::nothing().with_cmd(UpdateKind::Always);
+    if with_cwd {
+        refresh = refresh.with_cwd(UpdateKind::Always);
+    }
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[spid]), true, refresh);
+    let p = sys.process(spid)?;
+    Some(ProcessInfo {
+        argv0: p.cmd().first().cloned(),
+        name: p.name().to_os_string(),
+        zombie: p.status() == ProcessStatus::Zombie,
+        cwd: p.cwd().map(Path::to_path_buf),
+    })
+}
+
 /// Whether the process we just spawned has ended (gone or a zombie). Unlike
 /// [`is_running`] it does not look at the command line or working directory,
 /// which can be briefly unreadable while mosquitto drops to its own user.
@@ -156,10 +184,7 @@ pub fn has_exited(pid: i32) -> bool {
     if kill(Pid::from_raw(pid), None).is_err() {
         return true;
     }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit(')')
-        .next()
-        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    process_info(pid, false).is_some_and(|p| p.zombie)
 }
 
 fn is_our_mosquitto(pid: i32, conf: &Path) -> bool {
@@ -167,24 +192,20 @@ fn is_our_mosquitto(pid: i32, conf: &Path) -> bool {
         return false;
     }
     // Guard against PID reuse: the process must be mosquitto started in our directory.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let is_mosquitto = cmdline
-        .split(|b| *b == 0)
-        .next()
-        .is_some_and(|argv0| argv0.ends_with(b"mosquitto"));
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat
-        .rsplit(')')
-        .next()
-        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-    let same_dir = match (cwd, conf.parent()) {
+    let Some(p) = process_info(pid, true) else {
+        return false;
+    };
+    let is_mosquitto = match &p.argv0 {
+        Some(argv0) => argv0.as_encoded_bytes().ends_with(b"mosquitto"),
+        None => p.name == "mosquitto",
+    };
+    let same_dir = match (p.cwd, conf.parent()) {
         (Some(cwd), Some(dir)) => std::fs::canonicalize(dir)
             .map(|d| d == cwd)
             .unwrap_or(false),
         _ => false,
     };
-    is_mosquitto && !zombie && same_dir
+    is_mosquitto && !p.zombie && same_dir
 }
 
 /// SIGTERM, then SIGKILL after `grace`.

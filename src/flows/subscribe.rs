@@ -27,6 +27,7 @@ use crate::mqtt::{
 use crate::pipeline::{self, Acks, Batching, Handled, Handler, Shutdown, SubscribeConfig};
 use crate::proto::v1::telemetry::Status;
 use crate::proto::{Command, Telemetry};
+use crate::telemetry::{rfc3339_nanos, Escaped, HumanLine, HumanTime};
 
 /// Longest a received line waits in the stdout buffer (when not a TTY).
 const FLUSH_AFTER: Duration = Duration::from_millis(10);
@@ -224,7 +225,13 @@ struct TelemetryJson<'a> {
     topic: &'a str,
     device_id: &'a str,
     seq: u64,
+    /// `time_unix_nano` as RFC 3339 with nanoseconds (jq rounds the integer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
     time_unix_nano: u64,
+    /// When mqttkit received the message, RFC 3339 with nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received: Option<String>,
     temperature_c: f64,
     humidity_pct: f64,
     pressure_hpa: f64,
@@ -243,11 +250,12 @@ impl Print for TelemetryPrinter {
             return Ok(Handled::Skipped);
         }
         let m = &self.msg;
-        if device_of_topic(&p.topic) != Some(m.device_id.as_str()) {
+        let topic_device = device_of_topic(&p.topic);
+        if topic_device != Some(m.device_id.as_str()) {
             tracing::warn!(
                 "{}: message says device_id '{}', not the topic's device",
-                p.topic,
-                m.device_id
+                Escaped(&p.topic),
+                Escaped(&m.device_id)
             );
         }
         let status = Status::try_from(m.status).unwrap_or(Status::Unspecified);
@@ -259,7 +267,9 @@ impl Print for TelemetryPrinter {
                     topic: &p.topic,
                     device_id: &m.device_id,
                     seq: m.seq,
+                    time: rfc3339_nanos(m.time_unix_nano as i128),
                     time_unix_nano: m.time_unix_nano,
+                    received: rfc3339_nanos(crate::clock::now_unix_nano() as i128),
                     temperature_c: m.temperature_c,
                     humidity_pct: m.humidity_pct,
                     pressure_hpa: m.pressure_hpa,
@@ -270,18 +280,14 @@ impl Print for TelemetryPrinter {
                 },
             )?;
         } else {
+            let device = topic_device.unwrap_or(&m.device_id);
             write!(
                 w,
-                "{} seq={} {} temp={:.2}C hum={:.1}% press={:.1}hPa batt={:.3}V rssi={}dBm {}",
-                m.device_id,
-                m.seq,
-                Rfc3339Nanos(m.time_unix_nano),
-                m.temperature_c,
-                m.humidity_pct,
-                m.pressure_hpa,
-                m.battery_v,
-                m.rssi_dbm,
-                status.as_str_name().trim_start_matches("STATUS_"),
+                "{}",
+                HumanLine {
+                    device,
+                    telemetry: m
+                }
             )?;
         }
         out.end_line()?;
@@ -308,6 +314,7 @@ impl Print for TelemetryPrinter {
 }
 
 fn warn_undecodable(topic: &str, size: usize, what: &str, err: &prost::DecodeError) {
+    let topic = Escaped(topic);
     crate::note!("warning: {topic}: {size}-byte payload is not a {what} message ({err}); skipped");
 }
 
@@ -356,50 +363,15 @@ fn print_command(out: &mut Out, p: &Publish, json: bool) -> Result<Handled> {
         write!(
             w,
             "{} {} id={} {}",
-            cmd.device_id,
-            cmd.name,
-            cmd.id,
-            Rfc3339Nanos(cmd.time_unix_nano)
+            Escaped(&cmd.device_id),
+            Escaped(&cmd.name),
+            Escaped(&cmd.id),
+            HumanTime(cmd.time_unix_nano as i128)
         )?;
         for (k, v) in &cmd.params {
-            write!(w, " {k}={v}")?;
+            write!(w, " {}={}", Escaped(k), Escaped(v))?;
         }
     }
     out.end_line()?;
     Ok(Handled::Counted)
-}
-
-/// Unix nanoseconds as an RFC 3339 UTC time with milliseconds.
-struct Rfc3339Nanos(u64);
-
-impl std::fmt::Display for Rfc3339Nanos {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match time::OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128) {
-            Ok(t) => write!(
-                f,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                t.year(),
-                t.month() as u8,
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second(),
-                t.millisecond()
-            ),
-            Err(_) => write!(f, "t={}", self.0),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_format() {
-        assert_eq!(
-            Rfc3339Nanos(1_700_000_000_123_456_789).to_string(),
-            "2023-11-14T22:13:20.123Z"
-        );
-    }
 }

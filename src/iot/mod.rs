@@ -366,25 +366,25 @@ async fn list(args: ListArgs) -> Result<()> {
     if args.json {
         return output::print_json(&rows);
     }
-    let mut text = format!(
-        "{:<32} {:<14} {:<10} EXPIRES\n",
-        "THING", "CERTIFICATE", "STATUS"
-    );
+    let mut table = Vec::new();
     for r in &rows {
         if r.certificates.is_empty() {
-            text.push_str(&format!("{:<32} {:<14} {:<10} -\n", r.thing, "-", "-"));
+            table.push(vec![r.thing.clone(), "-".into(), "-".into(), "-".into()]);
         }
         for c in &r.certificates {
-            let short: String = c.id.chars().take(12).collect();
-            text.push_str(&format!(
-                "{:<32} {:<14} {:<10} {}\n",
-                r.thing,
-                short,
-                c.status,
-                c.not_after.as_deref().unwrap_or("-")
-            ));
+            table.push(vec![
+                r.thing.clone(),
+                c.id.chars().take(12).collect(),
+                c.status.clone(),
+                c.not_after.clone().unwrap_or_else(|| "-".into()),
+            ]);
         }
     }
+    let text = output::table(
+        &["THING", "CERTIFICATE", "STATUS", "EXPIRES"],
+        &[false; 4],
+        table,
+    );
     output::print_stdout(&text)
 }
 

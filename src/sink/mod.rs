@@ -18,8 +18,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use url::Url;
 
 use crate::proto::Telemetry;
+use crate::telemetry::{rfc3339_nanos, Escaped, HumanTime};
 
 pub use subscriber::Sink;
 
@@ -76,67 +78,69 @@ impl std::str::FromStr for SinkUrl {
                 .map(SinkUrl::Influx)
                 .map_err(|what| bad(&what)),
             "timestream" => {
-                let rest = rest
-                    .strip_prefix("//")
-                    .ok_or_else(|| bad("expected timestream://DATABASE/TABLE"))?;
-                match rest.split_once('/') {
-                    Some((db, table))
-                        if !db.is_empty() && !table.is_empty() && !table.contains('/') =>
-                    {
-                        Ok(SinkUrl::Timestream {
-                            database: db.to_string(),
-                            table: table.to_string(),
-                        })
-                    }
-                    _ => Err(bad("expected timestream://DATABASE/TABLE")),
-                }
+                timestream_target(url).ok_or_else(|| bad("expected timestream://DATABASE/TABLE"))
             }
             other => Err(bad(&format!("unknown scheme '{other}'"))),
         }
     }
 }
 
+/// `timestream://DATABASE/TABLE`: the host names the database, the one
+/// path segment the table; nothing else (user, port, query) is meaningful.
+fn timestream_target(url: &str) -> Option<SinkUrl> {
+    let u = Url::parse(url).ok()?;
+    let database = u.host_str().filter(|h| !h.is_empty())?;
+    let table = u.path().strip_prefix('/')?;
+    let plain = u.username().is_empty() && u.port().is_none() && u.query().is_none();
+    (plain && !table.is_empty() && !table.contains('/')).then(|| SinkUrl::Timestream {
+        database: database.to_string(),
+        table: table.to_string(),
+    })
+}
+
 /// The URL without a password, for messages.
 pub fn redact(url: &str) -> String {
     // Passwords hide in the user info and in query parameters (libpq's
     // `?password=`, tokens); error messages must never echo them.
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut out = match base.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => base.to_string(),
-            },
-            None => base.to_string(),
-        },
-        None => base.to_string(),
-    };
-    if let Some(q) = query {
-        let params: Vec<String> = q
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
+    match Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                // Only fails for URLs without a host, which have no password.
+                let _ = u.set_password(Some("***"));
+            }
+            if let Some(q) = u.query().map(|q| redact_pairs(q, "&")) {
+                u.set_query(Some(&q));
+            }
+            u.to_string()
+        }
+        // Not a URL Url understands (libpq's multi-host `h1,h2`): drop the user info.
+        Err(_) if url.contains("://") => {
+            let (scheme, rest) = url.split_once("://").unwrap_or_default();
+            let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let host = base.rsplit_once('@').map_or(base, |(_, host)| host);
+            let query = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", redact_pairs(query, "&"))
+            };
+            format!("{scheme}://{host}{query}")
+        }
+        // A libpq key/value string (`host=... password=...`) instead of a URL.
+        Err(_) => redact_pairs(url, " "),
     }
-    // A libpq key/value string (`host=... password=...`) instead of a URL.
-    if !out.contains("://") && out.contains('=') {
-        return out
-            .split_whitespace()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-    }
-    out
+}
+
+/// `key=value` pairs joined by `sep`, with the values of secret keys hidden.
+fn redact_pairs(pairs: &str, sep: &str) -> String {
+    pairs
+        .split(sep)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 fn is_secret_key(k: &str) -> bool {
@@ -157,6 +161,15 @@ fn redact_hides_every_password_form() {
         redact("influx://h:8086/db?u=a&p=x"),
         "influx://h:8086/db?u=a&p=***"
     );
+    assert_eq!(
+        redact("influxs://me:s3cret@h:8086/db?org=o"),
+        "influxs://me:***@h:8086/db?org=o"
+    );
+    assert_eq!(
+        redact("postgres://u:pw@h1:5432,h2:5433/db?token=t"),
+        "postgres://h1:5432,h2:5433/db?token=***"
+    );
+    assert_eq!(redact("sqlite:data/t.db"), "sqlite:data/t.db");
 }
 
 /// One stored message: who, which, when, and every measurement.
@@ -378,7 +391,7 @@ async fn stats(args: StatsArgs) -> Result<ExitCode> {
         devices,
     };
     if args.json {
-        crate::output::print_json(&stats)?;
+        crate::output::print_json(&stats.to_json())?;
     } else {
         crate::output::print_stdout(&render_stats(&stats))?;
     }
@@ -401,14 +414,53 @@ impl Store {
     }
 }
 
-fn fmt_time(ns: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128);
-    match t {
-        Ok(t) => t
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| ns.to_string()),
-        Err(_) => ns.to_string(),
+/// A device's stats as JSON: the integers, plus their RFC 3339 forms.
+#[derive(Serialize)]
+struct DeviceStatsJson<'a> {
+    #[serde(flatten)]
+    stats: &'a DeviceStats,
+    first_time: Option<String>,
+    last_time: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatsJson<'a> {
+    sink: &'a str,
+    rows: u64,
+    devices: Vec<DeviceStatsJson<'a>>,
+}
+
+impl Stats {
+    fn to_json(&self) -> StatsJson<'_> {
+        let devices = self
+            .devices
+            .iter()
+            .map(|d| DeviceStatsJson {
+                stats: d,
+                first_time: rfc3339_nanos(d.first_time_unix_nano.into()),
+                last_time: rfc3339_nanos(d.last_time_unix_nano.into()),
+            })
+            .collect();
+        StatsJson {
+            sink: &self.sink,
+            rows: self.rows,
+            devices,
+        }
     }
+}
+
+fn gap_list(gaps: &[[i64; 2]]) -> String {
+    let list: Vec<String> = gaps
+        .iter()
+        .map(|[a, b]| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}..{b}")
+            }
+        })
+        .collect();
+    list.join(", ")
 }
 
 pub fn render_stats(s: &Stats) -> String {
@@ -416,35 +468,40 @@ pub fn render_stats(s: &Stats) -> String {
     if s.devices.is_empty() {
         return out;
     }
-    out.push_str(&format!(
-        "{:<24} {:>10} {:>10} {:>10} {:>9}  {:<32} {:<32}\n",
-        "DEVICE", "ROWS", "FIRST_SEQ", "LAST_SEQ", "MISSING", "FIRST", "LAST"
+    let rows = s
+        .devices
+        .iter()
+        .map(|d| {
+            vec![
+                Escaped(&d.device_id).to_string(),
+                d.rows.to_string(),
+                d.first_seq.to_string(),
+                d.last_seq.to_string(),
+                d.missing.to_string(),
+                HumanTime(d.first_time_unix_nano.into()).to_string(),
+                HumanTime(d.last_time_unix_nano.into()).to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&crate::output::table(
+        &[
+            "DEVICE",
+            "ROWS",
+            "FIRST_SEQ",
+            "LAST_SEQ",
+            "MISSING",
+            "FIRST",
+            "LAST",
+        ],
+        &[false, true, true, true, true, false, false],
+        rows,
     ));
-    for d in &s.devices {
+    for d in s.devices.iter().filter(|d| !d.gaps.is_empty()) {
         out.push_str(&format!(
-            "{:<24} {:>10} {:>10} {:>10} {:>9}  {:<32} {:<32}\n",
-            d.device_id,
-            d.rows,
-            d.first_seq,
-            d.last_seq,
-            d.missing,
-            fmt_time(d.first_time_unix_nano),
-            fmt_time(d.last_time_unix_nano)
+            "{} gaps: {}\n",
+            Escaped(&d.device_id),
+            gap_list(&d.gaps)
         ));
-        if !d.gaps.is_empty() {
-            let list: Vec<String> = d
-                .gaps
-                .iter()
-                .map(|[a, b]| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}..{b}")
-                    }
-                })
-                .collect();
-            out.push_str(&format!("  gaps: {}\n", list.join(", ")));
-        }
     }
     out
 }

@@ -56,16 +56,41 @@ pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
     }
 }
 
-/// Runs a command to completion with a time limit, capturing output.
+/// Runs a command to completion with a time limit, capturing output
+/// (assert_cmd's timeout kills it); stdin is empty. Panics on timeout.
 pub fn run(cmd: &mut Command, limit: Duration) -> Output {
     let what = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let started = Instant::now();
+    let out = assert_cmd::Command::from_std(copy_of(cmd))
+        .write_stdin(Vec::new())
+        .timeout(limit)
+        .output()
         .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
-    wait_output(child, limit, &what)
+    if out.status.code().is_none() && started.elapsed() >= limit {
+        panic!(
+            "{what} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// The same program, arguments, environment and directory (assert_cmd takes
+/// its command by value; callers keep theirs).
+fn copy_of(cmd: &Command) -> Command {
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        c.current_dir(dir);
+    }
+    c
 }
 
 pub fn stdout(o: &Output) -> String {
