@@ -15,3 +15,4 @@ pub mod pki;
 pub mod proto;
 pub mod quickstart;
 pub mod sink;
+pub mod units;
