@@ -19,8 +19,8 @@ use crate::{note, output};
 
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
-    /// Output root for certificates, broker files and profiles.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     /// MQTT over TLS port for the broker.
     #[arg(long, default_value_t = 8883)]

@@ -82,8 +82,8 @@ impl Auth {
 
 #[derive(Debug, Args)]
 pub struct OutDir {
-    /// Output root holding certs/ and mosquitto/.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
 }
 

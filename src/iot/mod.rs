@@ -63,8 +63,8 @@ pub struct AwsArgs {
 pub struct CreateArgs {
     /// Thing name (also the MQTT client id and device id): [a-zA-Z0-9:_-], 1 to 128 characters.
     pub name: String,
-    /// Output root; files go to OUT/iot/NAME/ and OUT/profiles/iot-NAME.toml.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     #[command(flatten)]
     pub aws: AwsArgs,
@@ -89,7 +89,8 @@ pub struct CreateArgs {
 pub struct DeleteArgs {
     /// Thing name.
     pub name: String,
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     #[command(flatten)]
     pub aws: AwsArgs,

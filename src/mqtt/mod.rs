@@ -58,8 +58,8 @@ pub struct ConnectionArgs {
     /// Read connection settings from OUT/profiles/NAME.toml; flags override them.
     #[arg(long, value_name = "NAME", env = "MQTTKIT_PROFILE")]
     pub profile: Option<String>,
-    /// Output root holding certs/ and profiles/.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     /// Broker host name or IP address.
     #[arg(long, short = 'H')]

@@ -96,8 +96,8 @@ impl KeyType {
 
 #[derive(Debug, Args)]
 pub struct OutArg {
-    /// Output root; certificates go to OUT/certs/.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
 }
 
