@@ -64,7 +64,7 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
         websockets_port: None,
         auth: broker::Auth::Cert,
         server_identities: vec![DEFAULT_SERVER.to_string()],
-        timeout: 20,
+        timeout: std::time::Duration::from_secs(20),
     })
     .await?;
 
@@ -72,7 +72,7 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
     let conn = ConnectionArgs {
         out: out.clone(),
         profile: Some(mqtt::profile::LOCAL_PROFILE.into()),
-        keepalive: 30,
+        keepalive: std::time::Duration::from_secs(30),
         ..Default::default()
     };
     let device = conn.resolve(Role::Device(DEFAULT_DEVICE))?;

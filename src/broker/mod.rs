@@ -110,9 +110,9 @@ pub struct UpArgs {
     /// Identity (certificate CN or user) allowed to read all telemetry and send commands; repeatable.
     #[arg(long = "server-identity", value_name = "NAME", default_value = crate::pki::DEFAULT_SERVER)]
     pub server_identities: Vec<String>,
-    /// Seconds to wait for the broker to accept a connection.
-    #[arg(long, default_value_t = 20)]
-    pub timeout: u64,
+    /// How long to wait for the broker to accept a connection: 20s, 1m (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::units::parse_positive_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -416,7 +416,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         out,
         &state,
         args.auth,
-        Duration::from_secs(args.timeout.max(1)),
+        args.timeout,
     )
     .await;
     spinner.finish_and_clear();
@@ -528,7 +528,7 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
             host: Some("localhost".into()),
             port: Some(state.port),
             cafile: Some(crate::pki::certs_dir(out).join("ca.crt")),
-            keepalive: 30,
+            keepalive: Duration::from_secs(30),
             ..Default::default()
         };
         let mut endpoint = conn.resolve(Role::Server)?;
@@ -552,7 +552,7 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
         out: out.to_path_buf(),
         profile: Some(profile::LOCAL_PROFILE.into()),
         port: Some(state.port),
-        keepalive: 30,
+        keepalive: Duration::from_secs(30),
         ..Default::default()
     };
     let mut endpoint = conn.resolve(Role::Server)?;

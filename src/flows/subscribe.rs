@@ -133,7 +133,7 @@ where
     // interrupted write (an acknowledgement) must not be lost.
     let mut poller = Poller::new(eventloop);
     let q = qos(common.qos);
-    let mut reconnect = Reconnect::new(endpoint, common.reconnect_timeout);
+    let mut reconnect = Reconnect::new(endpoint, common.reconnect_timeout.as_secs());
     let mut shutdown = Shutdown::install();
     let mut out = Out::new();
     let mut printed: u64 = 0;

@@ -81,9 +81,9 @@ pub struct ConnectionArgs {
     pub client_id: Option<String>,
     #[arg(long, value_enum)]
     pub transport: Option<Transport>,
-    /// Keep-alive interval in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub keepalive: u64,
+    /// Keep-alive interval: 30s, 1m (a bare number is seconds; at least 5s).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
+    pub keepalive: Duration,
 }
 
 /// Which identity a command acts as when the profile holds several.
@@ -205,7 +205,7 @@ impl ConnectionArgs {
             identity,
             client_id,
             tls,
-            keepalive: Duration::from_secs(self.keepalive.max(5)),
+            keepalive: self.keepalive.max(Duration::from_secs(5)),
             region: p.and_then(|p| p.region.clone()),
         })
     }
