@@ -13,7 +13,13 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Output root holding certs/, profiles/, mosquitto/ and things/ (before or after the subcommand).
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT", global = true)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "out",
+        env = "MQTTKIT_OUT",
+        global = true
+    )]
     pub out: PathBuf,
     #[command(subcommand)]
     pub command: Command,

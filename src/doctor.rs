@@ -33,6 +33,7 @@ pub struct DoctorArgs {
     /// Time allowed for each network step: 5s, 500ms (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::units::parse_positive_duration)]
     pub timeout: Duration,
+    /// Print the verdict and every step as one JSON object on stdout: {"ok", "steps": [...]}.
     #[arg(long)]
     pub json: bool,
 }

@@ -33,16 +33,43 @@ pub struct QuickstartArgs {
     /// Telemetry messages the demo device sends.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub messages: u64,
+    /// JSON lines on stdout instead of text: the pki and `broker up` results,
+    /// one object per telemetry message and command received, then {"done": ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where quickstart's own lines go: text for people, JSON lines for scripts.
+#[derive(Clone, Copy)]
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(self, text: &str, value: serde_json::Value) -> Result<()> {
+        if self.json {
+            output::print_json(&value)
+        } else {
+            output::print_stdout(text)
+        }
+    }
+
+    fn step(self, n: u8, what: &str) {
+        if !self.json {
+            let _ = output::print_stdout(&format!("\n== {n}/3 {what}\n"));
+        }
+    }
 }
 
 pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let out = &args.out;
+    let say = Say { json: args.json };
 
-    step(1, "certificates");
-    ensure_certificates(out)?;
+    say.step(1, "certificates");
+    ensure_certificates(out, say)?;
 
-    step(2, "broker");
+    say.step(2, "broker");
     let running_on = broker::load_state(out)?
         .filter(broker::is_running)
         .map(|s| s.port);
@@ -65,10 +92,11 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
         auth: broker::Auth::Cert,
         server_identities: vec![DEFAULT_SERVER.to_string()],
         timeout: std::time::Duration::from_secs(20),
+        json: args.json,
     })
     .await?;
 
-    step(3, "live round trip");
+    say.step(3, "live round trip");
     let conn = ConnectionArgs {
         out: out.clone(),
         profile: Some(mqtt::profile::LOCAL_PROFILE.into()),
@@ -79,7 +107,7 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
     let server = conn.resolve(Role::Server)?;
     let demo = tokio::time::timeout(
         Duration::from_secs(30),
-        demo(&device, &server, args.messages),
+        demo(&device, &server, args.messages, say),
     )
     .await
     .context("the demo did not finish within 30 s; check `mqttkit broker logs`")??;
@@ -96,16 +124,21 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
         started.elapsed(),
         demo.telemetry
     );
-    output::print_stdout(&summary)?;
+    say.line(
+        &summary,
+        serde_json::json!({
+            "done": true,
+            "elapsed_ms": started.elapsed().as_millis(),
+            "port": port,
+            "telemetry": demo.telemetry,
+            "commands": 1,
+        }),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn step(n: u8, what: &str) {
-    let _ = output::print_stdout(&format!("\n== {n}/3 {what}\n"));
-}
-
 /// Creates the PKI, or reuses it: an existing CA is never replaced.
-fn ensure_certificates(out: &Path) -> Result<()> {
+fn ensure_certificates(out: &Path, say: Say) -> Result<()> {
     let certs = pki::certs_dir(out);
     if !certs.join("ca.crt").exists() {
         return pki::init(pki::InitArgs {
@@ -118,7 +151,7 @@ fn ensure_certificates(out: &Path) -> Result<()> {
             days: 825,
             ca_days: 3650,
             force: false,
-            json: false,
+            json: say.json,
         });
     }
     let mut reused = vec!["ca"];
@@ -141,14 +174,17 @@ fn ensure_certificates(out: &Path) -> Result<()> {
             key_type: pki::KeyType::default(),
             days: 825,
             force: false,
-            json: false,
+            json: say.json,
         })?;
     }
-    output::print_stdout(&format!(
-        "reusing the certificates in {} ({})\n",
-        certs.display(),
-        reused.join(", ")
-    ))?;
+    say.line(
+        &format!(
+            "reusing the certificates in {} ({})\n",
+            certs.display(),
+            reused.join(", ")
+        ),
+        serde_json::json!({ "reused": reused, "certs": certs }),
+    )?;
     if !out.join("profiles/local.toml").exists() {
         mqtt::profile::write_local(out, "localhost", 8883)?;
     }
@@ -179,7 +215,7 @@ async fn until_suback(events: &mut Poller, who: &str, topic: &str) -> Result<()>
     }
 }
 
-async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<DemoResult> {
+async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> Result<DemoResult> {
     let (server_client, server_events) = AsyncClient::new(
         server.mqtt_options(&mqtt::unique_client_id("quickstart-server")),
         100,
@@ -199,10 +235,13 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     let commands = mqtt::command_topic(DEFAULT_DEVICE);
     device_client.subscribe(&commands, QoS::AtLeastOnce).await?;
     until_suback(&mut device_events, DEFAULT_DEVICE, &commands).await?;
-    output::print_stdout(&format!(
-        "server  subscribed to {}\n{DEFAULT_DEVICE} subscribed to {commands}\n",
-        mqtt::ALL_TELEMETRY
-    ))?;
+    say.line(
+        &format!(
+            "server  subscribed to {}\n{DEFAULT_DEVICE} subscribed to {commands}\n",
+            mqtt::ALL_TELEMETRY
+        ),
+        serde_json::json!({ "subscribed": [mqtt::ALL_TELEMETRY, commands] }),
+    )?;
 
     // The device publishes; the server prints what it decodes.
     let topic = mqtt::telemetry_topic(DEFAULT_DEVICE);
@@ -229,10 +268,16 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
                     let t = Telemetry::decode(p.payload.as_ref())
                         .with_context(|| format!("decoding telemetry on {}", p.topic))?;
                     received += 1;
-                    output::print_stdout(&format!(
-                        "server  <- {}  seq={} temperature={:.1}°C humidity={:.0}% battery={:.2}V\n",
-                        p.topic, t.seq, t.temperature_c, t.humidity_pct, t.battery_v
-                    ))?;
+                    say.line(
+                        &format!(
+                            "server  <- {}  seq={} temperature={:.1}°C humidity={:.0}% battery={:.2}V\n",
+                            p.topic, t.seq, t.temperature_c, t.humidity_pct, t.battery_v
+                        ),
+                        serde_json::json!({
+                            "telemetry": { "topic": p.topic, "seq": t.seq, "temperature_c": t.temperature_c,
+                                           "humidity_pct": t.humidity_pct, "battery_v": t.battery_v },
+                        }),
+                    )?;
                 }
                 Ok(_) => {}
                 Err(e) => bail!("server connection: {e}"),
@@ -256,10 +301,10 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     server_client
         .publish(&commands, QoS::AtLeastOnce, false, command.encode_to_vec())
         .await?;
-    output::print_stdout(&format!(
-        "server  -> {commands}  {} {{seconds: 10}}\n",
-        command.name
-    ))?;
+    say.line(
+        &format!("server  -> {commands}  {} {{seconds: 10}}\n", command.name),
+        serde_json::json!({ "sent_command": { "topic": commands, "name": command.name, "id": command.id } }),
+    )?;
     let got = tokio::select! {
         got = &mut device_poll => got?,
         _ = async { loop { if server_events.next().await.is_err() { break; } } } => bail!("server connection lost"),
@@ -267,10 +312,13 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     if got.id != command.id {
         bail!("the device received a different command ({})", got.id);
     }
-    output::print_stdout(&format!(
-        "{DEFAULT_DEVICE} <- {commands}  {} {:?} (id {})\n",
-        got.name, got.params, got.id
-    ))?;
+    say.line(
+        &format!(
+            "{DEFAULT_DEVICE} <- {commands}  {} {:?} (id {})\n",
+            got.name, got.params, got.id
+        ),
+        serde_json::json!({ "received_command": { "topic": commands, "name": got.name, "params": got.params, "id": got.id } }),
+    )?;
     drop(device_poll);
     server_events
         .disconnect(&server_client, Duration::from_secs(2))

@@ -51,7 +51,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     t.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| {
-            format!("'{s}' is not a size ({e}); use bytes (256), KB = 1000 bytes or KiB = 1024 bytes")
+            format!(
+                "'{s}' is not a size ({e}); use bytes (256), KB = 1000 bytes or KiB = 1024 bytes"
+            )
         })
 }
 

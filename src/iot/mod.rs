@@ -106,6 +106,7 @@ pub struct DeleteArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// Print the things as one JSON array on stdout.
     #[arg(long)]
     pub json: bool,
 }

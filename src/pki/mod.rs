@@ -134,7 +134,7 @@ pub struct InitArgs {
     /// Replace existing files.
     #[arg(long)]
     pub force: bool,
-    /// Print what was written as JSON.
+    /// Print the files written as one JSON object on stdout: {"written": [paths]}.
     #[arg(long)]
     pub json: bool,
 }
@@ -158,6 +158,7 @@ pub struct IssueArgs {
     /// Replace existing files for NAME.
     #[arg(long)]
     pub force: bool,
+    /// Print the files written as one JSON object on stdout: {"written": [paths]}.
     #[arg(long)]
     pub json: bool,
 }
@@ -166,6 +167,7 @@ pub struct IssueArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub out: OutArg,
+    /// Print the certificates (subject, issuer, validity, SANs, ...) as one JSON array on stdout.
     #[arg(long)]
     pub json: bool,
 }
