@@ -863,4 +863,23 @@ mod tests {
             "./out/mosquitto"
         );
     }
+
+    #[test]
+    fn a_foreign_compose_file_matters_only_to_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, path) = (dir.path(), dir.path().join("compose.yaml"));
+        assert_eq!(
+            compose_target(&path, Runtime::Docker, out).unwrap(),
+            Some(path.as_path())
+        );
+        std::fs::write(&path, format!("# {COMPOSE_MARKER}\n")).unwrap();
+        assert_eq!(
+            compose_target(&path, Runtime::Native, out).unwrap(),
+            Some(path.as_path())
+        );
+        std::fs::write(&path, "services: {}\n").unwrap();
+        assert_eq!(compose_target(&path, Runtime::Native, out).unwrap(), None);
+        let err = compose_target(&path, Runtime::Docker, out).unwrap_err();
+        assert!(format!("{err}").starts_with("--compose-file "), "{err}");
+    }
 }
