@@ -23,10 +23,10 @@ for cmd in mosquitto mosquitto_pub mosquitto_sub python3; do
   command -v "$cmd" >/dev/null || { echo "error: $cmd not found (apt-get install mosquitto mosquitto-clients python3)" >&2; exit 1; }
 done
 if [ -z "${SKIP_BUILD:-}" ]; then
-  echo "== cargo build --release" >&2
-  (cd "$ROOT" && cargo build --release --quiet)
+  echo "== cargo build --profile profiling" >&2
+  (cd "$ROOT" && cargo build --profile profiling --quiet)
 fi
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mqttkit"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/profiling/mqttkit"
 
 WORK=$(mktemp -d /tmp/mqttkit-compare.XXXXXX)
 PIDS=()

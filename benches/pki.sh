@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20}
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mqttkit
+cargo build --profile profiling --quiet
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/profiling/mqttkit
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rows per second that `sub telemetry --sink` stores at QoS 1 into SQLite,
-# PostgreSQL and InfluxDB, against a local mosquitto (release build).
+# PostgreSQL and InfluxDB, against a local mosquitto (release build with line tables).
 #
 #   benches/sink.sh [N]        (N messages per run, default 100000)
 #
@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 N=${1:-100000}
 RATE=${RATE:-20000}   # live-run publisher rate, msg/s
 
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mqttkit
+cargo build --profile profiling --quiet
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/profiling/mqttkit
 WORK=$(mktemp -d)
 chmod 755 "$WORK" # postgres (another user) must reach its data dir
 PIDS=()

@@ -9,7 +9,7 @@ SUDO=""
 
 need_pkgs=()
 for pair in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl \
-            javac:default-jdk-headless script:bsdutils strace:strace; do
+            javac:default-jdk-headless script:bsdutils strace:strace man:man-db groff:groff-base; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

@@ -1,8 +1,10 @@
 //! The top-level command line. Each family's arguments live beside its code.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "mqttkit", version, about = "Certificates, a Mosquitto broker, AWS IoT things and protobuf MQTT flows", long_about = None)]
@@ -10,6 +12,15 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Output root holding certs/, profiles/, mosquitto/ and things/ (before or after the subcommand).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "out",
+        env = "MQTTKIT_OUT",
+        global = true
+    )]
+    pub out: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +45,13 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Check a connection step by step and name the fix for the first failure.
     Doctor(crate::doctor::DoctorArgs),
+    /// Print a shell completion script: `mqttkit completions bash > /etc/bash_completion.d/mqttkit`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `mqttkit man | man -l -`.
+    Man,
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -49,8 +67,32 @@ pub fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .with_target(false)
         .try_init();
+}
+
+/// Colour only for a person at a terminal, and never with NO_COLOR set to
+/// anything non-empty (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
+/// Writes the completion script for `shell` or the man page to stdout.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut cmd, "mqttkit", &mut out);
+    std::io::Write::flush(&mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_man() -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs one command. Async so networked commands share one runtime.
@@ -65,5 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pub(args) => crate::flows::run_pub(args).await,
         Command::Sub(args) => crate::flows::run_sub(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Completions { shell } => print_completions(shell),
+        Command::Man => print_man(),
     }
 }

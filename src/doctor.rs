@@ -31,9 +31,10 @@ pub struct DoctorArgs {
     /// Check the server identity (wildcard telemetry, commands out) instead of a device.
     #[arg(long, conflicts_with = "device_id")]
     pub server: bool,
-    /// Seconds allowed for each network step.
-    #[arg(long, default_value_t = 5)]
-    pub timeout: u64,
+    /// Time allowed for each network step: 5s, 500ms (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::units::parse_positive_duration)]
+    pub timeout: Duration,
+    /// Print the verdict and every step as one JSON object on stdout: {"ok", "steps": [...]}.
     #[arg(long)]
     pub json: bool,
 }
@@ -103,7 +104,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         steps: Vec::new(),
         json: args.json,
     };
-    let timeout = Duration::from_secs(args.timeout.max(1));
+    let timeout = args.timeout;
     let device = match (&args.device_id, args.server) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => None,

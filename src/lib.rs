@@ -20,3 +20,4 @@ pub mod proto;
 pub mod quickstart;
 pub mod sink;
 pub mod telemetry;
+pub mod units;

@@ -20,8 +20,8 @@ use crate::{note, output};
 
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
-    /// Output root for certificates, broker files and profiles.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     /// MQTT over TLS port for the broker.
     #[arg(long, default_value_t = 8883)]
@@ -34,16 +34,43 @@ pub struct QuickstartArgs {
     /// Telemetry messages the demo device sends.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub messages: u64,
+    /// JSON lines on stdout instead of text: the pki and `broker up` results,
+    /// one object per telemetry message and command received, then {"done": ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where quickstart's own lines go: text for people, JSON lines for scripts.
+#[derive(Clone, Copy)]
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(self, text: &str, value: serde_json::Value) -> Result<()> {
+        if self.json {
+            output::print_json(&value)
+        } else {
+            output::print_stdout(text)
+        }
+    }
+
+    fn step(self, n: u8, what: &str) {
+        if !self.json {
+            let _ = output::print_stdout(&format!("\n== {n}/3 {what}\n"));
+        }
+    }
 }
 
 pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let out = &args.out;
+    let say = Say { json: args.json };
 
-    step(1, "certificates");
-    ensure_certificates(out)?;
+    say.step(1, "certificates");
+    ensure_certificates(out, say)?;
 
-    step(2, "broker");
+    say.step(2, "broker");
     let running_on = broker::load_state(out)?
         .filter(broker::is_running)
         .map(|s| s.port);
@@ -65,22 +92,23 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
         websockets_port: None,
         auth: broker::Auth::Cert,
         server_identities: vec![DEFAULT_SERVER.to_string()],
-        timeout: 20,
+        timeout: std::time::Duration::from_secs(20),
+        json: args.json,
     })
     .await?;
 
-    step(3, "live round trip");
+    say.step(3, "live round trip");
     let conn = ConnectionArgs {
         out: out.clone(),
         profile: Some(mqtt::profile::LOCAL_PROFILE.into()),
-        keepalive: 30,
+        keepalive: std::time::Duration::from_secs(30),
         ..Default::default()
     };
     let device = conn.resolve(Role::Device(DEFAULT_DEVICE))?;
     let server = conn.resolve(Role::Server)?;
     let demo = tokio::time::timeout(
         Duration::from_secs(30),
-        demo(&device, &server, args.messages),
+        demo(&device, &server, args.messages, say),
     )
     .await
     .context("the demo did not finish within 30 s; check `mqttkit broker logs`")??;
@@ -97,16 +125,21 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
         started.elapsed(),
         demo.telemetry
     );
-    output::print_stdout(&summary)?;
+    say.line(
+        &summary,
+        serde_json::json!({
+            "done": true,
+            "elapsed_ms": started.elapsed().as_millis(),
+            "port": port,
+            "telemetry": demo.telemetry,
+            "commands": 1,
+        }),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn step(n: u8, what: &str) {
-    let _ = output::print_stdout(&format!("\n== {n}/3 {what}\n"));
-}
-
 /// Creates the PKI, or reuses it: an existing CA is never replaced.
-fn ensure_certificates(out: &Path) -> Result<()> {
+fn ensure_certificates(out: &Path, say: Say) -> Result<()> {
     let certs = pki::certs_dir(out);
     if !certs.join("ca.crt").exists() {
         return pki::init(pki::InitArgs {
@@ -119,7 +152,7 @@ fn ensure_certificates(out: &Path) -> Result<()> {
             days: 825,
             ca_days: 3650,
             force: false,
-            json: false,
+            json: say.json,
         });
     }
     let mut reused = vec!["ca"];
@@ -142,14 +175,17 @@ fn ensure_certificates(out: &Path) -> Result<()> {
             key_type: pki::KeyType::default(),
             days: 825,
             force: false,
-            json: false,
+            json: say.json,
         })?;
     }
-    output::print_stdout(&format!(
-        "reusing the certificates in {} ({})\n",
-        certs.display(),
-        reused.join(", ")
-    ))?;
+    say.line(
+        &format!(
+            "reusing the certificates in {} ({})\n",
+            certs.display(),
+            reused.join(", ")
+        ),
+        serde_json::json!({ "reused": reused, "certs": certs }),
+    )?;
     if !out.join("profiles/local.toml").exists() {
         mqtt::profile::write_local(out, "localhost", 8883)?;
     }
@@ -176,7 +212,7 @@ async fn until_suback(events: &mut Poller, who: &str, topic: &str) -> Result<()>
     }
 }
 
-async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<DemoResult> {
+async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> Result<DemoResult> {
     let (server_client, server_events) = AsyncClient::new(
         server.mqtt_options(&mqtt::unique_client_id("quickstart-server")),
         100,
@@ -196,10 +232,13 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     let commands = mqtt::command_topic(DEFAULT_DEVICE);
     device_client.subscribe(&commands, QoS::AtLeastOnce).await?;
     until_suback(&mut device_events, DEFAULT_DEVICE, &commands).await?;
-    output::print_stdout(&format!(
-        "server  subscribed to {}\n{DEFAULT_DEVICE} subscribed to {commands}\n",
-        mqtt::ALL_TELEMETRY
-    ))?;
+    say.line(
+        &format!(
+            "server  subscribed to {}\n{DEFAULT_DEVICE} subscribed to {commands}\n",
+            mqtt::ALL_TELEMETRY
+        ),
+        serde_json::json!({ "subscribed": [mqtt::ALL_TELEMETRY, commands] }),
+    )?;
 
     // The device publishes; the server prints what it decodes.
     let topic = mqtt::telemetry_topic(DEFAULT_DEVICE);
@@ -227,11 +266,17 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
                         .with_context(|| format!("decoding telemetry on {}", p.topic))?;
                     received += 1;
                     let device = mqtt::device_of_topic(&p.topic).unwrap_or(&t.device_id);
-                    output::print_stdout(&format!(
-                        "server  <- {}  {}\n",
-                        Escaped(&p.topic),
-                        HumanLine { device, telemetry: &t }
-                    ))?;
+                    say.line(
+                        &format!(
+                            "server  <- {}  {}\n",
+                            Escaped(&p.topic),
+                            HumanLine { device, telemetry: &t }
+                        ),
+                        serde_json::json!({
+                            "telemetry": { "topic": p.topic, "device_id": device, "seq": t.seq, "temperature_c": t.temperature_c,
+                                           "humidity_pct": t.humidity_pct, "battery_v": t.battery_v },
+                        }),
+                    )?;
                 }
                 Ok(_) => {}
                 Err(e) => bail!("server connection: {e}"),
@@ -255,10 +300,10 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     server_client
         .publish(&commands, QoS::AtLeastOnce, false, command.encode_to_vec())
         .await?;
-    output::print_stdout(&format!(
-        "server  -> {commands}  {} {{seconds: 10}}\n",
-        command.name
-    ))?;
+    say.line(
+        &format!("server  -> {commands}  {} {{seconds: 10}}\n", command.name),
+        serde_json::json!({ "sent_command": { "topic": commands, "name": command.name, "id": command.id } }),
+    )?;
     let got = tokio::select! {
         got = &mut device_poll => got?,
         _ = async { loop { if server_events.next().await.is_err() { break; } } } => bail!("server connection lost"),
@@ -266,12 +311,15 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64) -> Result<Dem
     if got.id != command.id {
         bail!("the device received a different command ({})", got.id);
     }
-    output::print_stdout(&format!(
-        "{DEFAULT_DEVICE} <- {commands}  {} {:?} (id {})\n",
-        Escaped(&got.name),
-        got.params,
-        Escaped(&got.id)
-    ))?;
+    say.line(
+        &format!(
+            "{DEFAULT_DEVICE} <- {commands}  {} {:?} (id {})\n",
+            Escaped(&got.name),
+            got.params,
+            Escaped(&got.id)
+        ),
+        serde_json::json!({ "received_command": { "topic": commands, "name": got.name, "params": got.params, "id": got.id } }),
+    )?;
     drop(device_poll);
     server_events
         .disconnect(&server_client, Duration::from_secs(2))

@@ -271,7 +271,7 @@ fn create_thing_rerun_and_delete() {
     let conn = mqttkit::mqtt::ConnectionArgs {
         profile: Some("iot-dev-1".into()),
         out: out.to_path_buf(),
-        keepalive: 30,
+        keepalive: std::time::Duration::from_secs(30),
         ..Default::default()
     };
     let ep = conn.resolve(mqttkit::mqtt::Role::Device("dev-1")).unwrap();

@@ -461,7 +461,7 @@ fn mosquitto_requires_a_certificate_from_this_ca_and_rustls_verifies_the_broker(
             cafile: Some(broker.certs().join("ca.crt")),
             cert: Some(broker.certs().join("server.crt")),
             key: Some(broker.certs().join("server.key")),
-            keepalive: 30,
+            keepalive: std::time::Duration::from_secs(30),
             ..Default::default()
         };
         let ep = conn.resolve(mqttkit::mqtt::Role::Server).unwrap();

@@ -41,14 +41,14 @@ pub struct BenchArgs {
     /// Messages per second per device (default: as fast as the connection allows).
     #[arg(long, value_name = "PER_DEVICE_MSG_PER_S")]
     pub rate: Option<f64>,
-    /// Publish for this many seconds (default: 10, unless --count).
-    #[arg(long, value_name = "SECS", conflicts_with = "count")]
-    pub duration: Option<f64>,
+    /// Publish for this long: 10s, 1m, 0.5 (a bare number is seconds; default: 10s, unless --count).
+    #[arg(long, value_name = "DURATION", conflicts_with = "count", value_parser = crate::units::parse_positive_duration)]
+    pub duration: Option<Duration>,
     /// Messages per device.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// `telemetry` (dummy sensor readings) or a size in bytes (a Telemetry padded to it).
-    #[arg(long, value_name = "telemetry|BYTES", default_value = "telemetry", value_parser = payload::parse_payload)]
+    /// `telemetry` (dummy sensor readings) or a size (a Telemetry padded to it): 256, 1KB (1000 bytes), 1KiB (1024 bytes).
+    #[arg(long, value_name = "telemetry|SIZE", default_value = "telemetry", value_parser = payload::parse_payload)]
     pub payload: PayloadKind,
     /// Most device TLS handshakes in progress at once.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -56,9 +56,9 @@ pub struct BenchArgs {
     /// QoS 1 messages in flight (sent, not yet acknowledged) per device.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=16384))]
     pub inflight: u16,
-    /// After publishing ends, stop waiting for deliveries once none arrived for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
-    pub drain_idle: f64,
+    /// After publishing ends, stop waiting for deliveries once none arrived for this long: 3s, 500ms (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::units::parse_positive_duration)]
+    pub drain_idle: Duration,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -86,23 +86,12 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             bail!("--rate {rate}: must be a positive number of messages per second per device, e.g. --rate 10");
         }
     }
-    if let Some(d) = args.duration {
-        if !(d.is_finite() && d > 0.0) {
-            bail!("--duration {d}: must be a positive number of seconds, e.g. --duration 10");
-        }
-    }
     if args.count == Some(0) {
         bail!("--count 0: must be at least 1 message per device");
     }
-    if !(args.drain_idle.is_finite() && args.drain_idle > 0.0) {
-        bail!(
-            "--drain-idle {}: must be a positive number of seconds",
-            args.drain_idle
-        );
-    }
     let duration = match (args.count, args.duration) {
         (Some(_), _) => None,
-        (None, d) => Some(Duration::from_secs_f64(d.unwrap_or(10.0))),
+        (None, d) => Some(d.unwrap_or(Duration::from_secs(10))),
     };
     let n = args.devices as usize;
     let m = args.subscribers as usize;
@@ -200,7 +189,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     // Drain: until everything arrived, or nothing did for --drain-idle.
     let published: u64 = results.iter().map(|r| r.published).sum();
     let expected = published * m as u64;
-    let idle = Duration::from_secs_f64(args.drain_idle);
+    let idle = args.drain_idle;
     let mut last = live.delivered.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
     loop {

@@ -29,13 +29,13 @@ pub fn parse_payload(s: &str) -> Result<PayloadKind, String> {
     if s == "telemetry" {
         return Ok(PayloadKind::Telemetry);
     }
-    match s.parse::<usize>() {
-        Ok(n) if (MIN_PAYLOAD..=MAX_PAYLOAD).contains(&n) => Ok(PayloadKind::Bytes(n)),
-        Ok(n) => Err(format!(
-            "{n} bytes is out of range; use {MIN_PAYLOAD}..={MAX_PAYLOAD} bytes or `telemetry`"
+    match crate::units::parse_size(s).map(usize::try_from) {
+        Ok(Ok(n)) if (MIN_PAYLOAD..=MAX_PAYLOAD).contains(&n) => Ok(PayloadKind::Bytes(n)),
+        Ok(_) => Err(format!(
+            "'{s}' is out of range; use {MIN_PAYLOAD}..={MAX_PAYLOAD} bytes or `telemetry`"
         )),
         Err(_) => Err(format!(
-            "'{s}' is neither `telemetry` nor a size in bytes, e.g. --payload 256"
+            "'{s}' is neither `telemetry` nor a size, e.g. --payload 256 or --payload 1KiB"
         )),
     }
 }
@@ -134,5 +134,8 @@ mod tests {
         assert_eq!(parse_payload("256"), Ok(PayloadKind::Bytes(256)));
         assert!(parse_payload("10").unwrap_err().contains("out of range"));
         assert!(parse_payload("big").unwrap_err().contains("neither"));
+        assert_eq!(parse_payload("1KB"), Ok(PayloadKind::Bytes(1000)));
+        assert_eq!(parse_payload("1KiB"), Ok(PayloadKind::Bytes(1024)));
+        assert!(parse_payload("1GiB").unwrap_err().contains("out of range"));
     }
 }

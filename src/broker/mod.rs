@@ -4,6 +4,7 @@
 //! Layout under `OUT/mosquitto/`: `mosquitto.conf`, `acl`, `passwd`, `data/`,
 //! `mosquitto.log` and `state.json` (what `up` started, for `status`/`down`).
 
+mod logs;
 mod native;
 pub mod passwd;
 mod render;
@@ -82,8 +83,8 @@ impl Auth {
 
 #[derive(Debug, Args)]
 pub struct OutDir {
-    /// Output root holding certs/ and mosquitto/.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
 }
 
@@ -110,15 +111,19 @@ pub struct UpArgs {
     /// Identity (certificate CN or user) allowed to read all telemetry and send commands; repeatable.
     #[arg(long = "server-identity", value_name = "NAME", default_value = crate::pki::DEFAULT_SERVER)]
     pub server_identities: Vec<String>,
-    /// Seconds to wait for the broker to accept a connection.
-    #[arg(long, default_value_t = 20)]
-    pub timeout: u64,
+    /// How long to wait for the broker to accept a connection: 20s, 1m (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::units::parse_positive_duration)]
+    pub timeout: Duration,
+    /// Print what was started (runtime, pid, port, files) as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub out: OutDir,
+    /// Print the state (runtime, pid, port, health) as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -136,9 +141,12 @@ pub struct LogsArgs {
     /// Keep printing new lines as they are written.
     #[arg(short, long)]
     pub follow: bool,
-    /// Only the last N lines.
+    /// Only the last N lines (autosave notices are left out and not counted).
     #[arg(short = 'n', long, value_name = "N")]
     pub tail: Option<usize>,
+    /// One JSON object per log line on stdout: {"time": RFC 3339 (when the line has one), "line"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +301,14 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
                     state.port
                 );
                 profile::write_local(out, "localhost", state.port)?;
+                if args.json {
+                    output::print_json(&serde_json::json!({
+                        "already_running": true,
+                        "runtime": state.runtime,
+                        "pid": state.pid,
+                        "port": state.port,
+                    }))?;
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             bail!(
@@ -303,17 +319,8 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
             );
         }
     }
-    // The compose file is the user's top-level file: replace only one we rendered.
-    if let Ok(existing) = std::fs::read_to_string(&args.compose_file) {
-        if !existing.contains(COMPOSE_MARKER) {
-            bail!(
-                "--compose-file {} exists and was not written by mqttkit; pass another --compose-file (e.g. {}/compose.yaml) or move it away",
-                args.compose_file.display(),
-                out.display()
-            );
-        }
-    }
     let runtime = resolve_runtime(args.runtime)?;
+    let compose_file = compose_target(&args.compose_file, runtime, out)?;
     let password_file = args.auth != Auth::Cert;
     let passwd_path = dir.join("passwd");
     if password_file && !passwd_path.exists() {
@@ -364,7 +371,9 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let mut files = StagedFiles::new();
     files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);
     files.add(dir.join("acl"), acl, MODE_PUBLIC);
-    files.add(&args.compose_file, compose, MODE_PUBLIC);
+    if let Some(path) = compose_file {
+        files.add(path, compose, MODE_PUBLIC);
+    }
     files.commit(true)?;
     crate::fsutil::create_dir_all(&dir.join("data"))?;
     if let Some(user) = &drop_to {
@@ -384,7 +393,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         auth: args.auth,
         pid: None,
         conf: profile::absolute(&conf_path),
-        compose_file: Some(profile::absolute(&args.compose_file)),
+        compose_file: compose_file.map(profile::absolute),
         log: profile::absolute(&log),
         started_at: now_rfc3339(),
     };
@@ -414,13 +423,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     }
 
     let spinner = output::spinner(format!("waiting for mosquitto on port {}", args.port));
-    let health = wait_healthy(
-        out,
-        &state,
-        args.auth,
-        Duration::from_secs(args.timeout.max(1)),
-    )
-    .await;
+    let health = wait_healthy(out, &state, args.auth, args.timeout).await;
     spinner.finish_and_clear();
     if let Err(e) = health {
         let tail = native::log_tail(&state, 15);
@@ -433,32 +436,88 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
             log.display()
         );
     }
-    let mut summary = format!(
-        "mosquitto is up ({} runtime, pid {}) on port {} with mutual TLS ({} auth), healthy after {:.1?}\n",
-        match runtime {
-            Runtime::Native => "native",
-            _ => "docker",
-        },
-        state
-            .pid
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "-".into()),
-        args.port,
-        args.auth.as_str(),
-        started.elapsed()
-    );
-    if let Some(ws) = args.websockets_port {
-        summary.push_str(&format!("  websockets  wss://{host}:{ws}/mqtt\n"));
+    let report = UpReport {
+        runtime,
+        pid: state.pid,
+        port: args.port,
+        websockets_url: args
+            .websockets_port
+            .map(|ws| format!("wss://{host}:{ws}/mqtt")),
+        auth: args.auth.as_str(),
+        healthy_after_ms: started.elapsed().as_millis(),
+        config: conf_path,
+        compose: compose_file.map(Path::to_path_buf),
+        log,
+        profile: profile_path,
+    };
+    if args.json {
+        output::print_json(&report)?;
+    } else {
+        output::print_stdout(&report.human())?;
     }
-    summary.push_str(&format!(
-        "  config      {}\n  compose     {}\n  log         {}\n  profile     {} (use --profile local)\n",
-        conf_path.display(),
-        args.compose_file.display(),
-        log.display(),
-        profile_path.display()
-    ));
-    output::print_stdout(&summary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The compose file `up` writes, if any. It is the user's top-level file, so
+/// only one we rendered is replaced; a foreign one matters only to docker
+/// (native leaves it alone and writes none).
+fn compose_target<'a>(path: &'a Path, runtime: Runtime, out: &Path) -> Result<Option<&'a Path>> {
+    let foreign =
+        std::fs::read_to_string(path).is_ok_and(|existing| !existing.contains(COMPOSE_MARKER));
+    match (foreign, runtime) {
+        (false, _) => Ok(Some(path)),
+        (true, Runtime::Native) => Ok(None),
+        (true, _) => bail!(
+            "--compose-file {} exists and was not written by mqttkit; pass another --compose-file (e.g. {}/compose.yaml) or move it away",
+            path.display(),
+            out.display()
+        ),
+    }
+}
+
+/// What `broker up` started, for people (lines) and scripts (`--json`).
+#[derive(Debug, Serialize)]
+struct UpReport {
+    runtime: Runtime,
+    pid: Option<i32>,
+    port: u16,
+    websockets_url: Option<String>,
+    auth: &'static str,
+    healthy_after_ms: u128,
+    config: PathBuf,
+    /// None when `--runtime native` left a foreign compose file alone.
+    compose: Option<PathBuf>,
+    log: PathBuf,
+    profile: PathBuf,
+}
+
+impl UpReport {
+    fn human(&self) -> String {
+        let mut s = format!(
+            "mosquitto is up ({} runtime, pid {}) on port {} with mutual TLS ({} auth), healthy after {:.1?}\n",
+            match self.runtime {
+                Runtime::Native => "native",
+                _ => "docker",
+            },
+            self.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            self.port,
+            self.auth,
+            Duration::from_millis(self.healthy_after_ms as u64)
+        );
+        if let Some(url) = &self.websockets_url {
+            s.push_str(&format!("  websockets  {url}\n"));
+        }
+        s.push_str(&format!("  config      {}\n", self.config.display()));
+        if let Some(compose) = &self.compose {
+            s.push_str(&format!("  compose     {}\n", compose.display()));
+        }
+        s.push_str(&format!(
+            "  log         {}\n  profile     {} (use --profile local)\n",
+            self.log.display(),
+            self.profile.display()
+        ));
+        s
+    }
 }
 
 fn publish(bind: Option<&str>, port: u16) -> String {
@@ -530,7 +589,7 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
             host: Some("localhost".into()),
             port: Some(state.port),
             cafile: Some(crate::pki::certs_dir(out).join("ca.crt")),
-            keepalive: 30,
+            keepalive: Duration::from_secs(30),
             ..Default::default()
         };
         let mut endpoint = conn.resolve(Role::Server)?;
@@ -554,7 +613,7 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
         out: out.to_path_buf(),
         profile: Some(profile::LOCAL_PROFILE.into()),
         port: Some(state.port),
-        keepalive: 30,
+        keepalive: Duration::from_secs(30),
         ..Default::default()
     };
     let mut endpoint = conn.resolve(Role::Server)?;
@@ -702,7 +761,7 @@ async fn logs(args: LogsArgs) -> Result<ExitCode> {
             out.display()
         );
     }
-    native::print_log(&log, args.tail, args.follow).await?;
+    logs::print_log(&log, args.tail, args.follow, args.json).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -806,5 +865,24 @@ mod tests {
             compose_path_str(Path::new("out/mosquitto")),
             "./out/mosquitto"
         );
+    }
+
+    #[test]
+    fn a_foreign_compose_file_matters_only_to_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, path) = (dir.path(), dir.path().join("compose.yaml"));
+        assert_eq!(
+            compose_target(&path, Runtime::Docker, out).unwrap(),
+            Some(path.as_path())
+        );
+        std::fs::write(&path, format!("# {COMPOSE_MARKER}\n")).unwrap();
+        assert_eq!(
+            compose_target(&path, Runtime::Native, out).unwrap(),
+            Some(path.as_path())
+        );
+        std::fs::write(&path, "services: {}\n").unwrap();
+        assert_eq!(compose_target(&path, Runtime::Native, out).unwrap(), None);
+        let err = compose_target(&path, Runtime::Docker, out).unwrap_err();
+        assert!(format!("{err}").starts_with("--compose-file "), "{err}");
     }
 }

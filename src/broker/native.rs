@@ -1,7 +1,6 @@
 //! Running mosquitto: the native binary in the background, or docker compose.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -286,43 +285,4 @@ pub fn log_tail(state: &BrokerState, lines: usize) -> String {
     let text = std::fs::read_to_string(&state.log).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-pub async fn print_log(log: &Path, tail: Option<usize>, follow: bool) -> Result<()> {
-    use std::io::Write;
-    let mut file =
-        std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
-    let mut out = std::io::stdout().lock();
-    let reader = std::io::BufReader::new(&mut file);
-    let lines: Vec<String> = reader.lines().collect::<std::io::Result<_>>()?;
-    let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
-    for l in &lines[start..] {
-        writeln!(out, "{l}")?;
-    }
-    out.flush()?;
-    drop(out);
-    if !follow {
-        return Ok(());
-    }
-    let mut pos = file.seek(SeekFrom::End(0))?;
-    let mut shutdown = crate::pipeline::Shutdown::install();
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-        let len = std::fs::metadata(log)?.len();
-        if len < pos {
-            pos = 0; // truncated or rotated
-        }
-        if len > pos {
-            file.seek(SeekFrom::Start(pos))?;
-            let mut buf = Vec::new();
-            file.read_to_end(&mut buf)?;
-            pos += buf.len() as u64;
-            let mut out = std::io::stdout().lock();
-            out.write_all(&buf)?;
-            out.flush()?;
-        }
-    }
 }

@@ -71,9 +71,9 @@ pub struct PubTelemetryArgs {
     /// when full, taking readings pauses.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_queued: usize,
-    /// Give up after this many seconds without a connection.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    pub reconnect_timeout: u64,
+    /// Give up after this long without a connection: 300, 30s, 5m (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
+    pub reconnect_timeout: std::time::Duration,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -119,9 +119,9 @@ pub struct SubCommonArgs {
     /// away or before a crash is lost.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
-    /// Give up after this many seconds without a connection.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    pub reconnect_timeout: u64,
+    /// Give up after this long without a connection: 300, 30s, 5m (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
+    pub reconnect_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

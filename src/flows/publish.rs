@@ -113,7 +113,7 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         slots: vec![None; args.window as usize * 2 + 2],
         connected: false,
         retry_at: None,
-        reconnect: Reconnect::new(&endpoint, Some(Duration::from_secs(args.reconnect_timeout))),
+        reconnect: Reconnect::new(&endpoint, Some(args.reconnect_timeout)),
         progress: Progress::on_terminal(&device),
         sent: 0,
         acked: 0,

@@ -99,7 +99,7 @@ fn subscribe_config(
         qos: qos(common.qos),
         client_id,
         persistent,
-        reconnect_timeout: Some(Duration::from_secs(common.reconnect_timeout)),
+        reconnect_timeout: Some(common.reconnect_timeout),
         count: common.count,
         acks: Acks::AfterCommit,
         connect_timeout: None,

@@ -62,8 +62,8 @@ pub struct AwsArgs {
 pub struct CreateArgs {
     /// Thing name (also the MQTT client id and device id): [a-zA-Z0-9:_-], 1 to 128 characters.
     pub name: String,
-    /// Output root; files go to OUT/iot/NAME/ and OUT/profiles/iot-NAME.toml.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     #[command(flatten)]
     pub aws: AwsArgs,
@@ -88,7 +88,8 @@ pub struct CreateArgs {
 pub struct DeleteArgs {
     /// Thing name.
     pub name: String,
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     #[command(flatten)]
     pub aws: AwsArgs,
@@ -104,6 +105,7 @@ pub struct DeleteArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// Print the things as one JSON array on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -60,8 +60,8 @@ pub struct ConnectionArgs {
     /// Read connection settings from OUT/profiles/NAME.toml; flags override them.
     #[arg(long, value_name = "NAME", env = "MQTTKIT_PROFILE")]
     pub profile: Option<String>,
-    /// Output root holding certs/ and profiles/.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
     /// Broker host name or IP address.
     #[arg(long, short = 'H')]
@@ -83,9 +83,9 @@ pub struct ConnectionArgs {
     pub client_id: Option<String>,
     #[arg(long, value_enum)]
     pub transport: Option<Transport>,
-    /// Keep-alive interval in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub keepalive: u64,
+    /// Keep-alive interval: 30s, 1m (a bare number is seconds; at least 5s).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
+    pub keepalive: Duration,
 }
 
 /// Which identity a command acts as when the profile holds several.
@@ -207,7 +207,7 @@ impl ConnectionArgs {
             identity,
             client_id,
             tls,
-            keepalive: Duration::from_secs(self.keepalive.max(5)),
+            keepalive: self.keepalive.max(Duration::from_secs(5)),
             region: p.and_then(|p| p.region.clone()),
         })
     }

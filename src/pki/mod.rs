@@ -92,8 +92,8 @@ impl KeyType {
 
 #[derive(Debug, Args)]
 pub struct OutArg {
-    /// Output root; certificates go to OUT/certs/.
-    #[arg(long, value_name = "DIR", default_value = "out", env = "MQTTKIT_OUT")]
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
     pub out: PathBuf,
 }
 
@@ -126,7 +126,7 @@ pub struct InitArgs {
     /// Replace existing files.
     #[arg(long)]
     pub force: bool,
-    /// Print what was written as JSON.
+    /// Print the files written as one JSON object on stdout: {"written": [paths]}.
     #[arg(long)]
     pub json: bool,
 }
@@ -150,6 +150,7 @@ pub struct IssueArgs {
     /// Replace existing files for NAME.
     #[arg(long)]
     pub force: bool,
+    /// Print the files written as one JSON object on stdout: {"written": [paths]}.
     #[arg(long)]
     pub json: bool,
 }
@@ -158,6 +159,7 @@ pub struct IssueArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub out: OutArg,
+    /// Print the certificates (subject, issuer, validity, SANs, ...) as one JSON array on stdout.
     #[arg(long)]
     pub json: bool,
 }
