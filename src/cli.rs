@@ -98,6 +98,16 @@ fn print_man() -> anyhow::Result<ExitCode> {
 /// Runs one command. Async so networked commands share one runtime.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Pki(crate::pki::PkiArgs {
+            command: crate::pki::PkiCommand::Init(a),
+        }) => {
+            let cfg = a.config();
+            crate::pki::init(&cfg)?;
+            // The `local` profile points at the new certificates; `broker up`
+            // fills in the real port.
+            crate::mqtt::profile::ensure_local(&cfg.out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pki(args) => crate::pki::run(args).map(|()| ExitCode::SUCCESS),
         Command::Broker(args) => crate::broker::run(args).await,
         Command::Doctor(args) => crate::doctor::run(args).await,

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use x509_parser::prelude::*;
 
 use crate::mqtt::failure::Failure;
-use crate::mqtt::{self, ConnectionArgs, Endpoint, Role, Transport};
+use crate::mqtt::{self, ConnectSpec, ConnectionArgs, Endpoint, Role, Transport};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -108,7 +108,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     let device = match (&args.device_id, args.server) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => None,
-        (None, false) => args.conn.default_device().ok().flatten(),
+        (None, false) => args.conn.spec().default_device().ok().flatten(),
     };
     let role = match &device {
         Some(d) => Role::Device(d),
@@ -116,7 +116,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     };
 
     // 1. Configuration: files exist, parse, and the key matches the certificate.
-    let endpoint = match args.conn.resolve(role) {
+    let endpoint = match args.conn.spec().resolve(role) {
         Ok(e) => e,
         Err(e) => {
             // The error already names the file or flag and the fix.
@@ -238,7 +238,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     // 6. Topic permissions.
     check_permissions(
         &mut report,
-        &args.conn,
+        &args.conn.spec(),
         &endpoint,
         device.as_deref(),
         &client_id,
@@ -484,7 +484,7 @@ fn client_id_for(endpoint: &Endpoint, prefix: &str) -> String {
 /// receives when there is one.
 async fn check_permissions(
     report: &mut Report,
-    conn: &ConnectionArgs,
+    conn: &ConnectSpec,
     endpoint: &Endpoint,
     device: Option<&str>,
     client_id: &str,
@@ -511,9 +511,8 @@ async fn check_permissions(
         ),
     };
     // The peer comes from the profile, not from --cert/--key (those are the identity under test).
-    let profile_only = ConnectionArgs {
-        cert: None,
-        key: None,
+    let profile_only = ConnectSpec {
+        identity: None,
         client_id: None,
         ..conn.clone()
     };

@@ -12,7 +12,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use crate::broker::{self, Runtime};
 use crate::mqtt::poller::Poller;
-use crate::mqtt::{self, ConnectionArgs, Endpoint, Role};
+use crate::mqtt::{self, Endpoint, Role};
 use crate::pki::{self, DEFAULT_DEVICE, DEFAULT_SERVER};
 use crate::proto::{Command, Telemetry};
 use crate::telemetry::{Escaped, HumanLine};
@@ -83,27 +83,17 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
             );
         }
     }
-    broker::up(broker::UpArgs {
-        out: broker::OutDir { out: out.clone() },
+    broker::up(&broker::UpConfig {
         port,
         bind: args.bind.clone(),
         runtime: args.runtime,
-        compose_file: PathBuf::from("compose.yaml"),
-        websockets_port: None,
-        auth: broker::Auth::Cert,
-        server_identities: vec![DEFAULT_SERVER.to_string()],
-        timeout: std::time::Duration::from_secs(20),
         json: args.json,
+        ..broker::UpConfig::new(out)
     })
     .await?;
 
     say.step(3, "live round trip");
-    let conn = ConnectionArgs {
-        out: out.clone(),
-        profile: Some(mqtt::profile::LOCAL_PROFILE.into()),
-        keepalive: std::time::Duration::from_secs(30),
-        ..Default::default()
-    };
+    let conn = mqtt::ConnectSpec::local(&out);
     let device = conn.resolve(Role::Device(DEFAULT_DEVICE))?;
     let server = conn.resolve(Role::Server)?;
     let demo = tokio::time::timeout(
@@ -142,18 +132,11 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
 fn ensure_certificates(out: &Path, say: Say) -> Result<()> {
     let certs = pki::certs_dir(out);
     if !certs.join("ca.crt").exists() {
-        return pki::init(pki::InitArgs {
-            out: pki::OutArg {
-                out: out.to_path_buf(),
-            },
-            clients: Vec::new(),
-            hosts: Vec::new(),
-            key_type: pki::KeyType::default(),
-            days: 825,
-            ca_days: 3650,
-            force: false,
+        pki::init(&pki::InitConfig {
             json: say.json,
-        });
+            ..pki::InitConfig::new(out)
+        })?;
+        return mqtt::profile::ensure_local(out);
     }
     let mut reused = vec!["ca"];
     for (name, server) in [

@@ -268,11 +268,9 @@ fn create_thing_rerun_and_delete() {
         Some(std::path::absolute(dir.join("cert.crt")).unwrap().as_path())
     );
     // The profile resolves into a TLS config with our identity (what `pub --profile iot-dev-1` does).
-    let conn = mqttkit::mqtt::ConnectionArgs {
+    let conn = mqttkit::mqtt::ConnectSpec {
         profile: Some("iot-dev-1".into()),
-        out: out.to_path_buf(),
-        keepalive: std::time::Duration::from_secs(30),
-        ..Default::default()
+        ..mqttkit::mqtt::ConnectSpec::bare(out)
     };
     let ep = conn.resolve(mqttkit::mqtt::Role::Device("dev-1")).unwrap();
     assert!(ep.identity.is_some());

@@ -454,15 +454,15 @@ fn mosquitto_requires_a_certificate_from_this_ca_and_rustls_verifies_the_broker(
     // rustls (rumqttc's TLS) verifies the broker by name and by IP address.
     let rt = tokio::runtime::Runtime::new().unwrap();
     for host in ["localhost", "127.0.0.1"] {
-        let conn = mqttkit::mqtt::ConnectionArgs {
-            out: broker.out(),
+        let conn = mqttkit::mqtt::ConnectSpec {
             host: Some(host.into()),
             port: Some(broker.port),
             cafile: Some(broker.certs().join("ca.crt")),
-            cert: Some(broker.certs().join("server.crt")),
-            key: Some(broker.certs().join("server.key")),
-            keepalive: std::time::Duration::from_secs(30),
-            ..Default::default()
+            identity: Some((
+                broker.certs().join("server.crt"),
+                broker.certs().join("server.key"),
+            )),
+            ..mqttkit::mqtt::ConnectSpec::bare(&broker.out())
         };
         let ep = conn.resolve(mqttkit::mqtt::Role::Server).unwrap();
         rt.block_on(mqttkit::mqtt::probe::connect_once(

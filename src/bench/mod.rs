@@ -20,7 +20,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
-use crate::mqtt::{telemetry_topic, tls, unique_client_id, ConnectionArgs, Endpoint, Role};
+use crate::mqtt::{
+    telemetry_topic, tls, unique_client_id, ConnectSpec, ConnectionArgs, Endpoint, Role,
+};
 use crate::pki::KeyType;
 
 pub use payload::PayloadKind;
@@ -98,8 +100,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     raise_fd_limit(n + m)?;
     let baseline_rss = report::rss_kib();
 
-    let server = args.conn.resolve(Role::Server)?;
-    let (identities, device_specs) = device_specs(&args.conn, &server, n)?;
+    let server = args.conn.spec().resolve(Role::Server)?;
+    let (identities, device_specs) = device_specs(&args.conn.spec(), &server, n)?;
     if let Identities::Shared(id) = &identities {
         crate::note!(
             "bench: no CA key to issue per-device certificates (or a fixed --cert/profile identity): all {n} devices connect as '{id}' and publish to {}; loss is still counted per simulated device from the payload",
@@ -267,12 +269,13 @@ fn raise_fd_limit(connections: usize) -> Result<()> {
 
 /// The devices' identities and connection settings.
 fn device_specs(
-    conn: &ConnectionArgs,
+    conn: &ConnectSpec,
     server: &Endpoint,
     n: usize,
 ) -> Result<(Identities, Vec<device::DeviceSpec>)> {
     let profile = conn.load_profile()?;
-    let fixed_identity = conn.cert.is_some() || profile.as_ref().is_some_and(|p| p.cert.is_some());
+    let fixed_identity =
+        conn.identity.is_some() || profile.as_ref().is_some_and(|p| p.cert.is_some());
     let certs_dir: PathBuf = profile
         .as_ref()
         .and_then(|p| p.certs_dir.clone())

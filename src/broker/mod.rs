@@ -8,6 +8,7 @@ mod logs;
 mod native;
 pub mod passwd;
 mod render;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,10 +18,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC, MODE_SECRET};
-use crate::mqtt::{self, profile, ConnectionArgs, Role};
+use crate::fsutil::{write_atomic, MODE_SECRET};
+use crate::mqtt::{self, profile, ConnectSpec, Role};
 use crate::note;
 use crate::output;
+pub use up::{up, UpConfig};
 
 pub use render::{MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES};
 
@@ -221,7 +223,7 @@ pub fn load_state(out: &Path) -> Result<Option<BrokerState>> {
 
 pub async fn run(args: BrokerArgs) -> Result<ExitCode> {
     match args.command {
-        BrokerCommand::Up(a) => up(a).await,
+        BrokerCommand::Up(a) => up(&a.config()).await,
         BrokerCommand::Status(a) => status(a).await,
         BrokerCommand::Down(a) => down(a).await,
         BrokerCommand::Logs(a) => logs(a).await,
@@ -277,246 +279,6 @@ fn compose_path_str(p: &Path) -> String {
         s
     } else {
         format!("./{s}")
-    }
-}
-
-/// Renders the configuration, starts the broker and waits until it is healthy.
-pub async fn up(args: UpArgs) -> Result<ExitCode> {
-    let out = &args.out.out;
-    let certs = require_certs(out)?;
-    for s in &args.server_identities {
-        crate::pki::validate_identity(s)
-            .map_err(|e| anyhow::anyhow!("--server-identity '{s}': {e}"))?;
-    }
-    if args.websockets_port == Some(args.port) {
-        bail!("--websockets-port must differ from --port ({})", args.port);
-    }
-    let dir = mosquitto_dir(out);
-    if let Some(state) = load_state(out)? {
-        if native::is_running(&state) {
-            if state.port == args.port {
-                note!(
-                    "broker already running (pid {}, port {}); nothing to do",
-                    state.pid.unwrap_or_default(),
-                    state.port
-                );
-                profile::write_local(out, "localhost", state.port)?;
-                if args.json {
-                    output::print_json(&serde_json::json!({
-                        "already_running": true,
-                        "runtime": state.runtime,
-                        "pid": state.pid,
-                        "port": state.port,
-                    }))?;
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            bail!(
-                "a broker from {} is already running on port {}; stop it first with `mqttkit broker down --out {}`",
-                dir.display(),
-                state.port,
-                out.display()
-            );
-        }
-    }
-    let runtime = resolve_runtime(args.runtime)?;
-    let compose_file = compose_target(&args.compose_file, runtime, out)?;
-    let password_file = args.auth != Auth::Cert;
-    let passwd_path = dir.join("passwd");
-    if password_file && !passwd_path.exists() {
-        bail!(
-            "--auth {} needs users; add one with `mqttkit broker user add NAME --out {}`",
-            args.auth.as_str(),
-            out.display()
-        );
-    }
-    for port in std::iter::once(args.port).chain(args.websockets_port) {
-        native::check_port_free(args.bind.as_deref(), port)?;
-    }
-
-    // As root, mosquitto drops to user `mosquitto`, which must still read the
-    // broker key and write its data: give that user exactly those files.
-    let drop_to = native::privilege_drop_user(runtime);
-    let certs_rel = relative_to(&certs, &dir);
-    let queue_mib = MAX_QUEUED_MESSAGES * 200 / (1024 * 1024);
-    let conf = render::mosquitto_conf(&render::ConfVars {
-        port: args.port,
-        bind: args.bind.as_deref(),
-        websockets_port: args.websockets_port,
-        user: drop_to.as_ref().map(|u| u.name.as_str()),
-        auth: args.auth.as_str(),
-        password_file,
-        certs: &certs_rel.display().to_string(),
-        max_queued_messages: MAX_QUEUED_MESSAGES,
-        queue_mib,
-        max_inflight_messages: MAX_INFLIGHT_MESSAGES,
-    })?;
-    let acl = render::acl(&args.server_identities)?;
-    let compose_dir = match args.compose_file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let compose = render::compose(&render::ComposeVars {
-        container_name: "mqttkit-mosquitto",
-        port: args.port,
-        publish_port: publish(args.bind.as_deref(), args.port),
-        websockets_port: args.websockets_port,
-        publish_websockets_port: args
-            .websockets_port
-            .map(|p| publish(args.bind.as_deref(), p))
-            .unwrap_or_default(),
-        mosquitto_dir: &compose_path_str(&relative_to(&dir, &compose_dir)),
-        certs_dir: &compose_path_str(&relative_to(&certs, &compose_dir)),
-    })?;
-    let mut files = StagedFiles::new();
-    files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);
-    files.add(dir.join("acl"), acl, MODE_PUBLIC);
-    if let Some(path) = compose_file {
-        files.add(path, compose, MODE_PUBLIC);
-    }
-    files.commit(true)?;
-    crate::fsutil::create_dir_all(&dir.join("data"))?;
-    if let Some(user) = &drop_to {
-        native::grant(user, &certs.join("broker.key"))?;
-        native::grant(user, &dir.join("data"))?;
-        if password_file {
-            native::grant(user, &passwd_path)?;
-        }
-    }
-    let conf_path = dir.join("mosquitto.conf");
-    let log = dir.join("mosquitto.log");
-    let started = Instant::now();
-    let mut state = BrokerState {
-        runtime,
-        port: args.port,
-        websockets_port: args.websockets_port,
-        auth: args.auth,
-        pid: None,
-        conf: profile::absolute(&conf_path),
-        compose_file: compose_file.map(profile::absolute),
-        log: profile::absolute(&log),
-        started_at: now_rfc3339(),
-    };
-    match runtime {
-        Runtime::Native => {
-            state.pid = Some(native::spawn(&dir, &log)?);
-        }
-        Runtime::Docker => native::compose_up(&args.compose_file)?,
-        Runtime::Auto => unreachable!("resolved above"),
-    }
-    write_atomic(
-        &state_path(out),
-        serde_json::to_string_pretty(&state)?.as_bytes(),
-        MODE_PUBLIC,
-    )?;
-    let host = match args.bind.as_deref() {
-        None | Some("0.0.0.0") | Some("::") => "localhost".to_string(),
-        Some(b) => b.to_string(),
-    };
-    let profile_path = profile::write_local(out, &host, args.port)?;
-    let names = broker_cert_names(out);
-    if !names.contains(&host) {
-        note!(
-            "warning: the broker certificate does not carry '{host}', so clients connecting by it will fail to verify the broker; reissue only the broker certificate with `{}` and restart the broker",
-            mqtt::failure::reissue_broker(&names, Some(&host))
-        );
-    }
-
-    let spinner = output::spinner(format!("waiting for mosquitto on port {}", args.port));
-    let health = wait_healthy(out, &state, args.auth, args.timeout).await;
-    spinner.finish_and_clear();
-    if let Err(e) = health {
-        let tail = native::log_tail(&state, 15);
-        if runtime == Runtime::Native {
-            native::stop(&state, Duration::from_secs(5));
-        }
-        let _ = std::fs::remove_file(state_path(out));
-        bail!(
-            "the broker did not become healthy: {e:#}\n--- {} (last lines) ---\n{tail}",
-            log.display()
-        );
-    }
-    let report = UpReport {
-        runtime,
-        pid: state.pid,
-        port: args.port,
-        websockets_url: args
-            .websockets_port
-            .map(|ws| format!("wss://{host}:{ws}/mqtt")),
-        auth: args.auth.as_str(),
-        healthy_after_ms: started.elapsed().as_millis(),
-        config: conf_path,
-        compose: compose_file.map(Path::to_path_buf),
-        log,
-        profile: profile_path,
-    };
-    if args.json {
-        output::print_json(&report)?;
-    } else {
-        output::print_stdout(&report.human())?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The compose file `up` writes, if any. It is the user's top-level file, so
-/// only one we rendered is replaced; a foreign one matters only to docker
-/// (native leaves it alone and writes none).
-fn compose_target<'a>(path: &'a Path, runtime: Runtime, out: &Path) -> Result<Option<&'a Path>> {
-    let foreign =
-        std::fs::read_to_string(path).is_ok_and(|existing| !existing.contains(COMPOSE_MARKER));
-    match (foreign, runtime) {
-        (false, _) => Ok(Some(path)),
-        (true, Runtime::Native) => Ok(None),
-        (true, _) => bail!(
-            "--compose-file {} exists and was not written by mqttkit; pass another --compose-file (e.g. {}/compose.yaml) or move it away",
-            path.display(),
-            out.display()
-        ),
-    }
-}
-
-/// What `broker up` started, for people (lines) and scripts (`--json`).
-#[derive(Debug, Serialize)]
-struct UpReport {
-    runtime: Runtime,
-    pid: Option<i32>,
-    port: u16,
-    websockets_url: Option<String>,
-    auth: &'static str,
-    healthy_after_ms: u128,
-    config: PathBuf,
-    /// None when `--runtime native` left a foreign compose file alone.
-    compose: Option<PathBuf>,
-    log: PathBuf,
-    profile: PathBuf,
-}
-
-impl UpReport {
-    fn human(&self) -> String {
-        let mut s = format!(
-            "mosquitto is up ({} runtime, pid {}) on port {} with mutual TLS ({} auth), healthy after {:.1?}\n",
-            match self.runtime {
-                Runtime::Native => "native",
-                _ => "docker",
-            },
-            self.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            self.port,
-            self.auth,
-            Duration::from_millis(self.healthy_after_ms as u64)
-        );
-        if let Some(url) = &self.websockets_url {
-            s.push_str(&format!("  websockets  {url}\n"));
-        }
-        s.push_str(&format!("  config      {}\n", self.config.display()));
-        if let Some(compose) = &self.compose {
-            s.push_str(&format!("  compose     {}\n", compose.display()));
-        }
-        s.push_str(&format!(
-            "  log         {}\n  profile     {} (use --profile local)\n",
-            self.log.display(),
-            self.profile.display()
-        ));
-        s
     }
 }
 
@@ -584,18 +346,16 @@ async fn wait_healthy(
 async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> {
     if auth != Auth::Cert {
         // Password auth: a TLS handshake and CONNACK (refused or not) proves it serves.
-        let conn = ConnectionArgs {
-            out: out.to_path_buf(),
+        let spec = ConnectSpec {
             host: Some("localhost".into()),
             port: Some(state.port),
             cafile: Some(crate::pki::certs_dir(out).join("ca.crt")),
-            keepalive: Duration::from_secs(30),
-            ..Default::default()
+            ..ConnectSpec::bare(out)
         };
-        let mut endpoint = conn.resolve(Role::Server)?;
+        let mut endpoint = spec.resolve(Role::Server)?;
         if auth == Auth::Both {
             let (c, k) = mqtt::identity_in(&crate::pki::certs_dir(out), crate::pki::DEFAULT_SERVER);
-            endpoint.tls = mqtt::tls::client_config(&endpoint.cafile, Some((&c, &k)), None)?;
+            endpoint = endpoint.with_identity(&c, &k)?;
         }
         return match mqtt::probe::connect_once(
             &endpoint,
@@ -609,21 +369,15 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
             Err(e) => Err(e.into()),
         };
     }
-    let conn = ConnectionArgs {
-        out: out.to_path_buf(),
-        profile: Some(profile::LOCAL_PROFILE.into()),
+    let spec = ConnectSpec {
         port: Some(state.port),
-        keepalive: Duration::from_secs(30),
-        ..Default::default()
+        ..ConnectSpec::local(out)
     };
-    let mut endpoint = conn.resolve(Role::Server)?;
+    let mut endpoint = spec.resolve(Role::Server)?;
     if !broker_cert_names(out).contains(&endpoint.host) {
         // Listening on an address the certificate lacks: still prove the broker
         // serves our certificate and accepts our client (`up` warns about the name).
-        if let Some((cert, key)) = &endpoint.identity {
-            endpoint.tls =
-                mqtt::tls::client_config_for_name(&endpoint.cafile, (cert, key), "localhost")?;
-        }
+        endpoint = endpoint.verifying_name("localhost")?;
     }
     Ok(mqtt::probe::connect_once(
         &endpoint,
@@ -865,24 +619,5 @@ mod tests {
             compose_path_str(Path::new("out/mosquitto")),
             "./out/mosquitto"
         );
-    }
-
-    #[test]
-    fn a_foreign_compose_file_matters_only_to_docker() {
-        let dir = tempfile::tempdir().unwrap();
-        let (out, path) = (dir.path(), dir.path().join("compose.yaml"));
-        assert_eq!(
-            compose_target(&path, Runtime::Docker, out).unwrap(),
-            Some(path.as_path())
-        );
-        std::fs::write(&path, format!("# {COMPOSE_MARKER}\n")).unwrap();
-        assert_eq!(
-            compose_target(&path, Runtime::Native, out).unwrap(),
-            Some(path.as_path())
-        );
-        std::fs::write(&path, "services: {}\n").unwrap();
-        assert_eq!(compose_target(&path, Runtime::Native, out).unwrap(), None);
-        let err = compose_target(&path, Runtime::Docker, out).unwrap_err();
-        assert!(format!("{err}").starts_with("--compose-file "), "{err}");
     }
 }

@@ -197,7 +197,7 @@ pub(crate) use crate::pipeline::qos;
 pub(crate) fn device_id(conn: &ConnectionArgs, flag: Option<&str>) -> Result<String> {
     let id = match flag {
         Some(id) => id.to_string(),
-        None => match conn.default_device()? {
+        None => match conn.spec().default_device()? {
             Some(id) => id,
             None => bail!(
                 "no device: pass --device-id ID (or use a profile with a device_id, e.g. --profile local after `mqttkit broker up`)"

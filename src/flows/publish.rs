@@ -78,7 +78,7 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         bail!("--max-queued 0: must be at least 1");
     }
     let device = device_id(&args.conn, args.device_id.as_deref())?;
-    let endpoint = args.conn.resolve(Role::Device(&device))?;
+    let endpoint = args.conn.spec().resolve(Role::Device(&device))?;
     // A fixed client id and a kept session, so the broker resumes our packet
     // ids after a reconnect.
     let client_id = endpoint.client_id.clone().unwrap_or_else(|| device.clone());
@@ -547,7 +547,7 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
     if args.name.is_empty() {
         bail!("--name: must not be empty; e.g. --name reboot");
     }
-    let endpoint = args.conn.resolve(Role::Server)?;
+    let endpoint = args.conn.spec().resolve(Role::Server)?;
     let client_id = endpoint
         .client_id
         .clone()

@@ -43,7 +43,7 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
     if args.sink.is_some() {
         return run_sink(args, filter).await;
     }
-    let endpoint = args.conn.resolve(Role::Server)?;
+    let endpoint = args.conn.spec().resolve(Role::Server)?;
     let identity = identity_name(&endpoint, "server");
     let fixed_id = match &args.device_id {
         Some(id) => format!("{identity}-sub-telemetry-{id}"),
@@ -60,7 +60,7 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
 
 pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
     let device = device_id(&args.conn, args.device_id.as_deref())?;
-    let endpoint = args.conn.resolve(Role::Device(&device))?;
+    let endpoint = args.conn.spec().resolve(Role::Device(&device))?;
     let filter = command_topic(&device);
     let fixed_id = format!("{device}-sub-commands");
     let printer = CommandPrinter {
@@ -76,7 +76,7 @@ async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
         bail!("--json: not used with --sink (the messages go to the store, not to stdout); drop --json and read the rows with `mqttkit sink stats URL --json`");
     }
     let sink = crate::sink::Sink::open(&args.sink).await?;
-    let endpoint = args.conn.resolve(Role::Server)?;
+    let endpoint = args.conn.spec().resolve(Role::Server)?;
     let client_id = endpoint
         .client_id
         .clone()

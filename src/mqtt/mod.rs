@@ -55,7 +55,7 @@ pub enum Transport {
 }
 
 /// Connection options shared by every networked command.
-#[derive(Debug, Clone, Args, Default)]
+#[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
     /// Read connection settings from OUT/profiles/NAME.toml; flags override them.
     #[arg(long, value_name = "NAME", env = "MQTTKIT_PROFILE")]
@@ -86,6 +86,70 @@ pub struct ConnectionArgs {
     /// Keep-alive interval: 30s, 1m (a bare number is seconds; at least 5s).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
     pub keepalive: Duration,
+}
+
+/// The keep-alive a connection uses unless told otherwise.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Where and how to connect, before the profile is read: the library's
+/// form of the connection flags. The CLI builds it from [`ConnectionArgs`]
+/// (`spec()`); `broker`, `quickstart` and `doctor` build it themselves.
+#[derive(Debug, Clone)]
+pub struct ConnectSpec {
+    /// Output root holding certs/ and profiles/.
+    pub out: PathBuf,
+    /// Profile to read; `None` reads `local` when it exists.
+    pub profile: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub cafile: Option<PathBuf>,
+    /// Client certificate and key, overriding the profile's identity.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub client_id: Option<String>,
+    pub transport: Option<Transport>,
+    pub keepalive: Duration,
+}
+
+impl ConnectSpec {
+    /// The `local` profile of an output root (written by `pki init`/`broker up`).
+    pub fn local(out: &Path) -> Self {
+        ConnectSpec {
+            profile: Some(profile::LOCAL_PROFILE.into()),
+            ..Self::bare(out)
+        }
+    }
+
+    /// Nothing set: the `local` profile if it exists, else defaults.
+    pub fn bare(out: &Path) -> Self {
+        ConnectSpec {
+            out: out.to_path_buf(),
+            profile: None,
+            host: None,
+            port: None,
+            cafile: None,
+            identity: None,
+            client_id: None,
+            transport: None,
+            keepalive: DEFAULT_KEEPALIVE,
+        }
+    }
+}
+
+impl ConnectionArgs {
+    /// The one conversion from the flags to the library's configuration.
+    pub fn spec(&self) -> ConnectSpec {
+        ConnectSpec {
+            out: self.out.clone(),
+            profile: self.profile.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            cafile: self.cafile.clone(),
+            identity: self.cert.clone().zip(self.key.clone()),
+            client_id: self.client_id.clone(),
+            transport: self.transport,
+            keepalive: self.keepalive,
+        }
+    }
 }
 
 /// Which identity a command acts as when the profile holds several.
@@ -121,7 +185,7 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-impl ConnectionArgs {
+impl ConnectSpec {
     pub fn load_profile(&self) -> Result<Option<Profile>> {
         match &self.profile {
             Some(name) => Ok(Some(Profile::load(&self.out, name)?)),
@@ -170,10 +234,10 @@ impl ConnectionArgs {
                 "no CA certificate: pass --cafile FILE or --profile NAME (run `mqttkit pki init` and `mqttkit broker up` to create the `local` profile)"
             ),
         };
-        let identity = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-            _ => p.and_then(|p| identity_from_profile(p, role)),
-        };
+        let identity = self
+            .identity
+            .clone()
+            .or_else(|| p.and_then(|p| identity_from_profile(p, role)));
         if let Some((cert, _)) = &identity {
             if !cert.exists() {
                 let who = match role {
@@ -273,6 +337,23 @@ impl Endpoint {
         opts.set_keep_alive(self.keepalive);
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
         opts
+    }
+
+    /// The same place, connecting as another identity (files in PEM).
+    pub fn with_identity(mut self, cert: &Path, key: &Path) -> Result<Self> {
+        let alpn = (self.transport == Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
+        self.tls = tls::client_config(&self.cafile, Some((cert, key)), alpn)?;
+        self.identity = Some((cert.to_path_buf(), key.to_path_buf()));
+        Ok(self)
+    }
+
+    /// The same place, verifying the broker's certificate for `name`
+    /// instead of the host connected to (an address the certificate lacks).
+    pub fn verifying_name(mut self, name: &str) -> Result<Self> {
+        if let Some((cert, key)) = &self.identity {
+            self.tls = tls::client_config_for_name(&self.cafile, (cert, key), name)?;
+        }
+        Ok(self)
     }
 
     /// The region to SigV4-sign a WebSocket connection for: the profile's, or

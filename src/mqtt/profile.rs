@@ -108,6 +108,14 @@ pub fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Writes (or updates the port of) the `local` profile for the broker in `out`.
+/// Writes the `local` profile (localhost:8883) unless one exists.
+pub fn ensure_local(out: &Path) -> Result<()> {
+    if !profile_path(out, LOCAL_PROFILE).exists() {
+        write_local(out, "localhost", 8883)?;
+    }
+    Ok(())
+}
+
 pub fn write_local(out: &Path, host: &str, port: u16) -> Result<PathBuf> {
     let certs = absolute(&crate::identity::certs_dir(out));
     let profile = Profile {

@@ -103,6 +103,56 @@ impl OutArg {
     }
 }
 
+/// Default validity of broker and client certificates, in days (the
+/// CA/Browser Forum's old maximum, which Apple platforms still enforce).
+pub const DEFAULT_DAYS: u32 = 825;
+/// Default validity of the CA certificate, in days.
+pub const DEFAULT_CA_DAYS: u32 = 3650;
+
+/// What `pki init` is asked to create, from flags or built by a caller.
+#[derive(Debug, Clone)]
+pub struct InitConfig {
+    pub out: PathBuf,
+    pub clients: Vec<String>,
+    pub hosts: Vec<String>,
+    pub key_type: KeyType,
+    pub days: u32,
+    pub ca_days: u32,
+    pub force: bool,
+    pub json: bool,
+}
+
+impl InitConfig {
+    /// The defaults of `pki init` for output root `out`.
+    pub fn new(out: &Path) -> Self {
+        InitConfig {
+            out: out.to_path_buf(),
+            clients: Vec::new(),
+            hosts: Vec::new(),
+            key_type: KeyType::default(),
+            days: DEFAULT_DAYS,
+            ca_days: DEFAULT_CA_DAYS,
+            force: false,
+            json: false,
+        }
+    }
+}
+
+impl InitArgs {
+    pub fn config(&self) -> InitConfig {
+        InitConfig {
+            out: self.out.out.clone(),
+            clients: self.clients.clone(),
+            hosts: self.hosts.clone(),
+            key_type: self.key_type,
+            days: self.days,
+            ca_days: self.ca_days,
+            force: self.force,
+            json: self.json,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
     #[command(flatten)]
@@ -118,10 +168,10 @@ pub struct InitArgs {
     #[arg(long, value_enum, default_value_t)]
     pub key_type: KeyType,
     /// Validity of broker and client certificates, in days.
-    #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    #[arg(long, default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub days: u32,
     /// Validity of the CA certificate, in days.
-    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    #[arg(long, default_value_t = DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub ca_days: u32,
     /// Replace existing files.
     #[arg(long)]
@@ -145,7 +195,7 @@ pub struct IssueArgs {
     pub hosts: Vec<String>,
     #[arg(long, value_enum, default_value_t)]
     pub key_type: KeyType,
-    #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    #[arg(long, default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub days: u32,
     /// Replace existing files for NAME.
     #[arg(long)]
@@ -166,7 +216,7 @@ pub struct ListArgs {
 
 pub fn run(args: PkiArgs) -> Result<()> {
     match args.command {
-        PkiCommand::Init(a) => init(a),
+        PkiCommand::Init(a) => init(&a.config()),
         PkiCommand::Issue(a) => issue(a),
         PkiCommand::List(a) => list(a),
     }
@@ -302,7 +352,7 @@ fn stage_identity(files: &mut StagedFiles, dir: &Path, name: &str, issued: &Issu
     }
 }
 
-pub fn init(args: InitArgs) -> Result<()> {
+pub fn init(args: &InitConfig) -> Result<()> {
     let hosts = if args.hosts.is_empty() {
         default_hosts()
     } else {
@@ -323,8 +373,8 @@ pub fn init(args: InitArgs) -> Result<()> {
             clients.push(c);
         }
     }
-    let dir = args.out.certs_dir();
-    check_out_dir(&args.out.out)?;
+    let dir = certs_dir(&args.out);
+    check_out_dir(&args.out)?;
 
     let ca_key = args.key_type.generate()?;
     let ca_cert = ca_params(args.ca_days)
@@ -346,12 +396,6 @@ pub fn init(args: InitArgs) -> Result<()> {
         stage_identity(&mut files, &dir, c, &issued, true);
     }
     let written = files.commit(args.force).map_err(anyhow::Error::from)?;
-    // Profiles point at the certificates; `broker up` fills in the real port.
-    let local =
-        crate::mqtt::profile::profile_path(&args.out.out, crate::mqtt::profile::LOCAL_PROFILE);
-    if !local.exists() {
-        crate::mqtt::profile::write_local(&args.out.out, "localhost", 8883)?;
-    }
     let names: Vec<String> = hosts.iter().map(ToString::to_string).collect();
     report_written(&written, args.json, |s| {
         s.push_str(&format!(

@@ -1,0 +1,402 @@
+//! `broker up`: validate the request, render the files, start mosquitto,
+//! wait until a real TLS + MQTT CONNECT succeeds, report. Each step is one
+//! function; [`UpConfig`] is the resolved request, so `quickstart` calls the
+//! same code without building clap structs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::native;
+use super::{
+    broker_cert_names, compose_path_str, load_state, mosquitto_dir, now_rfc3339, publish,
+    relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Runtime,
+    UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
+};
+use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC};
+use crate::mqtt::{self, profile};
+use crate::{note, output};
+
+/// The default MQTT over TLS port.
+pub const DEFAULT_PORT: u16 = 8883;
+/// How long `up` waits for the broker to accept a connection by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What `broker up` is asked to do, resolved from flags or built by a caller.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    pub out: PathBuf,
+    pub port: u16,
+    pub bind: Option<String>,
+    pub runtime: Runtime,
+    pub compose_file: PathBuf,
+    pub websockets_port: Option<u16>,
+    pub auth: Auth,
+    pub server_identities: Vec<String>,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+impl UpConfig {
+    /// The defaults of `broker up` for output root `out`.
+    pub fn new(out: &Path) -> Self {
+        UpConfig {
+            out: out.to_path_buf(),
+            port: DEFAULT_PORT,
+            bind: None,
+            runtime: Runtime::default(),
+            compose_file: PathBuf::from("compose.yaml"),
+            websockets_port: None,
+            auth: Auth::default(),
+            server_identities: vec![crate::identity::DEFAULT_SERVER.to_string()],
+            timeout: DEFAULT_TIMEOUT,
+            json: false,
+        }
+    }
+}
+
+impl UpArgs {
+    pub fn config(&self) -> UpConfig {
+        UpConfig {
+            out: self.out.out.clone(),
+            port: self.port,
+            bind: self.bind.clone(),
+            runtime: self.runtime,
+            compose_file: self.compose_file.clone(),
+            websockets_port: self.websockets_port,
+            auth: self.auth,
+            server_identities: self.server_identities.clone(),
+            timeout: self.timeout,
+            json: self.json,
+        }
+    }
+}
+
+/// Decisions made before anything is written.
+struct Plan<'a> {
+    certs: PathBuf,
+    dir: PathBuf,
+    runtime: Runtime,
+    /// None when `--runtime native` leaves a foreign compose file alone.
+    compose_file: Option<&'a Path>,
+    password_file: bool,
+    /// As root, mosquitto drops to this user, which must read the key and data.
+    drop_to: Option<nix::unistd::User>,
+}
+
+/// Renders the configuration, starts the broker and waits until it is healthy.
+pub async fn up(cfg: &UpConfig) -> Result<ExitCode> {
+    let certs = validate(cfg)?;
+    if let Some(code) = already_running(cfg)? {
+        return Ok(code);
+    }
+    let plan = plan(cfg, certs)?;
+    render_files(cfg, &plan)?;
+    let started = Instant::now();
+    let state = start(cfg, &plan)?;
+    let host = client_host(cfg.bind.as_deref());
+    let profile_path = profile::write_local(&cfg.out, &host, cfg.port)?;
+    warn_missing_name(&cfg.out, &host);
+    wait(cfg, &state).await?;
+    let report = UpReport {
+        runtime: plan.runtime,
+        pid: state.pid,
+        port: cfg.port,
+        websockets_url: cfg
+            .websockets_port
+            .map(|ws| format!("wss://{host}:{ws}/mqtt")),
+        auth: cfg.auth.as_str(),
+        healthy_after_ms: started.elapsed().as_millis(),
+        config: plan.dir.join("mosquitto.conf"),
+        compose: plan.compose_file.map(Path::to_path_buf),
+        log: plan.dir.join("mosquitto.log"),
+        profile: profile_path,
+    };
+    if cfg.json {
+        output::print_json(&report)?;
+    } else {
+        output::print_stdout(&report.human())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the request itself; returns the certificates directory.
+fn validate(cfg: &UpConfig) -> Result<PathBuf> {
+    let certs = require_certs(&cfg.out)?;
+    for s in &cfg.server_identities {
+        crate::pki::validate_identity(s)
+            .map_err(|e| anyhow::anyhow!("--server-identity '{s}': {e}"))?;
+    }
+    if cfg.websockets_port == Some(cfg.port) {
+        bail!("--websockets-port must differ from --port ({})", cfg.port);
+    }
+    Ok(certs)
+}
+
+/// `up` again on the same port is a no-op; another port is an error.
+fn already_running(cfg: &UpConfig) -> Result<Option<ExitCode>> {
+    let out = &cfg.out;
+    let Some(state) = load_state(out)?.filter(native::is_running) else {
+        return Ok(None);
+    };
+    if state.port != cfg.port {
+        bail!(
+            "a broker from {} is already running on port {}; stop it first with `mqttkit broker down --out {}`",
+            mosquitto_dir(out).display(),
+            state.port,
+            out.display()
+        );
+    }
+    note!(
+        "broker already running (pid {}, port {}); nothing to do",
+        state.pid.unwrap_or_default(),
+        state.port
+    );
+    profile::write_local(out, "localhost", state.port)?;
+    if cfg.json {
+        output::print_json(&serde_json::json!({
+            "already_running": true,
+            "runtime": state.runtime,
+            "pid": state.pid,
+            "port": state.port,
+        }))?;
+    }
+    Ok(Some(ExitCode::SUCCESS))
+}
+
+/// The runtime, the files to write and who must read them; fails before
+/// anything is written when users or ports are missing.
+fn plan(cfg: &UpConfig, certs: PathBuf) -> Result<Plan<'_>> {
+    let runtime = super::resolve_runtime(cfg.runtime)?;
+    let compose_file = compose_target(&cfg.compose_file, runtime, &cfg.out)?;
+    let dir = mosquitto_dir(&cfg.out);
+    let password_file = cfg.auth != Auth::Cert;
+    if password_file && !dir.join("passwd").exists() {
+        bail!(
+            "--auth {} needs users; add one with `mqttkit broker user add NAME --out {}`",
+            cfg.auth.as_str(),
+            cfg.out.display()
+        );
+    }
+    for port in std::iter::once(cfg.port).chain(cfg.websockets_port) {
+        native::check_port_free(cfg.bind.as_deref(), port)?;
+    }
+    Ok(Plan {
+        certs,
+        dir,
+        runtime,
+        compose_file,
+        password_file,
+        drop_to: native::privilege_drop_user(runtime),
+    })
+}
+
+/// Writes mosquitto.conf, the ACL and the compose file as one set, then
+/// gives the broker's user exactly the files it needs.
+fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
+    let dir = &plan.dir;
+    let conf = render::mosquitto_conf(&render::ConfVars {
+        port: cfg.port,
+        bind: cfg.bind.as_deref(),
+        websockets_port: cfg.websockets_port,
+        user: plan.drop_to.as_ref().map(|u| u.name.as_str()),
+        auth: cfg.auth.as_str(),
+        password_file: plan.password_file,
+        certs: &relative_to(&plan.certs, dir).display().to_string(),
+        max_queued_messages: MAX_QUEUED_MESSAGES,
+        queue_mib: MAX_QUEUED_MESSAGES * 200 / (1024 * 1024),
+        max_inflight_messages: MAX_INFLIGHT_MESSAGES,
+    })?;
+    let mut files = StagedFiles::new();
+    files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);
+    files.add(
+        dir.join("acl"),
+        render::acl(&cfg.server_identities)?,
+        MODE_PUBLIC,
+    );
+    if let Some(path) = plan.compose_file {
+        files.add(path, render_compose(cfg, plan)?, MODE_PUBLIC);
+    }
+    files.commit(true)?;
+    crate::fsutil::create_dir_all(&dir.join("data"))?;
+    if let Some(user) = &plan.drop_to {
+        native::grant(user, &plan.certs.join("broker.key"))?;
+        native::grant(user, &dir.join("data"))?;
+        if plan.password_file {
+            native::grant(user, &dir.join("passwd"))?;
+        }
+    }
+    Ok(())
+}
+
+fn render_compose(cfg: &UpConfig, plan: &Plan<'_>) -> Result<String> {
+    let compose_dir = match cfg.compose_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let bind = cfg.bind.as_deref();
+    render::compose(&render::ComposeVars {
+        container_name: "mqttkit-mosquitto",
+        port: cfg.port,
+        publish_port: publish(bind, cfg.port),
+        websockets_port: cfg.websockets_port,
+        publish_websockets_port: cfg
+            .websockets_port
+            .map(|p| publish(bind, p))
+            .unwrap_or_default(),
+        mosquitto_dir: &compose_path_str(&relative_to(&plan.dir, &compose_dir)),
+        certs_dir: &compose_path_str(&relative_to(&plan.certs, &compose_dir)),
+    })
+}
+
+/// Starts mosquitto (or the container) and records what was started.
+fn start(cfg: &UpConfig, plan: &Plan<'_>) -> Result<BrokerState> {
+    let log = plan.dir.join("mosquitto.log");
+    let mut state = BrokerState {
+        runtime: plan.runtime,
+        port: cfg.port,
+        websockets_port: cfg.websockets_port,
+        auth: cfg.auth,
+        pid: None,
+        conf: profile::absolute(&plan.dir.join("mosquitto.conf")),
+        compose_file: plan.compose_file.map(profile::absolute),
+        log: profile::absolute(&log),
+        started_at: now_rfc3339(),
+    };
+    match plan.runtime {
+        Runtime::Native => state.pid = Some(native::spawn(&plan.dir, &log)?),
+        Runtime::Docker => native::compose_up(&cfg.compose_file)?,
+        Runtime::Auto => unreachable!("resolved by plan()"),
+    }
+    write_atomic(
+        &state_path(&cfg.out),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+        MODE_PUBLIC,
+    )?;
+    Ok(state)
+}
+
+/// The host clients use: the bind address, or localhost for a wildcard.
+fn client_host(bind: Option<&str>) -> String {
+    match bind {
+        None | Some("0.0.0.0") | Some("::") => "localhost".to_string(),
+        Some(b) => b.to_string(),
+    }
+}
+
+fn warn_missing_name(out: &Path, host: &str) {
+    let names = broker_cert_names(out);
+    if !names.iter().any(|n| n == host) {
+        note!(
+            "warning: the broker certificate does not carry '{host}', so clients connecting by it will fail to verify the broker; reissue only the broker certificate with `{}` and restart the broker",
+            mqtt::failure::reissue_broker(&names, Some(host))
+        );
+    }
+}
+
+/// Waits until the broker is healthy; otherwise stops what was started and
+/// fails with the log's last lines.
+async fn wait(cfg: &UpConfig, state: &BrokerState) -> Result<()> {
+    let spinner = output::spinner(format!("waiting for mosquitto on port {}", cfg.port));
+    let health = wait_healthy(&cfg.out, state, cfg.auth, cfg.timeout).await;
+    spinner.finish_and_clear();
+    let Err(e) = health else { return Ok(()) };
+    let tail = native::log_tail(state, 15);
+    if state.runtime == Runtime::Native {
+        native::stop(state, Duration::from_secs(5));
+    }
+    let _ = std::fs::remove_file(state_path(&cfg.out));
+    bail!(
+        "the broker did not become healthy: {e:#}\n--- {} (last lines) ---\n{tail}",
+        state.log.display()
+    );
+}
+
+/// The compose file `up` writes, if any. It is the user's top-level file, so
+/// only one we rendered is replaced; a foreign one matters only to docker
+/// (native leaves it alone and writes none).
+fn compose_target<'a>(path: &'a Path, runtime: Runtime, out: &Path) -> Result<Option<&'a Path>> {
+    let foreign =
+        std::fs::read_to_string(path).is_ok_and(|existing| !existing.contains(COMPOSE_MARKER));
+    match (foreign, runtime) {
+        (false, _) => Ok(Some(path)),
+        (true, Runtime::Native) => Ok(None),
+        (true, _) => bail!(
+            "--compose-file {} exists and was not written by mqttkit; pass another --compose-file (e.g. {}/compose.yaml) or move it away",
+            path.display(),
+            out.display()
+        ),
+    }
+}
+
+/// What `broker up` started, for people (lines) and scripts (`--json`).
+#[derive(Debug, Serialize)]
+struct UpReport {
+    runtime: Runtime,
+    pid: Option<i32>,
+    port: u16,
+    websockets_url: Option<String>,
+    auth: &'static str,
+    healthy_after_ms: u128,
+    config: PathBuf,
+    /// None when `--runtime native` left a foreign compose file alone.
+    compose: Option<PathBuf>,
+    log: PathBuf,
+    profile: PathBuf,
+}
+
+impl UpReport {
+    fn human(&self) -> String {
+        let mut s = format!(
+            "mosquitto is up ({} runtime, pid {}) on port {} with mutual TLS ({} auth), healthy after {:.1?}\n",
+            match self.runtime {
+                Runtime::Native => "native",
+                _ => "docker",
+            },
+            self.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            self.port,
+            self.auth,
+            Duration::from_millis(self.healthy_after_ms as u64)
+        );
+        if let Some(url) = &self.websockets_url {
+            s.push_str(&format!("  websockets  {url}\n"));
+        }
+        s.push_str(&format!("  config      {}\n", self.config.display()));
+        if let Some(compose) = &self.compose {
+            s.push_str(&format!("  compose     {}\n", compose.display()));
+        }
+        s.push_str(&format!(
+            "  log         {}\n  profile     {} (use --profile local)\n",
+            self.log.display(),
+            self.profile.display()
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_compose_file_matters_only_to_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, path) = (dir.path(), dir.path().join("compose.yaml"));
+        assert_eq!(
+            compose_target(&path, Runtime::Docker, out).unwrap(),
+            Some(path.as_path())
+        );
+        std::fs::write(&path, format!("# {COMPOSE_MARKER}\n")).unwrap();
+        assert_eq!(
+            compose_target(&path, Runtime::Native, out).unwrap(),
+            Some(path.as_path())
+        );
+        std::fs::write(&path, "services: {}\n").unwrap();
+        assert_eq!(compose_target(&path, Runtime::Native, out).unwrap(), None);
+        let err = compose_target(&path, Runtime::Docker, out).unwrap_err();
+        assert!(format!("{err}").starts_with("--compose-file "), "{err}");
+    }
+}
