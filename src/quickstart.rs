@@ -93,7 +93,7 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
     .await?;
 
     say.step(3, "live round trip");
-    let conn = mqtt::ConnectSpec::local(&out);
+    let conn = mqtt::ConnectSpec::local(out);
     let device = conn.resolve(Role::Device(DEFAULT_DEVICE))?;
     let server = conn.resolve(Role::Server)?;
     let demo = tokio::time::timeout(
