@@ -149,23 +149,11 @@ pub struct SubCommandArgs {
 }
 
 pub async fn run_pub(args: PubArgs) -> Result<ExitCode> {
-    on_worker(async move {
-        match args.command {
-            PubCommand::Telemetry(a) => publish::run_telemetry(a).await,
-            PubCommand::Command(a) => publish::run_command(a).await,
-        }
-    })
-    .await
+    on_worker(publish::run(args.command)).await
 }
 
 pub async fn run_sub(args: SubArgs) -> Result<ExitCode> {
-    on_worker(async move {
-        match args.command {
-            SubCommand::Telemetry(a) => subscribe::run_telemetry(a).await,
-            SubCommand::Command(a) => subscribe::run_command(a).await,
-        }
-    })
-    .await
+    on_worker(subscribe::run(args.command)).await
 }
 
 /// Runs a flow as a task on a runtime worker: the worker that receives a

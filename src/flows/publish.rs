@@ -66,6 +66,13 @@ enum End {
     Failed(anyhow::Error),
 }
 
+pub async fn run(command: super::PubCommand) -> Result<ExitCode> {
+    match command {
+        super::PubCommand::Telemetry(a) => run_telemetry(a).await,
+        super::PubCommand::Command(a) => run_command(a).await,
+    }
+}
+
 pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {

@@ -32,6 +32,13 @@ use crate::telemetry::{rfc3339_nanos, Escaped, HumanLine, HumanTime};
 /// Longest a received line waits in the stdout buffer (when not a TTY).
 const FLUSH_AFTER: Duration = Duration::from_millis(10);
 
+pub async fn run(command: super::SubCommand) -> Result<ExitCode> {
+    match command {
+        super::SubCommand::Telemetry(a) => run_telemetry(a).await,
+        super::SubCommand::Command(a) => run_command(a).await,
+    }
+}
+
 pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
     let filter = match &args.device_id {
         Some(id) => {
