@@ -300,7 +300,13 @@ fn password_file_in_mosquitto_format() {
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
     let after = std::fs::read_to_string(broker.out().join("mosquitto/passwd")).unwrap();
     assert_eq!(passwd, after, "the password file changed");
-    broker.up();
+    let up = broker.up();
+    assert!(
+        stdout(&up)
+            .contains("with TLS and passwords (password auth; no client certificate required)"),
+        "{}",
+        stdout(&up)
+    );
     let base = mosquitto_tls_args(&broker, None);
     let right = run(
         Command::new("mosquitto_pub").args(&base).args([

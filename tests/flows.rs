@@ -537,3 +537,22 @@ fn two_publishers_with_one_client_id_are_told_so() {
         "first: {s1} {e1}\nsecond: {s2} {e2}"
     );
 }
+
+/// mosquitto grants a denied subscription and delivers nothing: a device
+/// certificate reading all telemetry is warned about before it waits.
+#[test]
+fn a_device_identity_reading_all_telemetry_is_warned() {
+    let b = Broker::start();
+    let certs = b.certs();
+    let mut sub = b.mqttkit();
+    sub.args(["sub", "telemetry", "--cert"])
+        .arg(certs.join("device-001.crt"))
+        .arg("--key")
+        .arg(certs.join("device-001.key"));
+    let mut p = Proc::spawn(sub);
+    p.wait_stderr("is identity 'device-001', not the server identity 'server'");
+    // The server identity itself is not warned about.
+    let mut ok_sub = start_sub(&b, &["--count", "1"]);
+    ok_sub.wait_stderr("subscribed to devices/+/telemetry");
+    assert!(!ok_sub.stderr().contains("warning"), "{}", ok_sub.stderr());
+}

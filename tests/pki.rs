@@ -609,3 +609,29 @@ fn init_force_killed_at_any_rename_leaves_the_old_or_the_new_set() {
     // Early kills keep the old set, late ones (after the commit) the new one.
     assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
 }
+
+#[test]
+fn a_leaf_that_outlives_its_ca_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&run(
+        mqttkit(dir.path()).args(["pki", "init", "--ca-days", "10", "--days", "5"]),
+        T,
+    ));
+    let o = ok(&run(
+        mqttkit(dir.path()).args(["pki", "issue", "d2", "--days", "30"]),
+        T,
+    ))
+    .clone();
+    let err = stderr(&o);
+    assert!(err.contains("warning: --days 30 outlives the CA"), "{err}");
+    assert!(
+        err.contains("pass --days 9 or less") || err.contains("pass --days 10 or less"),
+        "{err}"
+    );
+    let o = ok(&run(
+        mqttkit(dir.path()).args(["pki", "issue", "d3", "--days", "5"]),
+        T,
+    ))
+    .clone();
+    assert!(!stderr(&o).contains("outlives"), "{}", stderr(&o));
+}

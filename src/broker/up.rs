@@ -351,14 +351,20 @@ struct UpReport {
 impl UpReport {
     fn human(&self) -> String {
         let mut s = format!(
-            "mosquitto is up ({} runtime, pid {}) on port {} with mutual TLS ({} auth), healthy after {:.1?}\n",
+            "mosquitto is up ({} runtime, pid {}) on port {} with {}, healthy after {:.1?}\n",
             match self.runtime {
                 Runtime::Native => "native",
                 _ => "docker",
             },
-            self.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            self.pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             self.port,
-            self.auth,
+            match self.auth {
+                "password" => "TLS and passwords (password auth; no client certificate required)",
+                "both" => "mutual TLS and passwords (both auth)",
+                _ => "mutual TLS (cert auth)",
+            },
             Duration::from_millis(self.healthy_after_ms as u64)
         );
         if let Some(url) = &self.websockets_url {

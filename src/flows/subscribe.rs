@@ -50,7 +50,9 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
     if args.sink.is_some() {
         return run_sink(args, filter).await;
     }
-    let endpoint = args.conn.spec().resolve(Role::Server)?;
+    let spec = args.conn.spec();
+    let endpoint = spec.resolve(Role::Server)?;
+    warn_if_not_the_server(&spec, &endpoint);
     let identity = identity_name(&endpoint, "server");
     let fixed_id = match &args.device_id {
         Some(id) => format!("{identity}-sub-telemetry-{id}"),
@@ -83,7 +85,9 @@ async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
         bail!("--json: not used with --sink (the messages go to the store, not to stdout); drop --json and read the rows with `mqttkit sink stats URL --json`");
     }
     let sink = crate::sink::Sink::open(&args.sink).await?;
-    let endpoint = args.conn.spec().resolve(Role::Server)?;
+    let spec = args.conn.spec();
+    let endpoint = spec.resolve(Role::Server)?;
+    warn_if_not_the_server(&spec, &endpoint);
     let client_id = endpoint
         .client_id
         .clone()
@@ -114,6 +118,32 @@ fn subscribe_config(
 }
 
 /// The certificate's file stem (its identity name), for stable client ids.
+/// mosquitto (MQTT 3.1.1) grants a subscription its ACL denies and then
+/// delivers nothing, so a device certificate reading every device's
+/// telemetry would wait in silence: say so up front.
+fn warn_if_not_the_server(spec: &crate::mqtt::ConnectSpec, endpoint: &Endpoint) {
+    let Some((cert, _)) = &endpoint.identity else {
+        return;
+    };
+    let server = spec
+        .load_profile()
+        .ok()
+        .flatten()
+        .and_then(|p| p.server_identity);
+    let cn = crate::identity::common_name_of_file(cert);
+    if let (Some(server), Some(cn)) = (server, cn) {
+        if cn != server {
+            crate::note!(
+                "warning: {} is identity '{}', not the server identity '{}' that the broker lets read every device's telemetry; unless `broker up --server-identity {}` made it one, nothing will arrive (use the profile's server identity, or --cert/--key of one)",
+                cert.display(),
+                crate::telemetry::Escaped(&cn),
+                crate::telemetry::Escaped(&server),
+                crate::telemetry::Escaped(&cn)
+            );
+        }
+    }
+}
+
 fn identity_name(endpoint: &Endpoint, fallback: &str) -> String {
     endpoint
         .identity

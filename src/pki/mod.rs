@@ -489,6 +489,7 @@ pub fn issue(args: IssueArgs) -> Result<()> {
     }
     let dir = args.out.certs_dir();
     let issuer = load_issuer(&dir)?;
+    warn_if_outliving_the_ca(&dir, args.days);
     let mut files = StagedFiles::new();
     let issued = if args.server {
         let hosts = if args.hosts.is_empty() {
@@ -515,6 +516,28 @@ pub fn issue(args: IssueArgs) -> Result<()> {
             dir.join("ca.crt").display()
         ))
     })
+}
+
+/// A leaf that expires after its CA stops verifying when the CA does, not
+/// when its own date says: warn with both dates.
+fn warn_if_outliving_the_ca(certs_dir: &Path, days: u32) {
+    let Ok(der) = crate::identity::read_cert_der(&certs_dir.join("ca.crt")) else {
+        return;
+    };
+    let Ok((_, ca)) = x509_parser::parse_x509_certificate(&der) else {
+        return;
+    };
+    let ca_end = ca.validity().not_after.to_datetime();
+    let leaf_end = ::time::OffsetDateTime::now_utc() + ::time::Duration::days(i64::from(days));
+    if leaf_end > ca_end {
+        let left = (ca_end - ::time::OffsetDateTime::now_utc())
+            .whole_days()
+            .max(0);
+        crate::note!(
+            "warning: --days {days} outlives the CA, which expires {} ({left} days left); the certificate stops verifying then; pass --days {left} or less, or replace the CA before it expires",
+            ca_end.date()
+        );
+    }
 }
 
 fn list(args: ListArgs) -> Result<()> {
