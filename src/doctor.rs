@@ -345,24 +345,7 @@ async fn check_tls(
             true
         }
         Ok(Err(e)) => {
-            // Fetch the certificate without verifying it, to say what it does carry.
-            let leaf = fetch_leaf(endpoint, server_name, timeout).await;
-            let names = leaf.as_ref().map(|l| sans_of(l)).unwrap_or_default();
-            let failure = Failure::from_error(&e)
-                .refine(&endpoint.host, endpoint.port)
-                .await
-                .with_carried_names(names);
-            let mut detail = failure.problem(&endpoint.host, Some(&endpoint.cafile));
-            if let (
-                Failure::ServerCertExpired
-                | Failure::ServerCertNotYetValid
-                | Failure::UnknownIssuer,
-                Some(l),
-            ) = (&failure, &leaf)
-            {
-                detail.push_str(&describe_leaf(l));
-            }
-            let fix = failure.fix(&endpoint.host);
+            let (detail, fix) = explain_tls_failure(endpoint, server_name, &e, timeout).await;
             report.fail("TLS handshake", detail, fix);
             false
         }
@@ -375,6 +358,33 @@ async fn check_tls(
             false
         }
     }
+}
+
+/// What a failed handshake means and its fix, naming what the broker's
+/// certificate does carry.
+async fn explain_tls_failure(
+    endpoint: &Endpoint,
+    server_name: ServerName<'static>,
+    e: &std::io::Error,
+    timeout: Duration,
+) -> (String, String) {
+    // Fetch the certificate without verifying it, to say what it does carry.
+    let leaf = fetch_leaf(endpoint, server_name, timeout).await;
+    let names = leaf.as_ref().map(|l| sans_of(l)).unwrap_or_default();
+    let failure = Failure::from_error(e)
+        .refine(&endpoint.host, endpoint.port)
+        .await
+        .with_carried_names(names);
+    let mut detail = failure.problem(&endpoint.host, Some(&endpoint.cafile));
+    if let (
+        Failure::ServerCertExpired | Failure::ServerCertNotYetValid | Failure::UnknownIssuer,
+        Some(l),
+    ) = (&failure, &leaf)
+    {
+        detail.push_str(&describe_leaf(l));
+    }
+    let fix = failure.fix(&endpoint.host);
+    (detail, fix)
 }
 
 fn describe_leaf(der: &CertificateDer<'_>) -> String {
