@@ -273,13 +273,18 @@ fn confirm(c: &Ctx<'_>, dir: &std::path::Path) -> Result<()> {
         c.policy_name,
         dir.display()
     );
+    ask(what, "nothing was created")
+}
+
+/// Asks `prompt` (default no); a no is the error "cancelled; `nothing`".
+pub(super) fn ask(prompt: String, nothing: &str) -> Result<()> {
     let ok = dialoguer::Confirm::new()
-        .with_prompt(what)
+        .with_prompt(prompt)
         .default(false)
         .interact()
         .context("confirmation prompt (pass --yes to skip it)")?;
     if !ok {
-        bail!("cancelled; nothing was created");
+        bail!("cancelled; {nothing}");
     }
     Ok(())
 }
