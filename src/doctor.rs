@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeReasonCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Serialize;
@@ -110,132 +110,35 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         (None, true) => None,
         (None, false) => args.conn.spec().default_device().ok().flatten(),
     };
-    let role = match &device {
-        Some(d) => Role::Device(d),
-        None => Role::Server,
+    // Each check records its step; the first that fails ends the run.
+    let Some(endpoint) = check_configuration(&mut report, &args, device.as_deref()) else {
+        return report.finish();
     };
-
-    // 1. Configuration: files exist, parse, and the key matches the certificate.
-    let endpoint = match args.conn.spec().resolve(role) {
-        Ok(e) => e,
-        Err(e) => {
-            // The error already names the file or flag and the fix.
-            report.fail("configuration", format!("{e:#}"), "");
-            return report.finish();
-        }
-    };
-    let who = match (&endpoint.identity, &device) {
-        (Some((cert, _)), _) => format!("identity {}", cert.display()),
-        (None, _) => "no client certificate".to_string(),
-    };
-    report.pass(
-        "configuration",
-        format!(
-            "{} as {who}, CA {}",
-            endpoint.describe(),
-            endpoint.cafile.display()
-        ),
-    );
     if let Some((cert, _)) = &endpoint.identity {
         if !check_client_cert(&mut report, cert, &endpoint.cafile) {
             return report.finish();
         }
     }
-
-    // 2. Name resolution.
-    let addrs: Vec<SocketAddr> =
-        match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                report.fail(
-                    "name resolution",
-                    format!("'{}' does not resolve: {e}", endpoint.host),
-                    "check --host (or the profile's host) and DNS",
-                );
-                return report.finish();
-            }
-        };
-    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
-    report.pass(
-        "name resolution",
-        format!("{} -> {}", endpoint.host, shown.join(", ")),
-    );
-
-    // 3. TCP connect.
-    let start = Instant::now();
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&addrs[..])).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            report.fail(
-                "TCP connect",
-                format!(
-                    "nothing is listening on {}:{} (connection refused)",
-                    endpoint.host, endpoint.port
-                ),
-                "start the broker (`mqttkit broker up`) or check --port",
-            );
-            return report.finish();
-        }
-        Ok(Err(e)) => {
-            report.fail(
-                "TCP connect",
-                format!("{}:{}: {e}", endpoint.host, endpoint.port),
-                "check --host/--port, routes and firewalls",
-            );
-            return report.finish();
-        }
-        Err(_) => {
-            report.fail(
-                "TCP connect",
-                format!(
-                    "no answer from {}:{} within {timeout:?}",
-                    endpoint.host, endpoint.port
-                ),
-                "a firewall may drop the traffic; check --host/--port (AWS IoT: try --transport alpn on 443)",
-            );
-            return report.finish();
-        }
+    let Some(addrs) = check_resolution(&mut report, &endpoint).await else {
+        return report.finish();
     };
-    report.pass(
-        "TCP connect",
-        format!(
-            "{} in {:.1} ms",
-            tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-            start.elapsed().as_secs_f64() * 1000.0
-        ),
-    );
-
-    // 4. TLS handshake, verifying the broker by the CA and the host name.
+    let Some(tcp) = check_tcp(&mut report, &endpoint, &addrs, timeout).await else {
+        return report.finish();
+    };
+    // The TLS handshake, verifying the broker by the CA and the host name.
     if endpoint.transport != Transport::Wss
         && !check_tls(&mut report, &endpoint, tcp, timeout).await
     {
         return report.finish();
     }
-
-    // 5. MQTT CONNECT/CONNACK (the broker's verdict on our client certificate).
     let client_id = endpoint
         .client_id
         .clone()
         .or_else(|| device.clone())
         .unwrap_or_else(|| mqtt::unique_client_id("mqttkit-doctor"));
-    match mqtt::probe::connect_once(&endpoint, &client_id_for(&endpoint, &client_id), timeout).await
-    {
-        Ok(d) => report.pass(
-            "MQTT CONNECT",
-            format!("CONNACK accepted in {:.1} ms", d.as_secs_f64() * 1000.0),
-        ),
-        Err(e) => {
-            // The explanation already carries the fix; the report shows it apart.
-            let problem = match e.failure {
-                Failure::TimedOut => e.explanation,
-                ref f => f.problem(&endpoint.host, Some(&endpoint.cafile)),
-            };
-            report.fail("MQTT CONNECT", problem, e.failure.fix(&endpoint.host));
-            return report.finish();
-        }
+    if !check_connect(&mut report, &endpoint, &client_id, timeout).await {
+        return report.finish();
     }
-
-    // 6. Topic permissions.
     check_permissions(
         &mut report,
         &args.conn.spec(),
@@ -246,6 +149,129 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     )
     .await;
     report.finish()
+}
+
+/// The connection settings of the identity under test: the device's, or the server's.
+fn endpoint_for(args: &DoctorArgs, device: Option<&str>) -> Result<Endpoint> {
+    let role = match device {
+        Some(d) => Role::Device(d),
+        None => Role::Server,
+    };
+    args.conn.spec().resolve(role)
+}
+
+/// Configuration: files exist, parse, and the key matches the certificate.
+fn check_configuration(
+    report: &mut Report,
+    args: &DoctorArgs,
+    device: Option<&str>,
+) -> Option<Endpoint> {
+    let endpoint = match endpoint_for(args, device) {
+        Ok(e) => e,
+        Err(e) => {
+            // The error already names the file or flag and the fix.
+            report.fail("configuration", format!("{e:#}"), "");
+            return None;
+        }
+    };
+    let who = match &endpoint.identity {
+        Some((cert, _)) => format!("identity {}", cert.display()),
+        None => "no client certificate".to_string(),
+    };
+    report.pass(
+        "configuration",
+        format!(
+            "{} as {who}, CA {}",
+            endpoint.describe(),
+            endpoint.cafile.display()
+        ),
+    );
+    Some(endpoint)
+}
+
+async fn check_resolution(report: &mut Report, endpoint: &Endpoint) -> Option<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> =
+        match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                report.fail(
+                    "name resolution",
+                    format!("'{}' does not resolve: {e}", endpoint.host),
+                    "check --host (or the profile's host) and DNS",
+                );
+                return None;
+            }
+        };
+    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    report.pass(
+        "name resolution",
+        format!("{} -> {}", endpoint.host, shown.join(", ")),
+    );
+    Some(addrs)
+}
+
+async fn check_tcp(
+    report: &mut Report,
+    endpoint: &Endpoint,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Option<TcpStream> {
+    let start = Instant::now();
+    let (host, port) = (&endpoint.host, endpoint.port);
+    let (detail, fix) = match tokio::time::timeout(timeout, TcpStream::connect(addrs)).await {
+        Ok(Ok(tcp)) => {
+            report.pass(
+                "TCP connect",
+                format!(
+                    "{} in {:.1} ms",
+                    tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    start.elapsed().as_secs_f64() * 1000.0
+                ),
+            );
+            return Some(tcp);
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => (
+            format!("nothing is listening on {host}:{port} (connection refused)"),
+            "start the broker (`mqttkit broker up`) or check --port",
+        ),
+        Ok(Err(e)) => (
+            format!("{host}:{port}: {e}"),
+            "check --host/--port, routes and firewalls",
+        ),
+        Err(_) => (
+            format!("no answer from {host}:{port} within {timeout:?}"),
+            "a firewall may drop the traffic; check --host/--port (AWS IoT: try --transport alpn on 443)",
+        ),
+    };
+    report.fail("TCP connect", detail, fix);
+    None
+}
+
+/// MQTT CONNECT/CONNACK: the broker's verdict on our client certificate.
+async fn check_connect(
+    report: &mut Report,
+    endpoint: &Endpoint,
+    client_id: &str,
+    timeout: Duration,
+) -> bool {
+    match mqtt::probe::connect_once(endpoint, &client_id_for(endpoint, client_id), timeout).await {
+        Ok(d) => {
+            report.pass(
+                "MQTT CONNECT",
+                format!("CONNACK accepted in {:.1} ms", d.as_secs_f64() * 1000.0),
+            );
+            true
+        }
+        Err(e) => {
+            // The explanation already carries the fix; the report shows it apart.
+            let problem = match e.failure {
+                Failure::TimedOut => e.explanation,
+                ref f => f.problem(&endpoint.host, Some(&endpoint.cafile)),
+            };
+            report.fail("MQTT CONNECT", problem, e.failure.fix(&endpoint.host));
+            false
+        }
+    }
 }
 
 /// Local checks of the client certificate: dates and chain to --cafile.
@@ -319,24 +345,7 @@ async fn check_tls(
             true
         }
         Ok(Err(e)) => {
-            // Fetch the certificate without verifying it, to say what it does carry.
-            let leaf = fetch_leaf(endpoint, server_name, timeout).await;
-            let names = leaf.as_ref().map(|l| sans_of(l)).unwrap_or_default();
-            let failure = Failure::from_error(&e)
-                .refine(&endpoint.host, endpoint.port)
-                .await
-                .with_carried_names(names);
-            let mut detail = failure.problem(&endpoint.host, Some(&endpoint.cafile));
-            if let (
-                Failure::ServerCertExpired
-                | Failure::ServerCertNotYetValid
-                | Failure::UnknownIssuer,
-                Some(l),
-            ) = (&failure, &leaf)
-            {
-                detail.push_str(&describe_leaf(l));
-            }
-            let fix = failure.fix(&endpoint.host);
+            let (detail, fix) = explain_tls_failure(endpoint, server_name, &e, timeout).await;
             report.fail("TLS handshake", detail, fix);
             false
         }
@@ -349,6 +358,33 @@ async fn check_tls(
             false
         }
     }
+}
+
+/// What a failed handshake means and its fix, naming what the broker's
+/// certificate does carry.
+async fn explain_tls_failure(
+    endpoint: &Endpoint,
+    server_name: ServerName<'static>,
+    e: &std::io::Error,
+    timeout: Duration,
+) -> (String, String) {
+    // Fetch the certificate without verifying it, to say what it does carry.
+    let leaf = fetch_leaf(endpoint, server_name, timeout).await;
+    let names = leaf.as_ref().map(|l| sans_of(l)).unwrap_or_default();
+    let failure = Failure::from_error(e)
+        .refine(&endpoint.host, endpoint.port)
+        .await
+        .with_carried_names(names);
+    let mut detail = failure.problem(&endpoint.host, Some(&endpoint.cafile));
+    if let (
+        Failure::ServerCertExpired | Failure::ServerCertNotYetValid | Failure::UnknownIssuer,
+        Some(l),
+    ) = (&failure, &leaf)
+    {
+        detail.push_str(&describe_leaf(l));
+    }
+    let fix = failure.fix(&endpoint.host);
+    (detail, fix)
 }
 
 fn describe_leaf(der: &CertificateDer<'_>) -> String {
@@ -495,21 +531,7 @@ async fn check_permissions(
         .ok()
         .flatten()
         .unwrap_or_else(|| crate::pki::DEFAULT_DEVICE.to_string());
-    // (filter the identity subscribes to, a topic in it, the topic it publishes to, the peer)
-    let (filter, inbound, outbound, peer_role) = match device {
-        Some(d) => (
-            mqtt::command_topic(d),
-            mqtt::command_topic(d),
-            mqtt::telemetry_topic(d),
-            Role::Server,
-        ),
-        None => (
-            mqtt::ALL_TELEMETRY.to_string(),
-            mqtt::telemetry_topic(&peer_device),
-            mqtt::command_topic(&peer_device),
-            Role::Device(&peer_device),
-        ),
-    };
+    let (filter, inbound, outbound, peer_role) = topics(device, &peer_device);
     // The peer comes from the profile, not from --cert/--key (those are the identity under test).
     let profile_only = ConnectSpec {
         identity: None,
@@ -550,6 +572,26 @@ async fn check_permissions(
     }
 }
 
+/// (the filter the identity subscribes to, a topic in it, the topic it
+/// publishes to, the peer's role): a device reads its commands and writes its
+/// telemetry; the server reads all telemetry and writes `peer_device`'s commands.
+fn topics<'a>(device: Option<&str>, peer_device: &'a str) -> (String, String, String, Role<'a>) {
+    match device {
+        Some(d) => (
+            mqtt::command_topic(d),
+            mqtt::command_topic(d),
+            mqtt::telemetry_topic(d),
+            Role::Server,
+        ),
+        None => (
+            mqtt::ALL_TELEMETRY.to_string(),
+            mqtt::telemetry_topic(peer_device),
+            mqtt::command_topic(peer_device),
+            Role::Device(peer_device),
+        ),
+    }
+}
+
 /// Without a peer identity: SUBACK and PUBACK are all the broker tells.
 async fn acknowledged_only(
     report: &mut Report,
@@ -559,34 +601,8 @@ async fn acknowledged_only(
     client_id: &str,
     timeout: Duration,
 ) {
-    let (client, mut events) = AsyncClient::new(
-        endpoint.mqtt_options(&client_id_for(endpoint, client_id)),
-        10,
-    );
-    let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
-    let _ = client
-        .publish(
-            outbound,
-            QoS::AtLeastOnce,
-            false,
-            b"mqttkit doctor".to_vec(),
-        )
-        .await;
-    let (mut suback, mut puback) = (None, false);
-    let _ = tokio::time::timeout(timeout, async {
-        while suback.is_none() || !puback {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    suback = ack.return_codes.first().copied()
-                }
-                Ok(Event::Incoming(Packet::PubAck(_))) => puback = true,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    })
-    .await;
-    let _ = client.try_disconnect();
+    let (suback, puback) =
+        subscribe_and_publish(endpoint, filter, outbound, client_id, timeout).await;
     match suback {
         Some(SubscribeReasonCode::Success(q)) => report.pass(
             "subscribe permission",
@@ -617,6 +633,46 @@ async fn acknowledged_only(
     }
 }
 
+/// Subscribes to `filter` and publishes to `outbound` at QoS 1; returns the
+/// SUBACK's first return code and whether a PUBACK came, within `timeout`.
+async fn subscribe_and_publish(
+    endpoint: &Endpoint,
+    filter: &str,
+    outbound: &str,
+    client_id: &str,
+    timeout: Duration,
+) -> (Option<SubscribeReasonCode>, bool) {
+    let (client, mut events) = AsyncClient::new(
+        endpoint.mqtt_options(&client_id_for(endpoint, client_id)),
+        10,
+    );
+    let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+    let _ = client
+        .publish(
+            outbound,
+            QoS::AtLeastOnce,
+            false,
+            b"mqttkit doctor".to_vec(),
+        )
+        .await;
+    let (mut suback, mut puback) = (None, false);
+    let _ = tokio::time::timeout(timeout, async {
+        while suback.is_none() || !puback {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    suback = ack.return_codes.first().copied()
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => puback = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    (suback, puback)
+}
+
 /// `receiver` subscribes to `filter`; `sender` publishes a unique payload to
 /// `topic`; returns the milliseconds until it arrived.
 async fn round_trip(
@@ -634,17 +690,7 @@ async fn round_trip(
     rx.subscribe(filter, QoS::AtLeastOnce)
         .await
         .map_err(|e| e.to_string())?;
-    tokio::time::timeout(timeout, async {
-        loop {
-            match rx_events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no SUBACK".to_string())??;
+    wait_for_suback(&mut rx_events, timeout).await?;
     let payload = format!("mqttkit-doctor {:016x}", rand::random::<u64>());
     let (tx, mut tx_events) = AsyncClient::new(
         sender.mqtt_options(&client_id_for(sender, "mqttkit-doctor-peer")),
@@ -655,21 +701,7 @@ async fn round_trip(
         .await
         .map_err(|e| e.to_string())?;
     let sender_task = tokio::spawn(async move { while tx_events.poll().await.is_ok() {} });
-    let got = tokio::time::timeout(timeout, async {
-        loop {
-            match rx_events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p)))
-                    if p.payload.as_ref() == payload.as_bytes() =>
-                {
-                    return true
-                }
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
+    let got = arrived(&mut rx_events, payload.as_bytes(), timeout).await;
     let _ = tx.try_disconnect();
     let _ = rx.try_disconnect();
     // Let both DISCONNECTs go out so the broker logs clean closes.
@@ -681,4 +713,35 @@ async fn round_trip(
     } else {
         Err(format!("nothing within {timeout:?}"))
     }
+}
+
+async fn wait_for_suback(events: &mut EventLoop, timeout: Duration) -> Result<(), String> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no SUBACK".to_string())?
+}
+
+/// Whether a message with exactly `payload` arrives within `timeout`.
+async fn arrived(events: &mut EventLoop, payload: &[u8], timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.payload.as_ref() == payload => {
+                    return true
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
 }

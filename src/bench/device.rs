@@ -77,177 +77,240 @@ pub async fn run(
     eventloop.network_options.set_connection_timeout(60);
     let mut poller = Poller::new(eventloop);
 
-    // Connect, at most `--connect-parallel` handshakes at a time.
-    {
-        let _permit = plan.handshakes.acquire().await;
-        let t0 = Instant::now();
-        loop {
-            match poller.next().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    r.error = Some(crate::mqtt::failure::describe_connect_error(
-                        &spec.endpoint.describe(),
-                        &e,
-                    ));
-                    let _ = ready.send(()).await;
-                    return r;
-                }
-            }
+    match connect(&mut poller, &plan, &spec.endpoint).await {
+        Ok(us) => {
+            r.connected = true;
+            r.connect_us = Some(us);
         }
-        r.connected = true;
-        r.connect_us = Some(t0.elapsed().as_micros() as u64);
+        Err(e) => {
+            r.error = Some(e);
+            let _ = ready.send(()).await;
+            return r;
+        }
     }
     plan.live.connected.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(()).await;
 
-    // Stay connected (keep-alives) until every device is connected.
-    let start = loop {
+    let start = match wait_for_start(&mut poller, &mut go).await {
+        Ok(Some(start)) => start,
+        Ok(None) => return r,
+        Err(e) => {
+            r.error = Some(e);
+            return r;
+        }
+    };
+    let counters = Counters::default();
+    let ((), error) = tokio::join!(
+        produce(&counters, &client, &plan, &spec, start, stop),
+        drive(&counters, poller, &client, &plan, spec.endpoint.describe()),
+    );
+    r.published = counters.published.load(Ordering::Relaxed);
+    r.acked = if plan.qos == QoS::AtMostOnce {
+        0
+    } else {
+        counters.acked.load(Ordering::Relaxed)
+    };
+    r.error = error;
+    r
+}
+
+/// Connects, at most `--connect-parallel` handshakes at a time; returns the
+/// handshake time in microseconds.
+async fn connect(poller: &mut Poller, plan: &Plan, endpoint: &Endpoint) -> Result<u64, String> {
+    let _permit = plan.handshakes.acquire().await;
+    let t0 = Instant::now();
+    loop {
+        match poller.next().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(t0.elapsed().as_micros() as u64),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(crate::mqtt::failure::describe_connect_error(
+                    &endpoint.describe(),
+                    &e,
+                ))
+            }
+        }
+    }
+}
+
+/// Stays connected (keep-alives) until every device is connected and the
+/// start signal comes; `None` when the bench ended first.
+async fn wait_for_start(
+    poller: &mut Poller,
+    go: &mut watch::Receiver<Option<Instant>>,
+) -> Result<Option<Instant>, String> {
+    loop {
         tokio::select! {
             changed = go.changed() => {
                 if changed.is_err() {
-                    return r;
+                    return Ok(None);
                 }
                 if let Some(t) = *go.borrow() {
-                    break t;
+                    return Ok(Some(t));
                 }
             }
             ev = poller.next() => {
                 if let Err(e) = ev {
-                    r.error = Some(format!("connection lost before publishing: {e}"));
-                    return r;
+                    return Err(format!("connection lost before publishing: {e}"));
                 }
             }
         }
-    };
+    }
+}
 
-    let handed = AtomicU64::new(0);
-    let producer_done = AtomicBool::new(false);
-    let wake = Notify::new();
-    let published = AtomicU64::new(0);
-    let acked = AtomicU64::new(0);
-    // Driver -> producer: an ack arrived, or the driver ended.
-    let acks_wake = Notify::new();
-    let driver_ended = AtomicBool::new(false);
+/// What the producer and the driver tell each other while publishing.
+#[derive(Default)]
+struct Counters {
+    /// Payloads handed to rumqttc's channel.
+    handed: AtomicU64,
+    producer_done: AtomicBool,
+    /// Producer -> driver: a payload was handed over, or the producer ended.
+    wake: Notify,
+    /// Written to the connection.
+    published: AtomicU64,
+    acked: AtomicU64,
+    /// Driver -> producer: an ack arrived, or the driver ended.
+    acks_wake: Notify,
+    driver_ended: AtomicBool,
+}
 
-    let producer = {
-        let (client, handed, producer_done, wake) = (&client, &handed, &producer_done, &wake);
-        let (acked, acks_wake, driver_ended) = (&acked, &acks_wake, &driver_ended);
-        let (plan, topic, mut stop) = (&plan, spec.topic.clone(), stop);
-        let mut source = Source::new(plan.payload, &spec.device_id);
-        // Fixed-rate devices start spread over one interval, not all at once.
-        let offset = plan
-            .rate
-            .map(|rate| Duration::from_secs_f64(spec.index as f64 / plan.devices as f64 / rate))
-            .unwrap_or_default();
-        // Unthrottled at QoS 1, refill a quarter of the window at a time, as
-        // `pub` does: one message per PUBACK would be one TLS record each.
-        let window = u64::from(plan.inflight);
-        let refill_below = window - window / 4;
-        let bulk_acks = plan.rate.is_none() && plan.qos != QoS::AtMostOnce;
-        async move {
-            let mut n = 0u64;
-            'produce: loop {
-                if plan.count.is_some_and(|c| n >= c) || *stop.borrow() {
-                    break;
-                }
-                if bulk_acks && n - acked.load(Ordering::Acquire) >= window {
-                    while n - acked.load(Ordering::Acquire) > refill_below {
-                        if driver_ended.load(Ordering::Acquire) {
-                            break 'produce;
-                        }
-                        tokio::select! {
-                            _ = acks_wake.notified() => {}
-                            _ = stop.wait_for(|s| *s) => break 'produce,
-                        }
-                    }
-                }
-                if let Some(rate) = plan.rate {
-                    let due = start + offset + Duration::from_secs_f64(n as f64 / rate);
-                    if due > Instant::now() {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(due) => {}
-                            _ = stop.wait_for(|s| *s) => break,
-                        }
-                    }
-                }
-                let payload = source.next_payload();
-                if client
-                    .publish_bytes(topic.clone(), plan.qos, false, payload)
-                    .await
-                    .is_err()
-                {
-                    break; // the driver stopped
-                }
-                n += 1;
-                handed.store(n, Ordering::Release);
-                wake.notify_one();
-            }
-            producer_done.store(true, Ordering::Release);
-            wake.notify_one();
+/// Hands payloads to rumqttc at the device's rate (or as the in-flight
+/// window allows) until the count is reached, the stop signal comes or the
+/// driver ends.
+async fn produce(
+    c: &Counters,
+    client: &AsyncClient,
+    plan: &Plan,
+    spec: &DeviceSpec,
+    start: Instant,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut source = Source::new(plan.payload, &spec.device_id);
+    // Fixed-rate devices start spread over one interval, not all at once.
+    let offset = plan
+        .rate
+        .map(|rate| Duration::from_secs_f64(spec.index as f64 / plan.devices as f64 / rate))
+        .unwrap_or_default();
+    let bulk_acks = plan.rate.is_none() && plan.qos != QoS::AtMostOnce;
+    let mut n = 0u64;
+    loop {
+        if plan.count.is_some_and(|c| n >= c) || *stop.borrow() {
+            break;
         }
-    };
-
-    let driver = {
-        let (handed, producer_done, wake) = (&handed, &producer_done, &wake);
-        let (published, acked, plan, client) = (&published, &acked, &plan, &client);
-        let (acks_wake, driver_ended) = (&acks_wake, &driver_ended);
-        let endpoint = spec.endpoint.describe();
-        let driver = async move {
-            let mut poller = poller;
-            // Wakes the check below even when the network is quiet.
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            loop {
-                if producer_done.load(Ordering::Acquire) {
-                    let target = handed.load(Ordering::Acquire);
-                    let done = if plan.qos == QoS::AtMostOnce {
-                        published.load(Ordering::Relaxed) >= target
-                    } else {
-                        acked.load(Ordering::Relaxed) >= target
-                    };
-                    if done {
-                        break;
-                    }
-                }
+        if bulk_acks && !window_open(c, plan, n, &mut stop).await {
+            break;
+        }
+        if let Some(rate) = plan.rate {
+            let due = start + offset + Duration::from_secs_f64(n as f64 / rate);
+            if due > Instant::now() {
                 tokio::select! {
-                    ev = poller.next() => match ev {
-                        Ok(Event::Outgoing(Outgoing::Publish(_))) => {
-                            published.fetch_add(1, Ordering::Relaxed);
-                            plan.live.published.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(Event::Incoming(Incoming::PubAck(_))) => {
-                            acked.fetch_add(1, Ordering::Release);
-                            acks_wake.notify_one();
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            // Returning drops the event loop: the producer stops too.
-                            return Some(format!("connection to {endpoint} lost while publishing: {e}"));
-                        }
-                    },
-                    _ = wake.notified() => {}
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = stop.wait_for(|s| *s) => break,
                 }
             }
-            // A clean DISCONNECT, so the broker does not log a lost client.
-            poller.disconnect(client, Duration::from_secs(2)).await;
-            None
-        };
-        async move {
-            let error = driver.await;
-            driver_ended.store(true, Ordering::Release);
-            acks_wake.notify_one();
-            error
         }
-    };
+        let payload = source.next_payload();
+        if client
+            .publish_bytes(spec.topic.clone(), plan.qos, false, payload)
+            .await
+            .is_err()
+        {
+            break; // the driver stopped
+        }
+        n += 1;
+        c.handed.store(n, Ordering::Release);
+        c.wake.notify_one();
+    }
+    c.producer_done.store(true, Ordering::Release);
+    c.wake.notify_one();
+}
 
-    let ((), error) = tokio::join!(producer, driver);
-    r.published = published.load(Ordering::Relaxed);
-    r.acked = if plan.qos == QoS::AtMostOnce {
-        0
+/// With a full in-flight window, waits until a quarter of it is acknowledged,
+/// as `pub` does: one message per PUBACK would be one TLS record each.
+/// False when the stop signal came or the driver ended meanwhile.
+async fn window_open(
+    c: &Counters,
+    plan: &Plan,
+    handed: u64,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let window = u64::from(plan.inflight);
+    let refill_below = window - window / 4;
+    if handed - c.acked.load(Ordering::Acquire) < window {
+        return true;
+    }
+    while handed - c.acked.load(Ordering::Acquire) > refill_below {
+        if c.driver_ended.load(Ordering::Acquire) {
+            return false;
+        }
+        tokio::select! {
+            _ = c.acks_wake.notified() => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+    }
+    true
+}
+
+/// Drives the event loop until the producer is done and everything handed
+/// over was written (QoS 0) or acknowledged (QoS 1); the error that ended it
+/// early, if any.
+async fn drive(
+    c: &Counters,
+    poller: Poller,
+    client: &AsyncClient,
+    plan: &Plan,
+    endpoint: String,
+) -> Option<String> {
+    let error = pump(c, poller, client, plan, &endpoint).await;
+    c.driver_ended.store(true, Ordering::Release);
+    c.acks_wake.notify_one();
+    error
+}
+
+async fn pump(
+    c: &Counters,
+    mut poller: Poller,
+    client: &AsyncClient,
+    plan: &Plan,
+    endpoint: &str,
+) -> Option<String> {
+    // Wakes the check below even when the network is quiet.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !settled(c, plan) {
+        tokio::select! {
+            ev = poller.next() => match ev {
+                Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                    c.published.fetch_add(1, Ordering::Relaxed);
+                    plan.live.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                    c.acked.fetch_add(1, Ordering::Release);
+                    c.acks_wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Returning drops the event loop: the producer stops too.
+                    return Some(format!("connection to {endpoint} lost while publishing: {e}"));
+                }
+            },
+            _ = c.wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+    }
+    // A clean DISCONNECT, so the broker does not log a lost client.
+    poller.disconnect(client, Duration::from_secs(2)).await;
+    None
+}
+
+/// The producer is done and everything it handed over went out.
+fn settled(c: &Counters, plan: &Plan) -> bool {
+    if !c.producer_done.load(Ordering::Acquire) {
+        return false;
+    }
+    let target = c.handed.load(Ordering::Acquire);
+    if plan.qos == QoS::AtMostOnce {
+        c.published.load(Ordering::Relaxed) >= target
     } else {
-        acked.load(Ordering::Relaxed)
-    };
-    r.error = error;
-    r
+        c.acked.load(Ordering::Relaxed) >= target
+    }
 }

@@ -16,13 +16,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rumqttc::QoS;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::mqtt::{
     telemetry_topic, tls, unique_client_id, ConnectSpec, ConnectionArgs, Endpoint, Role,
 };
+use crate::pipeline::{Shutdown, Trigger};
 use crate::pki::KeyType;
 
 pub use payload::PayloadKind;
@@ -83,18 +86,7 @@ enum Identities {
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode> {
-    if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            bail!("--rate {rate}: must be a positive number of messages per second per device, e.g. --rate 10");
-        }
-    }
-    if args.count == Some(0) {
-        bail!("--count 0: must be at least 1 message per device");
-    }
-    let duration = match (args.count, args.duration) {
-        (Some(_), _) => None,
-        (None, d) => Some(d.unwrap_or(Duration::from_secs(10))),
-    };
+    let duration = validate(&args)?;
     let n = args.devices as usize;
     let m = args.subscribers as usize;
     raise_fd_limit(n + m)?;
@@ -102,45 +94,19 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
 
     let server = args.conn.spec().resolve(Role::Server)?;
     let (identities, device_specs) = device_specs(&args.conn.spec(), &server, n)?;
-    if let Identities::Shared(id) = &identities {
-        crate::note!(
-            "bench: no CA key to issue per-device certificates (or a fixed --cert/profile identity): all {n} devices connect as '{id}' and publish to {}; loss is still counted per simulated device from the payload",
-            telemetry_topic(id)
-        );
-    }
-    if server.client_id.is_some() {
-        crate::note!("bench: ignoring the fixed client id: each connection gets its own");
-    }
+    note_identities(&identities, &server, n);
     let qos = crate::pipeline::qos(args.qos);
     let live = Arc::new(Live::default());
     let progress = report::Progress::start(live.clone(), n);
 
     // Subscribers first: connected and subscribed before any device publishes.
-    let (sub_stop_tx, sub_stop) = crate::pipeline::Shutdown::manual();
-    let (sub_ready_tx, mut sub_ready) = mpsc::channel(m);
-    let mut subs = Vec::with_capacity(m);
-    for _ in 0..m {
-        subs.push(tokio::spawn(subscriber::run(
-            server.clone(),
-            qos,
-            live.clone(),
-            sub_ready_tx.clone(),
-            sub_stop.clone(),
-        )));
-    }
-    drop(sub_ready_tx);
-    for _ in 0..m {
-        match sub_ready.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                progress.finish();
-                bail!("{e}");
-            }
-            None => bail!("a subscriber stopped before subscribing"),
+    let subs = match Subscribers::start(&server, qos, &live, m).await {
+        Ok(subs) => subs,
+        Err(e) => {
+            progress.finish();
+            return Err(e);
         }
-    }
-
-    // Devices: connect in bounded parallel batches, then all start together.
+    };
     let plan = Arc::new(device::Plan {
         qos,
         rate: args.rate,
@@ -151,47 +117,113 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         handshakes: Arc::new(Semaphore::new(args.connect_parallel as usize)),
         live: live.clone(),
     });
-    let (go_tx, go) = watch::channel(None);
-    let (stop_tx, stop) = watch::channel(false);
-    let (ready_tx, mut ready) = mpsc::channel(n.min(1024));
-    let connect_started = Instant::now();
-    let mut devices = Vec::with_capacity(n);
-    for spec in device_specs {
-        devices.push(tokio::spawn(device::run(
-            spec,
-            plan.clone(),
-            ready_tx.clone(),
-            go.clone(),
-            stop.clone(),
-        )));
-    }
-    drop(ready_tx);
-    for _ in 0..n {
-        if ready.recv().await.is_none() {
-            break;
+    let devices = Devices::connect(device_specs, plan).await;
+    let connected_rss = report::rss_kib();
+    let published = devices.publish(duration).await?;
+
+    let sent: u64 = published.results.iter().map(|r| r.published).sum();
+    drain(&live, &subs.tasks, sent * m as u64, args.drain_idle).await;
+    let sub_results = subs.finish().await?;
+    progress.finish();
+
+    let rep = report::build(report::Inputs {
+        broker: server.describe(),
+        qos: args.qos,
+        subscribers: m,
+        per_device_identities: matches!(identities, Identities::PerDevice),
+        rate: args.rate,
+        payload: args.payload,
+        connect_elapsed: published.connect_elapsed,
+        publish_elapsed: published.elapsed,
+        start: published.start.into_std(),
+        baseline_rss,
+        connected_rss,
+        devices: published.results,
+        subs: sub_results,
+    });
+    print(&rep, args.json)
+}
+
+/// Checks what clap cannot; returns how long to publish (None: until --count).
+fn validate(args: &BenchArgs) -> Result<Option<Duration>> {
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate {rate}: must be a positive number of messages per second per device, e.g. --rate 10");
         }
     }
-    let connect_elapsed = connect_started.elapsed();
-    let connected_rss = report::rss_kib();
-
-    let start = Instant::now();
-    let _ = go_tx.send(Some(start));
-    if let Some(d) = duration {
-        tokio::spawn(async move {
-            tokio::time::sleep_until(start + d).await;
-            let _ = stop_tx.send(true);
-        });
+    if args.count == Some(0) {
+        bail!("--count 0: must be at least 1 message per device");
     }
-    let mut results = Vec::with_capacity(n);
-    for d in devices {
-        results.push(d.await.context("a device task failed")?);
-    }
-    let publish_elapsed = start.elapsed();
+    Ok(match (args.count, args.duration) {
+        (Some(_), _) => None,
+        (None, d) => Some(d.unwrap_or(Duration::from_secs(10))),
+    })
+}
 
-    // Drain: until everything arrived, or nothing did for --drain-idle.
-    let published: u64 = results.iter().map(|r| r.published).sum();
-    let expected = published * m as u64;
-    let idle = args.drain_idle;
+/// Says up front what the report cannot tell apart.
+fn note_identities(identities: &Identities, server: &Endpoint, n: usize) {
+    if let Identities::Shared(id) = identities {
+        crate::note!(
+            "bench: no CA key to issue per-device certificates (or a fixed --cert/profile identity): all {n} devices connect as '{id}' and publish to {}; loss is still counted per simulated device from the payload",
+            telemetry_topic(id)
+        );
+    }
+    if server.client_id.is_some() {
+        crate::note!("bench: ignoring the fixed client id: each connection gets its own");
+    }
+}
+
+/// The server subscribers' tasks and the trigger that ends them.
+struct Subscribers {
+    stop: Trigger,
+    tasks: Vec<JoinHandle<subscriber::SubResult>>,
+}
+
+impl Subscribers {
+    /// Starts `m` subscribers and returns once each is subscribed.
+    async fn start(server: &Endpoint, qos: QoS, live: &Arc<Live>, m: usize) -> Result<Self> {
+        let (stop, sub_stop) = Shutdown::manual();
+        let (ready_tx, mut ready) = mpsc::channel(m);
+        let mut tasks = Vec::with_capacity(m);
+        for _ in 0..m {
+            tasks.push(tokio::spawn(subscriber::run(
+                server.clone(),
+                qos,
+                live.clone(),
+                ready_tx.clone(),
+                sub_stop.clone(),
+            )));
+        }
+        drop(ready_tx);
+        for _ in 0..m {
+            match ready.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => bail!("{e}"),
+                None => bail!("a subscriber stopped before subscribing"),
+            }
+        }
+        Ok(Subscribers { stop, tasks })
+    }
+
+    /// Stops the subscribers and collects what each received.
+    async fn finish(self) -> Result<Vec<subscriber::SubResult>> {
+        self.stop.stop();
+        let mut results = Vec::with_capacity(self.tasks.len());
+        for s in self.tasks {
+            results.push(s.await.context("a subscriber task failed")?);
+        }
+        Ok(results)
+    }
+}
+
+/// Drains: waits until everything arrived, every subscriber ended, or
+/// nothing arrived for `idle`.
+async fn drain(
+    live: &Live,
+    subs: &[JoinHandle<subscriber::SubResult>],
+    expected: u64,
+    idle: Duration,
+) {
     let mut last = live.delivered.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
     loop {
@@ -207,32 +239,94 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    sub_stop_tx.stop();
-    let mut sub_results = Vec::with_capacity(m);
-    for s in subs {
-        sub_results.push(s.await.context("a subscriber task failed")?);
-    }
-    progress.finish();
+}
 
-    let rep = report::build(report::Inputs {
-        broker: server.describe(),
-        qos: args.qos,
-        subscribers: m,
-        per_device_identities: matches!(identities, Identities::PerDevice),
-        rate: args.rate,
-        payload: args.payload,
-        connect_elapsed,
-        publish_elapsed,
-        start: start.into_std(),
-        baseline_rss,
-        connected_rss,
-        devices: results,
-        subs: sub_results,
-    });
-    if args.json {
-        crate::output::print_json(&rep)?;
+/// The connected devices, waiting for the start signal.
+struct Devices {
+    tasks: Vec<JoinHandle<device::DeviceResult>>,
+    go: watch::Sender<Option<Instant>>,
+    stop: watch::Sender<bool>,
+    connect_elapsed: Duration,
+}
+
+/// What the publishing phase produced.
+struct Published {
+    results: Vec<device::DeviceResult>,
+    start: Instant,
+    elapsed: Duration,
+    connect_elapsed: Duration,
+}
+
+impl Devices {
+    /// Connects the devices in bounded parallel batches (`Plan::handshakes`);
+    /// returns once each is connected or has failed.
+    async fn connect(specs: Vec<device::DeviceSpec>, plan: Arc<device::Plan>) -> Self {
+        let n = specs.len();
+        let (go_tx, go) = watch::channel(None);
+        let (stop_tx, stop) = watch::channel(false);
+        let (ready_tx, mut ready) = mpsc::channel(n.min(1024));
+        let connect_started = Instant::now();
+        let mut tasks = Vec::with_capacity(n);
+        for spec in specs {
+            tasks.push(tokio::spawn(device::run(
+                spec,
+                plan.clone(),
+                ready_tx.clone(),
+                go.clone(),
+                stop.clone(),
+            )));
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            if ready.recv().await.is_none() {
+                break;
+            }
+        }
+        Devices {
+            tasks,
+            go: go_tx,
+            stop: stop_tx,
+            connect_elapsed: connect_started.elapsed(),
+        }
+    }
+
+    /// Starts every device at once and waits until all are done (after
+    /// `duration`, or their --count).
+    async fn publish(self, duration: Option<Duration>) -> Result<Published> {
+        let Devices {
+            tasks,
+            go,
+            stop,
+            connect_elapsed,
+        } = self;
+        let start = Instant::now();
+        let _ = go.send(Some(start));
+        // Without a duration `stop` stays here, open, until the devices are done.
+        if let Some(d) = duration {
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start + d).await;
+                let _ = stop.send(true);
+            });
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        for d in tasks {
+            results.push(d.await.context("a device task failed")?);
+        }
+        Ok(Published {
+            results,
+            start,
+            elapsed: start.elapsed(),
+            connect_elapsed,
+        })
+    }
+}
+
+/// Prints the report (JSON or text) on stdout and its problems on stderr.
+fn print(rep: &report::BenchReport, json: bool) -> Result<ExitCode> {
+    if json {
+        crate::output::print_json(rep)?;
     } else {
-        crate::output::print_stdout(&report::render(&rep))?;
+        crate::output::print_stdout(&report::render(rep))?;
     }
     for e in &rep.problems {
         crate::note!("error: {e}");

@@ -5,8 +5,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::clock::now_unix_nano;
-use crate::flows::dummy::DummyDevice;
 use crate::proto::Telemetry;
+use crate::telemetry::dummy::DummyDevice;
 
 /// Smallest `--payload BYTES`: room for the device id, seq and send time.
 pub const MIN_PAYLOAD: usize = 48;

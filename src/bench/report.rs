@@ -1,12 +1,13 @@
 //! Merging the devices' and subscribers' results into one report, its text
 //! and JSON forms, live progress and memory readings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::device::DeviceResult;
@@ -196,110 +197,14 @@ fn per_s(n: u64, d: Duration) -> f64 {
 
 pub fn build(inp: Inputs) -> BenchReport {
     let m = inp.subscribers as u64;
-    let mut connect_hist = histogram();
-    let mut latency = histogram();
-    let mut below_zero = 0;
-    let mut undecodable = 0;
-    let mut last_delivery: Option<Instant> = None;
-    let mut problems = Vec::new();
-    for s in &inp.subs {
-        latency.add(&s.latency_us).expect("same histogram bounds");
-        below_zero += s.below_zero;
-        undecodable += s.undecodable;
-        last_delivery = last_delivery.max(s.last_delivery);
-        if let Some(e) = &s.error {
-            problems.push(e.clone());
-        }
-    }
-    // (received, distinct) per device over all subscribers.
-    let mut rx: HashMap<&str, (u64, u64)> = HashMap::new();
-    let mut foreign = undecodable;
-    let ids: std::collections::HashSet<&str> =
-        inp.devices.iter().map(|d| d.device_id.as_str()).collect();
-    for s in &inp.subs {
-        for (id, seen) in &s.seen {
-            if ids.contains(id.as_str()) {
-                let e = rx.entry(id.as_str()).or_default();
-                e.0 += seen.received;
-                e.1 += seen.distinct;
-            } else {
-                foreign += seen.received;
-            }
-        }
-    }
-
-    let mut per_device = Vec::with_capacity(inp.devices.len());
-    let (mut connected, mut failed, mut published, mut acked) = (0, 0, 0, 0);
-    let (mut delivered, mut lost, mut duplicated) = (0, 0, 0);
-    let mut device_errors: Vec<String> = Vec::new();
-    for d in &inp.devices {
-        if let Some(us) = d.connect_us {
-            connect_hist.saturating_record(us);
-        }
-        if d.connected {
-            connected += 1;
-        } else {
-            failed += 1;
-        }
-        let (received, distinct) = rx.get(d.device_id.as_str()).copied().unwrap_or_default();
-        let dev_lost = (d.published * m).saturating_sub(distinct);
-        let dev_dup = received - distinct;
-        published += d.published;
-        acked += d.acked;
-        delivered += received;
-        lost += dev_lost;
-        duplicated += dev_dup;
-        if let Some(e) = &d.error {
-            device_errors.push(format!("{}: {e}", d.device_id));
-        }
-        per_device.push(PerDevice {
-            device_id: d.device_id.clone(),
-            connected: d.connected,
-            connect_ms: d.connect_us.map(ms),
-            published: d.published,
-            acked: d.acked,
-            delivered: received,
-            lost: dev_lost,
-            duplicated: dev_dup,
-            error: d.error.clone(),
-        });
-    }
-    if failed > 0 {
-        problems.push(format!(
-            "{failed} of {} devices did not connect (first: {}); if many failed, check the broker's open-file limit (`ulimit -n` where it was started) and its log, or lower --connect-parallel",
-            inp.devices.len(),
-            device_errors.first().map(String::as_str).unwrap_or("?")
-        ));
-    } else if let Some(first) = device_errors.first() {
-        problems.push(format!(
-            "{} device(s) failed while publishing (first: {first})",
-            device_errors.len()
-        ));
-    }
-    if inp.qos == 1 && lost > 0 {
-        problems.push(format!(
-            "{lost} QoS 1 message(s) lost: published x subscribers = {}, distinct received = {}",
-            published * m,
-            delivered - duplicated
-        ));
-    }
-    if inp.qos == 1 && acked < published {
-        problems.push(format!(
-            "{} QoS 1 message(s) written but never acknowledged by the broker",
-            published - acked
-        ));
-    }
-    let deliver_elapsed = last_delivery
-        .map(|t| t.saturating_duration_since(inp.start))
+    let rx = Received::merge(&inp.subs, &inp.devices);
+    let (per_device, t) = per_device(&inp.devices, &rx.per_device, m);
+    let mut problems = rx.problems;
+    problems.extend(device_problems(&t, inp.devices.len(), inp.qos, m));
+    let deliver_elapsed = rx
+        .last_delivery
+        .map(|d| d.saturating_duration_since(inp.start))
         .unwrap_or_default();
-    let connections = connected + inp.subscribers as u64;
-    let per_connection_kib = if connections > 0 {
-        (inp.connected_rss.saturating_sub(inp.baseline_rss) as f64 / connections as f64 * 10.0)
-            .round()
-            / 10.0
-    } else {
-        0.0
-    };
     let ok = problems.is_empty();
     BenchReport {
         broker: inp.broker,
@@ -316,44 +221,211 @@ pub fn build(inp: Inputs) -> BenchReport {
             PayloadKind::Bytes(n) => format!("{n} bytes"),
         },
         rate_per_device: inp.rate,
-        connect: Connect {
-            connected,
-            failed,
-            elapsed_s: round3(inp.connect_elapsed.as_secs_f64()),
-            handshakes_per_s: per_s(connected, inp.connect_elapsed),
-            p50_ms: ms(connect_hist.value_at_quantile(0.5)),
-            p99_ms: ms(connect_hist.value_at_quantile(0.99)),
-            max_ms: ms(connect_hist.max()),
-        },
-        published,
-        acked,
+        connect: connect_section(&t, inp.connect_elapsed),
+        published: t.published,
+        acked: t.acked,
         publish_elapsed_s: round3(inp.publish_elapsed.as_secs_f64()),
-        published_per_s: per_s(published, inp.publish_elapsed),
-        expected: published * m,
-        delivered,
-        lost,
-        duplicated,
+        published_per_s: per_s(t.published, inp.publish_elapsed),
+        expected: t.published * m,
+        delivered: t.delivered,
+        lost: t.lost,
+        duplicated: t.duplicated,
         deliver_elapsed_s: round3(deliver_elapsed.as_secs_f64()),
-        delivered_per_s: per_s(delivered, deliver_elapsed),
-        latency: Latency {
-            p50_ms: ms(latency.value_at_quantile(0.5)),
-            p95_ms: ms(latency.value_at_quantile(0.95)),
-            p99_ms: ms(latency.value_at_quantile(0.99)),
-            max_ms: ms(latency.max()),
-            min_ms: ms(latency.min()),
-            mean_ms: round3(latency.mean() / 1000.0),
-            below_zero,
-        },
-        foreign,
-        memory: Memory {
-            baseline_rss_kib: inp.baseline_rss,
-            connected_rss_kib: inp.connected_rss,
-            peak_rss_kib: peak_rss_kib(),
-            per_connection_kib,
-        },
+        delivered_per_s: per_s(t.delivered, deliver_elapsed),
+        latency: latency_section(&rx.latency, rx.below_zero),
+        foreign: rx.foreign,
+        memory: memory_section(
+            inp.baseline_rss,
+            inp.connected_rss,
+            t.connected + inp.subscribers as u64,
+        ),
         problems,
         ok,
         per_device,
+    }
+}
+
+/// What the subscribers received, merged over all of them.
+struct Received<'a> {
+    latency: Histogram<u64>,
+    below_zero: u64,
+    last_delivery: Option<Instant>,
+    /// (received, distinct) per bench device.
+    per_device: HashMap<&'a str, (u64, u64)>,
+    /// Undecodable messages and those of devices not in this bench.
+    foreign: u64,
+    /// The subscribers' own errors.
+    problems: Vec<String>,
+}
+
+impl<'a> Received<'a> {
+    fn merge(subs: &'a [SubResult], devices: &[DeviceResult]) -> Self {
+        let mut r = Received {
+            latency: histogram(),
+            below_zero: 0,
+            last_delivery: None,
+            per_device: HashMap::new(),
+            foreign: 0,
+            problems: Vec::new(),
+        };
+        let ids: HashSet<&str> = devices.iter().map(|d| d.device_id.as_str()).collect();
+        for s in subs {
+            r.latency.add(&s.latency_us).expect("same histogram bounds");
+            r.below_zero += s.below_zero;
+            r.foreign += s.undecodable;
+            r.last_delivery = r.last_delivery.max(s.last_delivery);
+            if let Some(e) = &s.error {
+                r.problems.push(e.clone());
+            }
+            for (id, seen) in &s.seen {
+                if ids.contains(id.as_str()) {
+                    let e = r.per_device.entry(id.as_str()).or_default();
+                    e.0 += seen.received;
+                    e.1 += seen.distinct;
+                } else {
+                    r.foreign += seen.received;
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Sums over the devices.
+struct Totals {
+    connect_us: Histogram<u64>,
+    connected: u64,
+    failed: u64,
+    published: u64,
+    acked: u64,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    /// "device: error", in device order.
+    errors: Vec<String>,
+}
+
+/// Each device's line of the report, and their sums; `m` is the number of subscribers.
+fn per_device(
+    devices: &[DeviceResult],
+    rx: &HashMap<&str, (u64, u64)>,
+    m: u64,
+) -> (Vec<PerDevice>, Totals) {
+    let mut t = Totals {
+        connect_us: histogram(),
+        connected: 0,
+        failed: 0,
+        published: 0,
+        acked: 0,
+        delivered: 0,
+        lost: 0,
+        duplicated: 0,
+        errors: Vec::new(),
+    };
+    let mut lines = Vec::with_capacity(devices.len());
+    for d in devices {
+        if let Some(us) = d.connect_us {
+            t.connect_us.saturating_record(us);
+        }
+        if d.connected {
+            t.connected += 1;
+        } else {
+            t.failed += 1;
+        }
+        let (received, distinct) = rx.get(d.device_id.as_str()).copied().unwrap_or_default();
+        let lost = (d.published * m).saturating_sub(distinct);
+        let duplicated = received - distinct;
+        t.published += d.published;
+        t.acked += d.acked;
+        t.delivered += received;
+        t.lost += lost;
+        t.duplicated += duplicated;
+        if let Some(e) = &d.error {
+            t.errors.push(format!("{}: {e}", d.device_id));
+        }
+        lines.push(PerDevice {
+            device_id: d.device_id.clone(),
+            connected: d.connected,
+            connect_ms: d.connect_us.map(ms),
+            published: d.published,
+            acked: d.acked,
+            delivered: received,
+            lost,
+            duplicated,
+            error: d.error.clone(),
+        });
+    }
+    (lines, t)
+}
+
+/// Failed devices, and at QoS 1 lost or unacknowledged messages.
+fn device_problems(t: &Totals, devices: usize, qos: u8, m: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    if t.failed > 0 {
+        problems.push(format!(
+            "{} of {devices} devices did not connect (first: {}); if many failed, check the broker's open-file limit (`ulimit -n` where it was started) and its log, or lower --connect-parallel",
+            t.failed,
+            t.errors.first().map(String::as_str).unwrap_or("?")
+        ));
+    } else if let Some(first) = t.errors.first() {
+        problems.push(format!(
+            "{} device(s) failed while publishing (first: {first})",
+            t.errors.len()
+        ));
+    }
+    if qos == 1 && t.lost > 0 {
+        problems.push(format!(
+            "{} QoS 1 message(s) lost: published x subscribers = {}, distinct received = {}",
+            t.lost,
+            t.published * m,
+            t.delivered - t.duplicated
+        ));
+    }
+    if qos == 1 && t.acked < t.published {
+        problems.push(format!(
+            "{} QoS 1 message(s) written but never acknowledged by the broker",
+            t.published - t.acked
+        ));
+    }
+    problems
+}
+
+fn connect_section(t: &Totals, elapsed: Duration) -> Connect {
+    Connect {
+        connected: t.connected,
+        failed: t.failed,
+        elapsed_s: round3(elapsed.as_secs_f64()),
+        handshakes_per_s: per_s(t.connected, elapsed),
+        p50_ms: ms(t.connect_us.value_at_quantile(0.5)),
+        p99_ms: ms(t.connect_us.value_at_quantile(0.99)),
+        max_ms: ms(t.connect_us.max()),
+    }
+}
+
+fn latency_section(latency: &Histogram<u64>, below_zero: u64) -> Latency {
+    Latency {
+        p50_ms: ms(latency.value_at_quantile(0.5)),
+        p95_ms: ms(latency.value_at_quantile(0.95)),
+        p99_ms: ms(latency.value_at_quantile(0.99)),
+        max_ms: ms(latency.max()),
+        min_ms: ms(latency.min()),
+        mean_ms: round3(latency.mean() / 1000.0),
+        below_zero,
+    }
+}
+
+fn memory_section(baseline_rss: u64, connected_rss: u64, connections: u64) -> Memory {
+    let per_connection_kib = if connections > 0 {
+        (connected_rss.saturating_sub(baseline_rss) as f64 / connections as f64 * 10.0).round()
+            / 10.0
+    } else {
+        0.0
+    };
+    Memory {
+        baseline_rss_kib: baseline_rss,
+        connected_rss_kib: connected_rss,
+        peak_rss_kib: peak_rss_kib(),
+        per_connection_kib,
     }
 }
 
@@ -404,6 +476,14 @@ pub fn render(r: &BenchReport) -> String {
         mem.per_connection_kib,
         r.connect.connected + r.subscribers as u64
     );
+    s.push_str(&render_troubled(r));
+    s
+}
+
+/// The devices that lost, duplicated or failed (the first 20), and the
+/// messages of other publishers.
+fn render_troubled(r: &BenchReport) -> String {
+    let mut s = String::new();
     let troubled: Vec<&PerDevice> = r
         .per_device
         .iter()

@@ -5,7 +5,6 @@
 //! bookkeeping (what was written, what was acknowledged, what must be sent
 //! again after a reconnect) never races with the network.
 
-pub mod dummy;
 pub mod publish;
 pub mod subscribe;
 

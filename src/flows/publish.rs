@@ -20,13 +20,13 @@ use prost::Message;
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde::Serialize;
 
-use super::dummy::DummyDevice;
 use super::{device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs};
 use crate::clock::now_unix_nano;
 use crate::mqtt::poller::Poller;
 use crate::mqtt::{command_topic, telemetry_topic, unique_client_id, Role};
 use crate::pipeline::{Reconnect, Shutdown};
 use crate::proto::Command;
+use crate::telemetry::dummy::DummyDevice;
 
 /// How long Ctrl-C waits for the PUBACKs of messages already written.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(5);

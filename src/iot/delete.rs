@@ -46,14 +46,7 @@ pub(super) async fn delete_thing(args: DeleteArgs) -> Result<()> {
                 .map(|p| format!(", policy {p}"))
                 .unwrap_or_default()
         );
-        let ok = dialoguer::Confirm::new()
-            .with_prompt(prompt)
-            .default(false)
-            .interact()
-            .context("confirmation prompt (pass --yes to skip it)")?;
-        if !ok {
-            bail!("cancelled; nothing was deleted");
-        }
+        super::create::ask(prompt, "nothing was deleted")?;
     }
 
     let pb = output::spinner(format!("deleting thing {name}"));

@@ -2,7 +2,11 @@
 //! format that `sub`, `quickstart` and `sink stats` share, so a reading
 //! looks the same wherever it is printed, and escaping for every string a
 //! device chose (its id, its status), so that a device cannot write ESC, CR
-//! or LF to an operator's terminal.
+//! or LF to an operator's terminal. `dummy` generates readings; it lives
+//! here, not under `flows`, so that `pub` and `bench` share it without one
+//! command module depending on another.
+
+pub mod dummy;
 
 use std::fmt;
 
