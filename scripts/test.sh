@@ -35,6 +35,11 @@ if ! "$VENV/bin/python" -c 'import paho.mqtt, google.protobuf, grpc_tools, moto.
 fi
 export MQTTKIT_TEST_PYTHON="$PWD/$VENV/bin/python"
 
+# A one-shot build gains nothing from incremental caches; they only cost disk
+# (CI once ran out of space mid-build).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== disk before build: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')" >&2
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 if command -v cargo-nextest >/dev/null 2>&1; then
