@@ -314,6 +314,41 @@ fn persistent_subscriber_gets_what_was_sent_while_it_was_away() {
 }
 
 #[test]
+fn strict_durability_keeps_acked_messages_through_a_broker_crash() {
+    let b = Broker::start_with(BrokerOptions {
+        up_args: vec!["--durability".into(), "strict".into()],
+        ..Default::default()
+    });
+    assert!(
+        std::fs::read_to_string(b.out().join("mosquitto/mosquitto.conf"))
+            .unwrap()
+            .contains("\nautosave_on_changes true\nautosave_interval 1\n")
+    );
+    // A persistent session the broker must queue for while it is away.
+    let first = start_sub(&b, &["--persistent", "--client-id", "ops-1"]);
+    first.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, _, err) = first.finish(LIMIT);
+    assert!(status.success(), "{err}");
+
+    let (status, summary, err) = pub_telemetry(&b, &["--count", "500", "--qos", "1"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(summary["acked"], 500, "{summary}");
+    // SIGKILL right after the last PUBACK: only the snapshot on disk survives.
+    b.kill();
+    b.restart();
+
+    let mut c = b.mqttkit();
+    c.args(["sub", "telemetry", "--json", "--persistent"])
+        .args(["--client-id", "ops-1", "--count", "500"]);
+    let (status, lines, err) = Proc::spawn(c).finish(LIMIT);
+    assert!(status.success(), "{err}");
+    let mut got = seqs(&json_lines(&lines));
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got, (0..500).collect::<Vec<u64>>());
+}
+
+#[test]
 fn ctrl_c_ends_an_endless_publisher_cleanly() {
     let b = Broker::start();
     let mut sub = start_sub(&b, &[]);

@@ -73,6 +73,49 @@ pub enum Auth {
     Both,
 }
 
+/// What a broker crash (SIGKILL, power loss of the process) may take of the
+/// QoS 1/2 messages it has already acknowledged. Mosquitto keeps sessions and
+/// queues in memory and writes a full snapshot (`data/mosquitto.db`): only
+/// what is in the last snapshot survives a crash; a clean stop saves all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A snapshot every 10 s: a crash loses up to the last 10 s of
+    /// acknowledged messages and of new sessions and subscriptions.
+    #[default]
+    Balanced,
+    /// A snapshot after every change (`autosave_on_changes`), written right
+    /// after the network round in which the broker acknowledged: a crash
+    /// loses only what it acknowledged in that last round. Costs throughput
+    /// that grows with the stored queue (each snapshot is the whole database).
+    Strict,
+}
+
+impl Durability {
+    /// mosquitto's `autosave_on_changes` and `autosave_interval` for it.
+    pub fn autosave(self) -> (bool, u32) {
+        match self {
+            Durability::Balanced => (false, 10),
+            Durability::Strict => (true, 1),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Balanced => "balanced",
+            Durability::Strict => "strict",
+        }
+    }
+
+    /// What a crash may lose, in one phrase.
+    pub fn loss_window(self) -> &'static str {
+        match self {
+            Durability::Balanced => "a crash loses up to 10 s of acknowledged messages",
+            Durability::Strict => "a crash loses at most the broker's last network round",
+        }
+    }
+}
+
 impl Auth {
     fn as_str(self) -> &'static str {
         match self {
@@ -113,6 +156,11 @@ pub struct UpArgs {
     /// Identity (certificate CN or user) allowed to read all telemetry and send commands; repeatable.
     #[arg(long = "server-identity", value_name = "NAME", default_value = crate::pki::DEFAULT_SERVER)]
     pub server_identities: Vec<String>,
+    /// What a broker crash may lose of acknowledged QoS 1/2 messages:
+    /// balanced (a snapshot every 10 s) or strict (a snapshot after every
+    /// change; slower). A clean `broker down` saves everything either way.
+    #[arg(long, value_enum, default_value_t)]
+    pub durability: Durability,
     /// How long to wait for the broker to accept a connection: 20s, 1m (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::units::parse_positive_duration)]
     pub timeout: Duration,

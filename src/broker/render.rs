@@ -27,6 +27,8 @@ pub struct ConfVars<'a> {
     pub max_queued_messages: u64,
     pub queue_mib: u64,
     pub max_inflight_messages: u64,
+    pub autosave_on_changes: bool,
+    pub autosave_interval: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +93,8 @@ mod tests {
             max_queued_messages: MAX_QUEUED_MESSAGES,
             queue_mib: 200,
             max_inflight_messages: MAX_INFLIGHT_MESSAGES,
+            autosave_on_changes: false,
+            autosave_interval: 10,
         }
     }
 
@@ -103,6 +107,7 @@ mod tests {
         assert_eq!(c.matches("use_identity_as_username true").count(), 2);
         assert!(c.contains("allow_anonymous false"));
         assert!(c.contains("max_queued_messages 1000000"));
+        assert!(c.contains("\nautosave_on_changes false\nautosave_interval 10\n"));
         assert!(!c.contains("password_file"));
         let p = mosquitto_conf(&vars("password")).unwrap();
         assert!(p.contains("password_file passwd"));

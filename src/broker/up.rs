@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::native;
 use super::{
     broker_cert_names, compose_path_str, load_state, mosquitto_dir, now_rfc3339, publish,
-    relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Runtime,
-    UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
+    relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Durability,
+    Runtime, UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
 };
 use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC};
 use crate::mqtt::{self, profile};
@@ -35,6 +35,7 @@ pub struct UpConfig {
     pub compose_file: PathBuf,
     pub websockets_port: Option<u16>,
     pub auth: Auth,
+    pub durability: Durability,
     pub server_identities: Vec<String>,
     pub timeout: Duration,
     pub json: bool,
@@ -51,6 +52,7 @@ impl UpConfig {
             compose_file: PathBuf::from("compose.yaml"),
             websockets_port: None,
             auth: Auth::default(),
+            durability: Durability::default(),
             server_identities: vec![crate::identity::DEFAULT_SERVER.to_string()],
             timeout: DEFAULT_TIMEOUT,
             json: false,
@@ -68,6 +70,7 @@ impl UpArgs {
             compose_file: self.compose_file.clone(),
             websockets_port: self.websockets_port,
             auth: self.auth,
+            durability: self.durability,
             server_identities: self.server_identities.clone(),
             timeout: self.timeout,
             json: self.json,
@@ -109,6 +112,7 @@ pub async fn up(cfg: &UpConfig) -> Result<ExitCode> {
             .websockets_port
             .map(|ws| format!("wss://{host}:{ws}/mqtt")),
         auth: cfg.auth.as_str(),
+        durability: cfg.durability,
         healthy_after_ms: started.elapsed().as_millis(),
         config: plan.dir.join("mosquitto.conf"),
         compose: plan.compose_file.map(Path::to_path_buf),
@@ -209,6 +213,8 @@ fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
         max_queued_messages: MAX_QUEUED_MESSAGES,
         queue_mib: MAX_QUEUED_MESSAGES * 200 / (1024 * 1024),
         max_inflight_messages: MAX_INFLIGHT_MESSAGES,
+        autosave_on_changes: cfg.durability.autosave().0,
+        autosave_interval: cfg.durability.autosave().1,
     })?;
     let mut files = StagedFiles::new();
     files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);
@@ -340,6 +346,7 @@ struct UpReport {
     port: u16,
     websockets_url: Option<String>,
     auth: &'static str,
+    durability: Durability,
     healthy_after_ms: u128,
     config: PathBuf,
     /// None when `--runtime native` left a foreign compose file alone.
@@ -370,6 +377,11 @@ impl UpReport {
         if let Some(url) = &self.websockets_url {
             s.push_str(&format!("  websockets  {url}\n"));
         }
+        s.push_str(&format!(
+            "  durability  {} ({})\n",
+            self.durability.as_str(),
+            self.durability.loss_window()
+        ));
         s.push_str(&format!("  config      {}\n", self.config.display()));
         if let Some(compose) = &self.compose {
             s.push_str(&format!("  compose     {}\n", compose.display()));

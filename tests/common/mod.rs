@@ -228,8 +228,17 @@ impl Broker {
 
     /// SIGTERM to mosquitto (like a crash/restart of the service); waits until it is gone.
     pub fn stop(&self) {
+        self.signal_and_wait("TERM");
+    }
+
+    /// SIGKILL to mosquitto (a crash: nothing saved on the way out); waits until it is gone.
+    pub fn kill(&self) {
+        self.signal_and_wait("KILL");
+    }
+
+    fn signal_and_wait(&self, sig: &str) {
         let pid = self.pid();
-        unsafe_kill(pid, "TERM");
+        unsafe_kill(pid, sig);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
             assert!(Instant::now() < deadline, "mosquitto {pid} did not stop");
