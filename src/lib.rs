@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod proto;
 pub mod quickstart;
+pub mod schema;
 pub mod sink;
 pub mod telemetry;
 pub mod units;

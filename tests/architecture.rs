@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("output", &[]),
     ("proto", &[]),
     ("units", &[]),
+    ("schema", &[]),
     ("telemetry", &["proto", "clock"]),
     ("mqtt", &["aws", "fsutil", "identity", "units"]),
     ("pipeline", &["mqtt", "output", "clock"]),
