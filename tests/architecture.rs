@@ -63,12 +63,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "broker",
         &[
-            "fsutil", "identity", "mqtt", "output", "pipeline", "pki", "units",
+            "fsutil", "identity", "mqtt", "output", "pipeline", "pki", "schema", "units",
         ],
     ),
     (
         "iot",
-        &["aws", "fsutil", "identity", "mqtt", "output", "pki"],
+        &[
+            "aws", "fsutil", "identity", "mqtt", "output", "pki", "schema",
+        ],
     ),
     (
         "doctor",

@@ -209,6 +209,83 @@ fn assert_least_privilege(doc: &Value, name: &str) {
     );
 }
 
+/// `plant.proto` and a schema mapping `plant/{site}/{device}/...` in `dir`.
+fn plant_schema(dir: &Path) -> PathBuf {
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proto/plant.proto"),
+        dir.join("plant.proto"),
+    )
+    .unwrap();
+    let schema = dir.join("schema.toml");
+    std::fs::write(
+        &schema,
+        r#"proto = ["plant.proto"]
+[[topic]]
+filter = "plant/{site}/{device}/metrics"
+message = "acme.plant.v1.Metrics"
+role = "telemetry"
+[[topic]]
+filter = "plant/{site}/{device}/commands"
+message = "acme.plant.v1.Command"
+role = "command"
+"#,
+    )
+    .unwrap();
+    schema
+}
+
+#[test]
+fn create_thing_with_a_schema_names_exactly_the_mapped_topics() {
+    let moto = Moto::start(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    let schema = plant_schema(out);
+    let schema = schema.to_str().unwrap();
+    // A label the policy cannot name exactly: refused before any AWS call.
+    let o = moto.mqttkit(
+        &["iot", "create-thing", "p-1", "--yes", "--schema", schema],
+        out,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no value for {site}"), "{}", stderr(&o));
+    assert!(moto.state()["things"].as_object().unwrap().is_empty());
+
+    ok(&moto.mqttkit(
+        &[
+            "iot",
+            "create-thing",
+            "p-1",
+            "--yes",
+            "--schema",
+            schema,
+            "--label",
+            "site=osaka",
+        ],
+        out,
+    ));
+    let doc = &moto.state()["policies"]["mqttkit-p-1"];
+    let mut grants = Vec::new();
+    for st in doc["Statement"].as_array().unwrap() {
+        for action in as_list(&st["Action"]) {
+            for resource in as_list(&st["Resource"]) {
+                assert!(!resource.contains('*'), "wildcard resource {resource}");
+                let what = resource.split_once(":123456789012:").unwrap().1.to_string();
+                grants.push(format!("{action} {what}"));
+            }
+        }
+    }
+    grants.sort();
+    assert_eq!(
+        grants,
+        [
+            "iot:Connect client/p-1",
+            "iot:Publish topic/plant/osaka/p-1/metrics",
+            "iot:Receive topic/plant/osaka/p-1/commands",
+            "iot:Subscribe topicfilter/plant/osaka/p-1/commands",
+        ]
+    );
+}
+
 #[test]
 fn create_thing_rerun_and_delete() {
     let moto = Moto::start(true);

@@ -161,6 +161,10 @@ pub struct UpArgs {
     /// change; slower). A clean `broker down` saves everything either way.
     #[arg(long, value_enum, default_value_t)]
     pub durability: Durability,
+    /// Render the ACL from this schema's topic map (its telemetry and
+    /// command topics, {device} = the identity) instead of devices/{id}/...
+    #[arg(long, value_name = "FILE", env = "MQTTKIT_SCHEMA")]
+    pub schema: Option<PathBuf>,
     /// How long to wait for the broker to accept a connection: 20s, 1m (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::units::parse_positive_duration)]
     pub timeout: Duration,

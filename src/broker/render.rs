@@ -4,6 +4,8 @@ use anyhow::{Context, Result};
 use minijinja::Environment;
 use serde::Serialize;
 
+use crate::schema::{Role, Schema};
+
 const MOSQUITTO_CONF: &str = include_str!("../../templates/mosquitto.conf");
 const TLS: &str = include_str!("../../templates/tls");
 const ACL: &str = include_str!("../../templates/acl");
@@ -69,8 +71,45 @@ pub fn mosquitto_conf(vars: &ConfVars<'_>) -> Result<String> {
     render("mosquitto.conf", vars)
 }
 
-pub fn acl(servers: &[String]) -> Result<String> {
-    render("acl", minijinja::context! { servers })
+/// Who may use which topics: devices their own (`%u` is the device level),
+/// server identities every device's.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AclTree {
+    pub device_write: Vec<String>,
+    pub device_read: Vec<String>,
+    pub server_read: Vec<String>,
+    pub server_write: Vec<String>,
+}
+
+impl AclTree {
+    /// mqttkit's own tree: `devices/{id}/telemetry|commands`.
+    pub fn builtin() -> Self {
+        AclTree {
+            device_write: vec![crate::mqtt::telemetry_topic("%u")],
+            device_read: vec![crate::mqtt::command_topic("%u")],
+            server_read: vec![crate::mqtt::telemetry_topic("+")],
+            server_write: vec![crate::mqtt::command_topic("+")],
+        }
+    }
+
+    /// The tree of a user's schema: its telemetry and command rules.
+    pub fn from_schema(schema: &Schema) -> Result<Self> {
+        let tree = AclTree {
+            device_write: schema.device_topics(Role::Telemetry, "%u"),
+            device_read: schema.device_topics(Role::Command, "%u"),
+            server_read: schema.filters(Role::Telemetry),
+            server_write: schema.filters(Role::Command),
+        };
+        if tree.device_write.is_empty() && tree.device_read.is_empty() {
+            anyhow::bail!("--schema: no [[topic]] has role = \"telemetry\" or \"command\", so the ACL would let devices use no topic; give the device topics a role");
+        }
+        Ok(tree)
+    }
+}
+
+/// The ACL file; `schema` names the schema the tree came from (a comment).
+pub fn acl(servers: &[String], tree: &AclTree, schema: Option<&str>) -> Result<String> {
+    render("acl", minijinja::context! { servers, tree, schema })
 }
 
 pub fn compose(vars: &ComposeVars<'_>) -> Result<String> {
@@ -116,7 +155,7 @@ mod tests {
 
     #[test]
     fn acl_scopes_devices_and_servers() {
-        let a = acl(&["server".into(), "ops".into()]).unwrap();
+        let a = acl(&["server".into(), "ops".into()], &AclTree::builtin(), None).unwrap();
         assert!(a.contains("pattern write devices/%u/telemetry"));
         assert!(a.contains("pattern read devices/%u/commands"));
         assert!(

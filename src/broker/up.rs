@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::native;
+use super::render::AclTree;
 use super::{
     broker_cert_names, compose_path_str, load_state, mosquitto_dir, now_rfc3339, publish,
     relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Durability,
@@ -18,6 +19,7 @@ use super::{
 };
 use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC};
 use crate::mqtt::{self, profile};
+use crate::schema::{Schema, SchemaSource};
 use crate::{note, output};
 
 /// The default MQTT over TLS port.
@@ -36,6 +38,8 @@ pub struct UpConfig {
     pub websockets_port: Option<u16>,
     pub auth: Auth,
     pub durability: Durability,
+    /// A schema whose topic map the ACL follows.
+    pub schema: Option<PathBuf>,
     pub server_identities: Vec<String>,
     pub timeout: Duration,
     pub json: bool,
@@ -53,6 +57,7 @@ impl UpConfig {
             websockets_port: None,
             auth: Auth::default(),
             durability: Durability::default(),
+            schema: None,
             server_identities: vec![crate::identity::DEFAULT_SERVER.to_string()],
             timeout: DEFAULT_TIMEOUT,
             json: false,
@@ -71,6 +76,7 @@ impl UpArgs {
             websockets_port: self.websockets_port,
             auth: self.auth,
             durability: self.durability,
+            schema: self.schema.clone(),
             server_identities: self.server_identities.clone(),
             timeout: self.timeout,
             json: self.json,
@@ -88,6 +94,7 @@ struct Plan<'a> {
     password_file: bool,
     /// As root, mosquitto drops to this user, which must read the key and data.
     drop_to: Option<nix::unistd::User>,
+    acl: AclTree,
 }
 
 /// Renders the configuration, starts the broker and waits until it is healthy.
@@ -185,10 +192,12 @@ fn plan(cfg: &UpConfig, certs: PathBuf) -> Result<Plan<'_>> {
             cfg.out.display()
         );
     }
+    let acl = acl_tree(cfg)?;
     for port in std::iter::once(cfg.port).chain(cfg.websockets_port) {
         native::check_port_free(cfg.bind.as_deref(), port)?;
     }
     Ok(Plan {
+        acl,
         certs,
         dir,
         runtime,
@@ -196,6 +205,18 @@ fn plan(cfg: &UpConfig, certs: PathBuf) -> Result<Plan<'_>> {
         password_file,
         drop_to: native::privilege_drop_user(runtime),
     })
+}
+
+/// The topics the ACL grants: the schema's map, or mqttkit's own tree.
+fn acl_tree(cfg: &UpConfig) -> Result<AclTree> {
+    let Some(path) = &cfg.schema else {
+        return Ok(AclTree::builtin());
+    };
+    let schema = Schema::load(&SchemaSource {
+        schema: Some(path.clone()),
+        ..Default::default()
+    })?;
+    AclTree::from_schema(&schema).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Writes mosquitto.conf, the ACL and the compose file as one set, then
@@ -220,7 +241,13 @@ fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
     files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);
     files.add(
         dir.join("acl"),
-        render::acl(&cfg.server_identities)?,
+        render::acl(
+            &cfg.server_identities,
+            &plan.acl,
+            cfg.schema
+                .as_deref()
+                .map(|p| p.to_str().unwrap_or("(schema)")),
+        )?,
         MODE_PUBLIC,
     );
     if let Some(path) = plan.compose_file {

@@ -73,6 +73,14 @@ pub struct CreateArgs {
     /// Type of the locally generated key (AWS IoT accepts ECDSA and RSA, not Ed25519).
     #[arg(long, value_enum, default_value_t)]
     pub key_type: KeyType,
+    /// Name the policy's topics from this schema's telemetry and command
+    /// topics ({device} = NAME) instead of devices/NAME/...
+    #[arg(long, value_name = "FILE", env = "MQTTKIT_SCHEMA")]
+    pub schema: Option<PathBuf>,
+    /// A value for a {label} of the schema's topics (repeatable): the policy
+    /// names exact topics, e.g. --label site=osaka.
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = crate::schema::args::parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Let AWS generate the key (CreateKeysAndCertificate) instead of sending a CSR.
     #[arg(long, conflicts_with = "key_type")]
     pub aws_generated_key: bool,

@@ -21,7 +21,10 @@ pub fn decode(desc: &MessageDescriptor, payload: &[u8]) -> Result<Value> {
 /// Decodes `payload` as `desc`.
 pub fn decode_message(desc: &MessageDescriptor, payload: &[u8]) -> Result<DynamicMessage> {
     if payload.is_empty() {
-        bail!("empty payload (a cleared retained message?), not a {}", desc.full_name());
+        bail!(
+            "empty payload (a cleared retained message?), not a {}",
+            desc.full_name()
+        );
     }
     let msg = DynamicMessage::decode(desc.clone(), payload)
         .map_err(|e| anyhow::anyhow!("not a {}: {e}", desc.full_name()))?;
@@ -43,17 +46,15 @@ pub fn message_from_json(desc: &MessageDescriptor, text: &str) -> Result<Dynamic
         serde_path_to_error::Deserializer::new(&mut de, &mut track),
         &DeserializeOptions::new().deny_unknown_fields(true),
     );
-    let msg = parsed
-        .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| {
-            let path = track.path().to_string();
-            let at = if path.is_empty() || path == "." {
-                String::new()
-            } else {
-                format!(" at field {path}")
-            };
-            anyhow::anyhow!("JSON does not fit {}{at}: {e}", desc.full_name())
-        })?;
+    let msg = parsed.and_then(|m| de.end().map(|()| m)).map_err(|e| {
+        let path = track.path().to_string();
+        let at = if path.is_empty() || path == "." {
+            String::new()
+        } else {
+            format!(" at field {path}")
+        };
+        anyhow::anyhow!("JSON does not fit {}{at}: {e}", desc.full_name())
+    })?;
     Ok(msg)
 }
 
@@ -84,13 +85,17 @@ mod tests {
     fn json_that_does_not_fit_names_the_field() {
         let (schema, _dir) = plant_schema();
         let desc = schema.rules[0].message.clone();
-        let e = encode_json(&desc, r#"{"nosuch": 1}"#).unwrap_err().to_string();
+        let e = encode_json(&desc, r#"{"nosuch": 1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nosuch"), "{e}");
         let e = encode_json(&desc, r#"{"env": {"temperatureC": "warm"}}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("env.temperatureC"), "{e}");
-        let e = encode_json(&desc, r#"{"sequence": 1} x"#).unwrap_err().to_string();
+        let e = encode_json(&desc, r#"{"sequence": 1} x"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trailing"), "{e}");
     }
 
@@ -98,7 +103,10 @@ mod tests {
     fn empty_and_garbage_payloads_are_not_messages() {
         let (schema, _dir) = plant_schema();
         let desc = schema.rules[0].message.clone();
-        assert!(decode(&desc, b"").unwrap_err().to_string().contains("empty"));
+        assert!(decode(&desc, b"")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(decode(&desc, b"\xff\xff\xff").is_err());
     }
 }

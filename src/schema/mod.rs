@@ -25,6 +25,7 @@
 //! file:line:column, an unknown type with the closest names, a seq field that
 //! is not an integer, a role without `{device}`, an unknown key.
 
+pub mod args;
 pub mod codec;
 pub mod template;
 
@@ -34,6 +35,7 @@ use anyhow::{bail, Context, Result};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde::Deserialize;
 
+pub use args::SchemaArgs;
 pub use template::{Labels, Template};
 
 /// Where a command's schema comes from, resolved from its flags
@@ -170,6 +172,24 @@ impl Schema {
         (self.rules.iter()).find_map(|r| r.template.matches(topic).map(|l| (r, l)))
     }
 
+    /// The topics of `role` for one device, as filters: `{device}` is
+    /// `device` (an id, or `%u` in a mosquitto ACL pattern), other labels `+`.
+    pub fn device_topics(&self, role: Role, device: &str) -> Vec<String> {
+        let labels = Labels::from([(template::DEVICE.to_string(), device.to_string())]);
+        self.rules_of(role)
+            .map(|r| r.template.filter_with(&labels))
+            .collect()
+    }
+
+    /// The filters of `role` for every device.
+    pub fn filters(&self, role: Role) -> Vec<String> {
+        self.rules_of(role).map(|r| r.template.filter()).collect()
+    }
+
+    fn rules_of(&self, role: Role) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(move |r| r.role == Some(role))
+    }
+
     /// The first rule of `role` (the topic a role command uses).
     pub fn rule_of(&self, role: Role) -> Option<&Rule> {
         self.rules.iter().find(|r| r.role == Some(role))
@@ -244,7 +264,11 @@ fn proto_error(e: &protox::Error) -> anyhow::Error {
         .and_then(|label| {
             let source = e.source_code()?;
             let contents = source.read_span(label.inner(), 0, 0).ok()?;
-            Some(format!(":{}:{}", contents.line() + 1, contents.column() + 1))
+            Some(format!(
+                ":{}:{}",
+                contents.line() + 1,
+                contents.column() + 1
+            ))
         })
         .unwrap_or_default();
     let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
@@ -281,14 +305,22 @@ pub fn find_message(pool: &DescriptorPool, name: &str) -> Result<MessageDescript
     }
     let mut known: Vec<(f64, String)> = (pool.all_messages())
         .filter(|m| !m.full_name().starts_with("google.protobuf."))
-        .map(|m| (strsim::jaro_winkler(name, m.full_name()), m.full_name().to_string()))
+        .map(|m| {
+            (
+                strsim::jaro_winkler(name, m.full_name()),
+                m.full_name().to_string(),
+            )
+        })
         .collect();
     known.sort_by(|a, b| b.0.total_cmp(&a.0));
     let closest: Vec<String> = known.into_iter().take(3).map(|(_, n)| n).collect();
     if closest.is_empty() {
         bail!("message {name}: the schema defines no message types; check the .proto files");
     }
-    bail!("message {name}: no such message type; closest: {}", closest.join(", "))
+    bail!(
+        "message {name}: no such message type; closest: {}",
+        closest.join(", ")
+    )
 }
 
 fn field(message: &MessageDescriptor, name: &str, what: &str) -> Result<FieldDescriptor> {
@@ -314,10 +346,17 @@ fn seq_field(message: &MessageDescriptor, name: &str) -> Result<FieldDescriptor>
     Ok(f)
 }
 
-fn time_field(message: &MessageDescriptor, name: &str, unit: Option<TimeUnit>) -> Result<TimeField> {
+fn time_field(
+    message: &MessageDescriptor,
+    name: &str,
+    unit: Option<TimeUnit>,
+) -> Result<TimeField> {
     let f = field(message, name, "time")?;
     if f.is_list() || f.is_map() {
-        bail!("time = {name:?}: {}.{name} is repeated; map time to one Timestamp or integer field", message.full_name());
+        bail!(
+            "time = {name:?}: {}.{name} is repeated; map time to one Timestamp or integer field",
+            message.full_name()
+        );
     }
     match (f.kind(), unit) {
         (Kind::Message(m), None) if m.full_name() == "google.protobuf.Timestamp" => {
@@ -371,4 +410,4 @@ pub fn kind_name(f: &FieldDescriptor) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -64,8 +64,8 @@ impl Template {
 
     fn level(text: &str, part: &str, last: bool) -> Result<Level> {
         if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 bail!("topic template {text}: {{{name}}} is not a name; use letters, digits and _");
             }

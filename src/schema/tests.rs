@@ -92,7 +92,11 @@ fn bad_schemas_are_one_line_errors_naming_the_problem() {
 fn a_proto_syntax_error_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.proto");
-    std::fs::write(&bad, "syntax = \"proto3\";\nmessage M {\n  int32 x = ;\n}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "syntax = \"proto3\";\nmessage M {\n  int32 x = ;\n}\n",
+    )
+    .unwrap();
     let e = Schema::load(&SchemaSource {
         proto: vec![bad],
         message: Some("M".into()),
