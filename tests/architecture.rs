@@ -16,7 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("units", &[]),
     ("telemetry", &["proto", "clock"]),
     ("mqtt", &["aws", "fsutil", "identity", "units"]),
-    ("pipeline", &["mqtt", "output", "clock"]),
+    ("pipeline", &["mqtt", "output", "clock", "units"]),
     ("pki", &["fsutil", "identity", "output"]),
     (
         "flows",
