@@ -397,6 +397,26 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Gives `postgres` a password and makes TCP connections need it
+    /// (SCRAM); the unix socket stays trusted.
+    pub fn require_password(&self, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("ALTER USER postgres PASSWORD '{password}'"),
+        );
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("pg_hba.conf");
+        // The last statement over TCP without a password.
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT is postgres' fast shutdown.
@@ -578,7 +598,7 @@ pub fn poison_broker() -> Broker {
 }
 
 /// A Telemetry of the poisoner as protobuf bytes.
-fn telemetry_bytes(seq: u64, f: impl FnOnce(&mut mqttkit::proto::Telemetry)) -> Vec<u8> {
+pub fn telemetry_bytes(seq: u64, f: impl FnOnce(&mut mqttkit::proto::Telemetry)) -> Vec<u8> {
     use prost::Message;
     let mut t = mqttkit::proto::Telemetry {
         device_id: POISONER.into(),
