@@ -416,3 +416,26 @@ fn poison_messages_are_quarantined_and_never_block() {
     );
     assert_eq!(line["sha256"].as_str().map(str::len), Some(64), "{line}");
 }
+
+/// A `--max-packet` below a message the broker accepted ends the consumer
+/// with an error naming the flag, instead of reconnecting over and over.
+#[test]
+fn a_message_over_max_packet_is_an_error_not_a_reconnect_loop() {
+    let broker = Broker::start();
+    let mut cmd = broker.mqttkit();
+    cmd.args(["sub", "telemetry", "--out", "out", "--max-packet", "1KiB"]);
+    let mut sub = common::Proc::spawn(cmd);
+    sub.wait_stderr("subscribed to");
+    let big = broker.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 4096]).unwrap();
+    let mut mp = std::process::Command::new("mosquitto_pub");
+    mp.args(common::mosquitto_tls_args(&broker, Some("device-001")))
+        .args(["-q", "1", "-t", "devices/device-001/telemetry", "-f"])
+        .arg(&big);
+    common::ok(&common::run(&mut mp, Duration::from_secs(30)));
+    let (status, _, err) = sub.finish(Duration::from_secs(20));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("larger than --max-packet 1024"), "{err}");
+    assert!(!err.contains("reconnect"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -545,6 +545,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn max_packet_takes_units_up_to_what_mqtt_allows() {
+        assert_eq!(parse_max_packet("256MiB"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_max_packet("300KB"), Ok(300_000));
+        for bad in ["1GiB", "100", "lots"] {
+            let e = parse_max_packet(bad).unwrap_err();
+            assert!(e.starts_with(&format!("'{bad}'")), "{e}");
+        }
+    }
+
+    #[test]
     fn a_refused_filter_is_named() {
         let filters = vec![
             SubscribeFilter::new("a/+".into(), QoS::AtLeastOnce),
