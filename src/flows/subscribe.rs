@@ -204,7 +204,7 @@ async fn subscribe<P: Print>(
     };
     let summary = pipeline::run(endpoint, &cfg, Shutdown::install(), &mut handler).await?;
     let skipped_note = if summary.skipped > 0 {
-        format!(", {} undecodable skipped", summary.skipped)
+        format!(", {} rejected (not telemetry)", summary.skipped)
     } else {
         String::new()
     };

@@ -411,8 +411,9 @@ pub struct SinkOptions {
     pub batch_ms: u64,
     /// Where messages that can never be stored or printed (empty, too large,
     /// not a Telemetry, refused by the store) are kept, as DIR/rejected.jsonl
-    /// (default: OUT/dead-letter). SQLite, PostgreSQL and InfluxDB also keep
-    /// them in the store (`rejected` table or measurement).
+    /// (default: OUT/dead-letter). With a SQLite or PostgreSQL --sink they go
+    /// to its `rejected` table (and here too only when this is given);
+    /// InfluxDB counts them in its `rejected` measurement.
     #[arg(long, value_name = "DIR")]
     pub dead_letter: Option<PathBuf>,
 }
