@@ -106,7 +106,9 @@ pub enum Handled {
     Counted,
     /// Taken again: a redelivery of a message already counted.
     Repeated,
-    /// Cannot ever be taken (undecodable): warned about, acknowledged.
+    /// Cannot ever be taken (empty, too large, undecodable): warned about,
+    /// kept by the handler in its dead-letter place (see [`quarantine`]) and
+    /// acknowledged with the next commit, so it never blocks the session.
     Skipped,
 }
 

@@ -5,6 +5,12 @@
 //! Delivery is at-least-once into the store (a message is acknowledged to the
 //! broker only after the batch holding it is committed) and rows are keyed by
 //! (device_id, seq), so a redelivered message never becomes a second row.
+//! A message that can never be a row (empty, too large, not a Telemetry, or
+//! a row the store refuses for its content) is quarantined, not retried: a
+//! `rejected` table or measurement and/or a dead-letter file
+//! (`pipeline::quarantine`), then acknowledged, so one message never blocks
+//! the others. NaN/±Inf readings are stored (each store's mapping is in its
+//! module and in the README).
 
 mod influx;
 mod pgpass;

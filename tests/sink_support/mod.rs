@@ -712,6 +712,7 @@ pub fn poison_flow(
     wait_stats(broker, url, env, &late, |s| s["rejected"] == want + 1);
     late.terminate();
     assert!(late.stderr().contains(REASONS[2]), "{}", late.stderr());
+    assert!(reconnects(&late.stderr()) <= 1, "{}", late.stderr());
     let s = stats(broker, url, env);
     check_poison_stats(&s, PER_DEVICE, want + 1);
     s
