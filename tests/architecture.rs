@@ -17,7 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("schema", &[]),
     ("telemetry", &["proto", "clock"]),
     ("mqtt", &["aws", "fsutil", "identity", "units"]),
-    ("pipeline", &["mqtt", "output", "clock"]),
+    ("pipeline", &["mqtt", "output", "clock", "units"]),
     ("pki", &["fsutil", "identity", "output"]),
     (
         "flows",

@@ -129,7 +129,7 @@ fn garbage_payload_is_a_warning_and_the_next_message_is_printed() {
     assert!(status.success(), "sub must survive garbage: {err}");
     assert!(
         err.contains(
-            "warning: devices/device-001/telemetry: 16-byte payload is not a Telemetry message"
+            "warning: devices/device-001/telemetry: 16-byte message rejected: not a Telemetry message"
         ),
         "{err}"
     );

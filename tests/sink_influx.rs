@@ -7,7 +7,7 @@ mod sink_support;
 use common::Broker;
 use std::time::{Duration, Instant};
 
-use sink_support::{kill_restart_flow, rows, Influx, SinkProc};
+use sink_support::{kill_restart_flow, poison_flow, rows, Influx, SinkProc, POISONER, REASONS};
 
 #[test]
 fn influx_keeps_every_point_once_across_sigkill() {
@@ -89,4 +89,44 @@ fn influx_over_tls_verifies_the_server() {
     assert!(!o.status.success(), "{err}");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// The poison flow into InfluxDB: a NaN/+Inf reading keeps its other fields
+/// and names the missing ones in `nonfinite` (line protocol has no NaN);
+/// quarantined messages are counted in the `rejected` measurement and kept
+/// whole (payload, prefix and hash) in out/dead-letter/rejected.jsonl.
+#[test]
+fn influx_quarantines_poison_and_flags_nan() {
+    let influx = Influx::start();
+    let broker = sink_support::poison_broker();
+    let url = format!("influx://127.0.0.1:{}/telemetry", influx.port);
+    poison_flow(&broker, &url, &[], None);
+
+    let v = influx.query(
+        "telemetry",
+        &format!("SELECT count(seq), count(temperature_c), count(pressure_hpa), count(nonfinite) FROM telemetry WHERE device_id = '{POISONER}'"),
+    );
+    // No temperature_c field at all (InfluxQL's count of nothing is null).
+    let counts = &v["results"][0]["series"][0]["values"][0];
+    assert_eq!(
+        [&counts[1], &counts[2], &counts[3], &counts[4]],
+        [&2.into(), &serde_json::Value::Null, &2.into(), &2.into()],
+        "{v}"
+    );
+    let v = influx.query("telemetry", "SELECT last(nonfinite) FROM telemetry");
+    assert_eq!(
+        v["results"][0]["series"][0]["values"][0][1], "temperature_c=NaN,humidity_pct=+Inf",
+        "{v}"
+    );
+    let text = std::fs::read_to_string(broker.out().join("dead-letter/rejected.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    for l in &lines {
+        let reason = l["reason"].as_str().unwrap();
+        assert!(REASONS.iter().any(|r| reason.contains(r)), "{l}");
+        assert_eq!(l["device_id"], POISONER, "{l}");
+    }
 }

@@ -7,7 +7,7 @@ mod sink_support;
 use std::time::{Duration, Instant};
 
 use common::Broker;
-use sink_support::{kill_restart_flow, rows, SinkProc};
+use sink_support::{kill_restart_flow, poison_flow, rows, SinkProc, POISONER, REASONS};
 
 #[test]
 fn sqlite_keeps_every_row_once_across_sigkill() {
@@ -315,5 +315,127 @@ fn sink_gives_up_after_reconnect_timeout_without_a_broker() {
     let err = sink.stderr();
     assert!(!status.success(), "{err}");
     assert!(err.contains("see --reconnect-timeout"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Two devices publish 2,000 QoS 1 messages each while a third sends a
+/// 300 KiB message, a NaN/+Inf reading, an empty payload and garbage, once
+/// normally and once retained: the sink stores every good row, keeps NaN as
+/// NULL plus a flag, quarantines the rest in `rejected`; a plain `sub`
+/// alongside prints the good ones and warns about the bad; neither reconnects.
+#[test]
+fn poison_messages_are_quarantined_and_never_block() {
+    let broker = sink_support::poison_broker();
+    let db = broker.path().join("p.db");
+    let url = format!("sqlite:{}", db.display());
+    let dl = broker.path().join("dl-sub");
+    let mut cmd = broker.mqttkit();
+    cmd.args([
+        "sub",
+        "telemetry",
+        "--out",
+        "out",
+        "--json",
+        "--dead-letter",
+    ])
+    .arg(&dl);
+    let mut sub = common::Proc::spawn(cmd);
+    sub.wait_stderr("subscribed to");
+
+    poison_flow(&broker, &url, &[], None);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let nan: Vec<(bool, bool, String)> = conn
+        .prepare("SELECT temperature_c IS NULL, humidity_pct IS NULL, nonfinite FROM telemetry WHERE device_id = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([POISONER], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let flag = "temperature_c=NaN,humidity_pct=+Inf".to_string();
+    assert_eq!(nan, vec![(true, true, flag.clone()), (true, true, flag)]);
+    let rejected: Vec<(String, i64, bool, i64)> = conn
+        .prepare("SELECT reason, size, payload_truncated, length(payload) FROM rejected ORDER BY received_unix_nano")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(rejected.len(), 7, "{rejected:?}");
+    for (reason, size, truncated, kept) in &rejected {
+        let big = reason.contains(REASONS[2]);
+        assert_eq!(*truncated, big, "{reason}");
+        assert!(
+            !big || (*size > 300 * 1024 && *kept == 1024),
+            "{reason} {size} {kept}"
+        );
+        assert!(big || kept == size, "{reason} {size} {kept}");
+        assert!(REASONS.iter().any(|r| reason.contains(r)), "{reason}");
+    }
+
+    // The plain subscriber printed every good reading (NaN as null) and
+    // quarantined the rest in its own dead-letter file.
+    sub.wait_for(Duration::from_secs(30), "4002 lines", |p| {
+        p.lines().len() >= 4002
+    });
+    sub.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, lines, err) = sub.finish(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    assert_eq!(lines.len(), 4002, "{err}");
+    let nan_lines: Vec<serde_json::Value> = (lines.iter())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["device_id"] == POISONER)
+        .collect();
+    assert_eq!(nan_lines.len(), 2, "{nan_lines:?}");
+    assert!(nan_lines[0]["temperature_c"].is_null(), "{nan_lines:?}");
+    for reason in REASONS {
+        assert_eq!(err.matches(reason).count(), 2, "{reason}:\n{err}");
+    }
+    assert!(sink_support::reconnects(&err) <= 1, "{err}");
+    let text = std::fs::read_to_string(dl.join("rejected.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+
+    // One that starts now gets the retained 300 KiB message: warned, kept, on.
+    let dl2 = broker.path().join("dl-late");
+    let mut cmd = broker.mqttkit();
+    cmd.args(["sub", "telemetry", "--out", "out", "--dead-letter"])
+        .arg(&dl2);
+    let mut late = common::Proc::spawn(cmd);
+    late.wait_stderr(REASONS[2]);
+    late.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, _, err) = late.finish(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(dl2.join("rejected.jsonl"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        (line["truncated"].as_bool(), line["device_id"].as_str()),
+        (Some(true), Some(POISONER))
+    );
+    assert_eq!(line["sha256"].as_str().map(str::len), Some(64), "{line}");
+}
+
+/// A `--max-packet` below a message the broker accepted ends the consumer
+/// with an error naming the flag, instead of reconnecting over and over.
+#[test]
+fn a_message_over_max_packet_is_an_error_not_a_reconnect_loop() {
+    let broker = Broker::start();
+    let mut cmd = broker.mqttkit();
+    cmd.args(["sub", "telemetry", "--out", "out", "--max-packet", "1KiB"]);
+    let mut sub = common::Proc::spawn(cmd);
+    sub.wait_stderr("subscribed to");
+    let big = broker.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 4096]).unwrap();
+    let mut mp = std::process::Command::new("mosquitto_pub");
+    mp.args(common::mosquitto_tls_args(&broker, Some("device-001")))
+        .args(["-q", "1", "-t", "devices/device-001/telemetry", "-f"])
+        .arg(&big);
+    common::ok(&common::run(&mut mp, Duration::from_secs(30)));
+    let (status, _, err) = sub.finish(Duration::from_secs(20));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("larger than --max-packet 1024"), "{err}");
+    assert!(!err.contains("reconnect"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }

@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// After publishing ends, stop waiting for deliveries once none arrived for this long: 3s, 500ms (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::units::parse_positive_duration)]
     pub drain_idle: Duration,
+    /// Largest message a subscriber takes from the broker: 256MiB (the
+    /// default, MQTT's limit), 1MiB; a larger one ends the subscriber with an error.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::pipeline::parse_max_packet)]
+    pub max_packet: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -100,7 +104,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let progress = report::Progress::start(live.clone(), n);
 
     // Subscribers first: connected and subscribed before any device publishes.
-    let subs = match Subscribers::start(&server, qos, &live, m).await {
+    let subs = match Subscribers::start(&server, qos, args.max_packet, &live, m).await {
         Ok(subs) => subs,
         Err(e) => {
             progress.finish();
@@ -181,14 +185,20 @@ struct Subscribers {
 
 impl Subscribers {
     /// Starts `m` subscribers and returns once each is subscribed.
-    async fn start(server: &Endpoint, qos: QoS, live: &Arc<Live>, m: usize) -> Result<Self> {
+    async fn start(
+        server: &Endpoint,
+        qos: QoS,
+        max_packet: usize,
+        live: &Arc<Live>,
+        m: usize,
+    ) -> Result<Self> {
         let (stop, sub_stop) = Shutdown::manual();
         let (ready_tx, mut ready) = mpsc::channel(m);
         let mut tasks = Vec::with_capacity(m);
         for _ in 0..m {
             tasks.push(tokio::spawn(subscriber::run(
                 server.clone(),
-                qos,
+                (qos, max_packet),
                 live.clone(),
                 ready_tx.clone(),
                 sub_stop.clone(),

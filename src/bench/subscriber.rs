@@ -65,9 +65,10 @@ pub fn histogram() -> Histogram<u64> {
 
 /// Runs one subscriber over the pipeline until `stop`; `ready` gets `Ok`
 /// once it is subscribed, or the error that kept it from subscribing.
+/// `(qos, max_packet)`: the subscription's QoS and `--max-packet`.
 pub async fn run(
     endpoint: Endpoint,
-    qos: QoS,
+    (qos, max_packet): (QoS, usize),
     live: Arc<Live>,
     ready: mpsc::Sender<Result<(), String>>,
     stop: Shutdown,
@@ -83,6 +84,7 @@ pub async fn run(
         acks: Acks::OnReceipt,
         // Many handshakes run at once; rumqttc's default is 5 s.
         connect_timeout: Some(Duration::from_secs(30)),
+        max_packet,
     };
     let mut h = Recorder {
         r: SubResult {
@@ -126,8 +128,13 @@ impl Handler for Recorder {
         r.received += 1;
         self.live.delivered.fetch_add(1, Ordering::Relaxed);
         r.last_delivery = Some(Instant::now());
-        match Telemetry::decode(p.payload.as_ref()) {
-            Ok(t) if t.seq < MAX_SEQ => {
+        // An empty payload decodes as an all-zero reading: it is none.
+        let decoded = match p.payload.is_empty() {
+            true => None,
+            false => Telemetry::decode(p.payload.as_ref()).ok(),
+        };
+        match decoded {
+            Some(t) if t.seq < MAX_SEQ => {
                 let lat_ns = now as i128 - t.time_unix_nano as i128;
                 if lat_ns < 0 {
                     r.below_zero += 1;

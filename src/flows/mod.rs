@@ -121,6 +121,11 @@ pub struct SubCommonArgs {
     /// Give up after this long without a connection: 300, 30s, 5m (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
     pub reconnect_timeout: std::time::Duration,
+    /// Largest message taken from the broker: 256MiB (MQTT's and mosquitto's
+    /// limit, the default), 1MiB, 300KB. Keep it at least the broker's
+    /// message_size_limit: a larger message ends the run with an error.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::pipeline::parse_max_packet)]
+    pub max_packet: usize,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::mqtt::{
     command_topic, device_of_topic, telemetry_topic, unique_client_id, Endpoint, Role,
     ALL_TELEMETRY,
 };
+use crate::pipeline::quarantine::{payload_problem, DeadLetterFile, Rejected};
 use crate::pipeline::{self, Acks, Batching, Handled, Handler, Shutdown, SubscribeConfig};
 use crate::proto::v1::telemetry::Status;
 use crate::proto::{Command, Telemetry};
@@ -63,6 +65,8 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
         json: args.common.json,
         // Only a bounded run needs to know what it has seen.
         seen: args.common.count.map(|_| HashMap::new()),
+        dead_letter: DeadLetterFile::new(&dead_letter_dir(&args)),
+        rejects: Vec::new(),
     };
     subscribe(&endpoint, &args.common, &fixed_id, filter, printer).await
 }
@@ -78,13 +82,18 @@ pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
     subscribe(&endpoint, &args.common, &fixed_id, filter, printer).await
 }
 
+/// `--dead-letter DIR`, else OUT/dead-letter.
+fn dead_letter_dir(args: &SubTelemetryArgs) -> PathBuf {
+    (args.sink.dead_letter.clone()).unwrap_or_else(|| args.conn.out.join("dead-letter"))
+}
+
 /// Storing, not printing: see crate::sink (acks only after commit). The
 /// sink takes `sub`'s options or refuses them here, before anything runs.
 async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
     if args.common.json {
         bail!("--json: not used with --sink (the messages go to the store, not to stdout); drop --json and read the rows with `mqttkit sink stats URL --json`");
     }
-    let sink = crate::sink::Sink::open(&args.sink).await?;
+    let sink = crate::sink::Sink::open(&args.sink, &dead_letter_dir(&args)).await?;
     let spec = args.conn.spec();
     let endpoint = spec.resolve(Role::Server)?;
     warn_if_not_the_server(&spec, &endpoint);
@@ -114,6 +123,7 @@ fn subscribe_config(
         count: common.count,
         acks: Acks::AfterCommit,
         connect_timeout: None,
+        max_packet: common.max_packet,
     }
 }
 
@@ -157,6 +167,12 @@ fn identity_name(endpoint: &Endpoint, fallback: &str) -> String {
 /// Prints messages to stdout.
 trait Print: Send {
     fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled>;
+
+    /// Makes durable what is not printed (quarantined messages), before the
+    /// commit acknowledges it.
+    fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 async fn subscribe<P: Print>(
@@ -188,7 +204,7 @@ async fn subscribe<P: Print>(
     };
     let summary = pipeline::run(endpoint, &cfg, Shutdown::install(), &mut handler).await?;
     let skipped_note = if summary.skipped > 0 {
-        format!(", {} undecodable skipped", summary.skipped)
+        format!(", {} rejected (not telemetry)", summary.skipped)
     } else {
         String::new()
     };
@@ -220,7 +236,8 @@ impl<P: Print> Handler for Printing<P> {
     }
 
     fn commit(&mut self) -> impl std::future::Future<Output = Result<()>> + Send {
-        let flushed = self.out.flush().context("writing to stdout");
+        let flushed =
+            (self.printer.commit()).and_then(|()| self.out.flush().context("writing to stdout"));
         async move { flushed }
     }
 
@@ -255,6 +272,20 @@ struct TelemetryPrinter {
     /// do not end the run before N distinct messages arrived. Seqs mostly
     /// arrive in order, so a set of ranges stays a few entries long.
     seen: Option<HashMap<String, RangeInclusiveSet<u64>>>,
+    /// Messages that are not telemetry, kept until the next commit.
+    dead_letter: DeadLetterFile,
+    rejects: Vec<Rejected>,
+}
+
+impl TelemetryPrinter {
+    /// Warns about a message that is no reading and keeps it for the
+    /// dead-letter file; it is acknowledged with the next commit.
+    fn reject(&mut self, p: &Publish, reason: String) -> Handled {
+        let r = Rejected::new(p, reason);
+        r.warn(&self.dead_letter.path().display().to_string());
+        self.rejects.push(r);
+        Handled::Skipped
+    }
 }
 
 #[derive(Serialize)]
@@ -280,11 +311,19 @@ struct TelemetryJson<'a> {
 }
 
 impl Print for TelemetryPrinter {
+    fn commit(&mut self) -> Result<()> {
+        self.dead_letter.append(&self.rejects)?;
+        self.rejects.clear();
+        Ok(())
+    }
+
     fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
+        if let Some(problem) = payload_problem(&p.payload, "Telemetry") {
+            return Ok(self.reject(p, problem));
+        }
         self.msg.clear();
         if let Err(e) = self.msg.merge(p.payload.as_ref()) {
-            warn_undecodable(&p.topic, p.payload.len(), "Telemetry", &e);
-            return Ok(Handled::Skipped);
+            return Ok(self.reject(p, format!("not a Telemetry message ({e})")));
         }
         let m = &self.msg;
         let topic_device = device_of_topic(&p.topic);
@@ -376,6 +415,14 @@ impl Print for CommandPrinter {
 }
 
 fn print_command(out: &mut Out, p: &Publish, json: bool) -> Result<Handled> {
+    if let Some(problem) = payload_problem(&p.payload, "Command") {
+        let topic = Escaped(&p.topic);
+        crate::note!(
+            "warning: {topic}: {}-byte message: {problem}; skipped",
+            p.payload.len()
+        );
+        return Ok(Handled::Skipped);
+    }
     let cmd = match Command::decode(p.payload.as_ref()) {
         Ok(c) => c,
         Err(e) => {

@@ -19,6 +19,7 @@
 //! writes all queued acks of a batch in one TLS record
 //! (vendor/rumqttc/MQTTKIT-PATCH.md).
 
+pub mod quarantine;
 pub mod reconnect;
 pub mod shutdown;
 
@@ -28,7 +29,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{AsyncClient, Event, Incoming, Publish, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Incoming, Publish, QoS, StateError, SubscribeFilter,
+};
 use rumqttc::{SubscribeReasonCode, SubscribeReasonCode::Failure};
 
 use crate::mqtt::poller::Poller;
@@ -62,6 +65,28 @@ pub struct SubscribeConfig {
     pub acks: Acks,
     /// Overrides rumqttc's connection timeout (many handshakes at once).
     pub connect_timeout: Option<Duration>,
+    /// Largest packet taken from the broker (`--max-packet`); a larger one
+    /// ends the run with an error naming the flag (never a reconnect loop).
+    pub max_packet: usize,
+}
+
+/// The largest packet MQTT can carry (a 268,435,455-byte remaining length
+/// plus a 5-byte header): mosquitto's default limit, and the default here,
+/// so no message the broker accepts can stop a consumer.
+pub const MQTT_MAX_PACKET: u64 = 256 * 1024 * 1024;
+
+/// What our own packets (SUBSCRIBE, acknowledgements) may be at most.
+const MAX_OUTGOING: usize = 256 * 1024;
+
+/// `--max-packet SIZE` (bytes, KiB, MiB...): at least 1 KiB, at most [`MQTT_MAX_PACKET`].
+pub fn parse_max_packet(s: &str) -> Result<usize, String> {
+    let n = crate::units::parse_size(s)?;
+    if !(1024..=MQTT_MAX_PACKET).contains(&n) {
+        return Err(format!(
+            "'{s}' is out of range; use 1KiB to 256MiB (MQTT's largest packet; set it at least as large as the broker's message_size_limit)"
+        ));
+    }
+    Ok(n as usize)
 }
 
 /// When messages are acknowledged.
@@ -81,7 +106,9 @@ pub enum Handled {
     Counted,
     /// Taken again: a redelivery of a message already counted.
     Repeated,
-    /// Cannot ever be taken (undecodable): warned about, acknowledged.
+    /// Cannot ever be taken (empty, too large, undecodable): warned about,
+    /// kept by the handler in its dead-letter place (see [`quarantine`]) and
+    /// acknowledged with the next commit, so it never blocks the session.
     Skipped,
 }
 
@@ -323,6 +350,17 @@ struct Session {
     /// a failure: handed out before anything new.
     backlog: VecDeque<(u64, Publish)>,
     deferred_subscribed: Option<bool>,
+    max_packet: usize,
+}
+
+/// The size of a packet rumqttc refused as larger than its limit.
+fn too_large(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
 }
 
 impl Session {
@@ -333,6 +371,7 @@ impl Session {
         opts.set_manual_acks(manual_acks);
         // Every ack goes through this channel while we are the one polling,
         // so it must hold as many as the broker can have in flight.
+        opts.set_max_packet_size(cfg.max_packet, MAX_OUTGOING);
         let (client, mut eventloop) = AsyncClient::new(opts, u16::MAX as usize + 16);
         if let Some(t) = cfg.connect_timeout {
             eventloop
@@ -354,6 +393,7 @@ impl Session {
             retry_at: None,
             backlog: VecDeque::new(),
             deferred_subscribed: None,
+            max_packet: cfg.max_packet,
         }
     }
 
@@ -429,6 +469,11 @@ impl Session {
                 Ok(self.first_subscription(false))
             }
             Ok(_) => Ok(None),
+            Err(e) if too_large(&e).is_some() => bail!(
+                "the broker sent a {}-byte packet, larger than --max-packet {}; raise --max-packet (up to 256MiB) to at least the broker's message_size_limit",
+                too_large(&e).unwrap_or_default(),
+                self.max_packet
+            ),
             Err(e) => {
                 // rumqttc keeps events it read before the failure and would
                 // hand them out after the next CONNACK: hand them out now,
@@ -500,6 +545,16 @@ fn check_suback(filters: &[SubscribeFilter], codes: &[SubscribeReasonCode]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_packet_takes_units_up_to_what_mqtt_allows() {
+        assert_eq!(parse_max_packet("256MiB"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_max_packet("300KB"), Ok(300_000));
+        for bad in ["1GiB", "100", "lots"] {
+            let e = parse_max_packet(bad).unwrap_err();
+            assert!(e.starts_with(&format!("'{bad}'")), "{e}");
+        }
+    }
 
     #[test]
     fn a_refused_filter_is_named() {

@@ -9,11 +9,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use reqwest::{Client, RequestBuilder, StatusCode, Url};
 
-use super::{gaps_of, DeviceStats, TelemetryRow, Written};
+use super::{gaps_of, DeviceStats, Rejected, RejectedStats, TelemetryRow, Written};
 
 /// The environment variable holding an InfluxDB API token.
 pub const TOKEN_ENV: &str = "INFLUX_TOKEN";
 const MEASUREMENT: &str = "telemetry";
+/// Where quarantined messages are counted.
+const REJECTED: &str = "rejected";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InfluxTarget {
@@ -186,11 +188,53 @@ impl InfluxStore {
         Ok(url)
     }
 
+    /// One write per batch; when InfluxDB refuses it as a bad request (a
+    /// point it cannot parse or a field type conflict: the content), the
+    /// points one by one, so only the poison one is refused. Anything else
+    /// (unreachable, 5xx) is an error: retried, nothing acknowledged.
     pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
         let mut body = String::with_capacity(rows.len() * 200);
         for r in rows {
             line(&mut body, r);
         }
+        let mut written = Written::default();
+        match self.write(body).await? {
+            None => {
+                written.stored = rows.len();
+                return Ok(written);
+            }
+            Some(why) => tracing::debug!("batch refused ({why}); writing its points one by one"),
+        }
+        for (i, r) in rows.iter().enumerate() {
+            let mut one = String::new();
+            line(&mut one, r);
+            match self.write(one).await? {
+                None => written.stored += 1,
+                Some(why) => written
+                    .refused
+                    .push((i, format!("InfluxDB refused the point: {why}"))),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Quarantined messages as points of the `rejected` measurement (tag
+    /// device_id; fields topic, size, reason, sha256; time: when received).
+    /// The payloads themselves go to the dead-letter file.
+    pub async fn quarantine(&mut self, rejected: &[Rejected]) -> Result<()> {
+        let mut body = String::new();
+        for r in rejected {
+            rejected_line(&mut body, r);
+        }
+        match self.write(body).await? {
+            None => Ok(()),
+            Some(why) => bail!("{}: writing rejected points: {why}", self.target.describe()),
+        }
+    }
+
+    /// POSTs line protocol: `None` when written, `Some(answer)` when refused
+    /// as a bad request (400), an error otherwise.
+    async fn write(&self, body: String) -> Result<Option<String>> {
         let resp = self
             .auth(self.http.post(self.write_url()?))
             .body(body)
@@ -198,19 +242,49 @@ impl InfluxStore {
             .await
             .with_context(|| format!("{}: write failed", self.target.describe()))?;
         let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            bail!(
-                "{}: write answered {status}: {}",
-                self.target.describe(),
-                text.trim()
-            );
+        if status.is_success() {
+            return Ok(None);
         }
-        Ok(Written {
-            stored: rows.len(),
-            duplicates: 0,
-            rejected: 0,
-        })
+        let text = resp.text().await.unwrap_or_default();
+        if status == StatusCode::BAD_REQUEST {
+            return Ok(Some(text.trim().to_string()));
+        }
+        bail!(
+            "{}: write answered {status}: {}",
+            self.target.describe(),
+            text.trim()
+        )
+    }
+
+    pub async fn rejected_stats(&mut self) -> Result<Vec<RejectedStats>> {
+        let v = self
+            .query(&format!(
+                "SELECT count(size) FROM {REJECTED} GROUP BY device_id; \
+                 SELECT last(reason) FROM {REJECTED} GROUP BY device_id"
+            ))
+            .await?;
+        let series = |i: usize| {
+            v["results"][i]["series"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut out: Vec<RejectedStats> = series(0)
+            .iter()
+            .map(|s| RejectedStats {
+                device_id: s["tags"]["device_id"].as_str().unwrap_or("").to_string(),
+                rejected: s["values"][0][1].as_u64().unwrap_or(0),
+                last_reason: String::new(),
+            })
+            .collect();
+        for s in series(1) {
+            let dev = s["tags"]["device_id"].as_str().unwrap_or("");
+            if let Some(d) = out.iter_mut().find(|d| d.device_id == dev) {
+                d.last_reason = s["values"][0][1].as_str().unwrap_or("").to_string();
+            }
+        }
+        out.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        Ok(out)
     }
 
     /// Runs InfluxQL statements through `/query` (v1, or v2's v1-compatible API).
@@ -305,34 +379,64 @@ impl InfluxStore {
     }
 }
 
-/// Appends one line of line protocol for `r`.
-pub fn line(out: &mut String, r: &TelemetryRow) {
-    use std::fmt::Write;
-    out.push_str(MEASUREMENT);
-    out.push_str(",device_id=");
-    for c in r.device_id.chars() {
+/// A tag value (or key) escaped for line protocol.
+fn push_tag(out: &mut String, v: &str) {
+    for c in v.chars() {
         if matches!(c, ',' | '=' | ' ' | '\\') {
             out.push('\\');
         }
         out.push(c);
     }
+}
+
+/// A string field value, quoted.
+fn quoted(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// One point of the `rejected` measurement for `r`.
+pub fn rejected_line(out: &mut String, r: &Rejected) {
+    use std::fmt::Write;
+    out.push_str(REJECTED);
+    if let Some(d) = r.device_id.as_deref().filter(|d| !d.is_empty()) {
+        out.push_str(",device_id=");
+        push_tag(out, d);
+    }
+    // Line protocol has no way to write a newline in a field: escaped.
+    let oneline = |s: &str| s.replace('\n', "\\n").replace('\r', "\\r");
+    let _ = writeln!(
+        out,
+        " topic={},size={}i,reason={},sha256={} {}",
+        quoted(&oneline(&r.topic)),
+        r.size,
+        quoted(&oneline(&r.reason)),
+        quoted(&r.sha256),
+        r.received_unix_nano
+    );
+}
+
+/// Appends one line of line protocol for `r`.
+pub fn line(out: &mut String, r: &TelemetryRow) {
+    use std::fmt::Write;
+    out.push_str(MEASUREMENT);
+    out.push_str(",device_id=");
+    push_tag(out, &r.device_id);
     let _ = write!(
         out,
         " seq={}i,received_unix_nano={}i,rssi_dbm={}i",
         r.seq, r.received_unix_nano, r.rssi_dbm
     );
-    // Line protocol has no NaN or infinity: such a reading is left out.
+    // Line protocol has no NaN or infinity: such a reading is left out,
+    // and the string field `nonfinite` names it (`humidity_pct=NaN`).
     for (name, v) in r.float_measures() {
         if v.is_finite() {
             let _ = write!(out, ",{name}={v:?}");
         }
     }
-    let _ = writeln!(
-        out,
-        ",status=\"{}\" {}",
-        r.status.replace('\\', "\\\\").replace('"', "\\\""),
-        r.time_unix_nano
-    );
+    if let Some(flag) = r.nonfinite() {
+        let _ = write!(out, ",nonfinite={}", quoted(&flag));
+    }
+    let _ = writeln!(out, ",status={} {}", quoted(&r.status), r.time_unix_nano);
 }
 
 #[cfg(test)]
@@ -381,7 +485,7 @@ mod tests {
         assert_eq!(
             s,
             "telemetry,device_id=dev\\ 1 seq=3i,received_unix_nano=1700000000000000500i,rssi_dbm=-60i,\
-             temperature_c=20.0,pressure_hpa=1013.25,battery_v=3.7,status=\"OK\" 1700000000000000000\n"
+             temperature_c=20.0,pressure_hpa=1013.25,battery_v=3.7,nonfinite=\"humidity_pct=NaN\",status=\"OK\" 1700000000000000000\n"
         );
     }
 }

@@ -5,8 +5,15 @@
 //! Delivery is at-least-once into the store (a message is acknowledged to the
 //! broker only after the batch holding it is committed) and rows are keyed by
 //! (device_id, seq), so a redelivered message never becomes a second row.
+//! A message that can never be a row (empty, too large, not a Telemetry, or
+//! a row the store refuses for its content) is quarantined, not retried: a
+//! `rejected` table or measurement and/or a dead-letter file
+//! (`pipeline::quarantine`), then acknowledged, so one message never blocks
+//! the others. NaN/±Inf readings are stored (each store's mapping is in its
+//! module and in the README).
 
 mod influx;
+mod pgpass;
 mod postgres;
 mod sqlite;
 pub mod subscriber;
@@ -20,6 +27,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use url::Url;
 
+use crate::pipeline::quarantine::Rejected;
 use crate::proto::Telemetry;
 use crate::telemetry::{rfc3339_nanos, Escaped, HumanTime};
 
@@ -191,6 +199,22 @@ pub struct TelemetryRow {
 }
 
 impl TelemetryRow {
+    /// The measurements that are NaN or infinite, as `name=NaN|+Inf|-Inf`
+    /// joined by commas; `None` when all are finite. Stores that cannot hold
+    /// such a value (SQLite REAL, InfluxDB, Timestream) leave the value out
+    /// (NULL, or no field) and keep this as the flag saying why.
+    pub fn nonfinite(&self) -> Option<String> {
+        let list: Vec<String> = (self.float_measures().into_iter())
+            .filter(|(_, v)| !v.is_finite())
+            .map(|(name, v)| match v {
+                v if v.is_nan() => format!("{name}=NaN"),
+                v if v > 0.0 => format!("{name}=+Inf"),
+                _ => format!("{name}=-Inf"),
+            })
+            .collect();
+        (!list.is_empty()).then(|| list.join(","))
+    }
+
     /// The floating-point measurements, by column name: the one list the
     /// stores that write one field per measurement iterate over.
     pub fn float_measures(&self) -> [(&'static str, f64); 4] {
@@ -258,6 +282,18 @@ pub struct Stats {
     pub sink: String,
     pub rows: u64,
     pub devices: Vec<DeviceStats>,
+    /// Quarantined messages in the store's `rejected` table (or measurement).
+    pub rejected: u64,
+    pub rejected_devices: Vec<RejectedStats>,
+}
+
+/// Quarantined messages of one device (`""`: topics that name none).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedStats {
+    pub device_id: String,
+    pub rejected: u64,
+    /// The reason of the latest one.
+    pub last_reason: String,
 }
 
 /// Gap ranges from ascending, distinct seq values; seq starts at 0 by contract.
@@ -282,14 +318,15 @@ pub enum Store {
 }
 
 /// What a committed batch did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Written {
     /// Rows the store took (new or already present).
     pub stored: usize,
     /// Of those, rows already present (a redelivery), when the store can tell.
     pub duplicates: usize,
-    /// Rows the store refused for good (reported on stderr); still acknowledged.
-    pub rejected: usize,
+    /// Rows the store refused for their content (index in the batch, the
+    /// store's reason): quarantined, then acknowledged.
+    pub refused: Vec<(usize, String)>,
 }
 
 impl Store {
@@ -315,6 +352,40 @@ impl Store {
             Store::Postgres(s) => s.write_batch(rows).await,
             Store::Influx(s) => s.write_batch(rows).await,
             Store::Timestream(s) => s.write_batch(rows).await,
+        }
+    }
+
+    /// Whether quarantined messages go into the store itself (a `rejected`
+    /// table or measurement); otherwise only to the dead-letter file.
+    pub fn keeps_rejected(&self) -> bool {
+        !matches!(self, Store::Timestream(_))
+    }
+
+    /// Whether its `rejected` table holds the payloads too (SQL stores); for
+    /// the others the payloads go to the dead-letter file.
+    pub fn keeps_payloads(&self) -> bool {
+        matches!(self, Store::Sqlite(_) | Store::Postgres(_))
+    }
+
+    /// Writes quarantined messages into the store (see [`Store::keeps_rejected`]).
+    pub async fn quarantine(&mut self, rejected: &[Rejected]) -> Result<()> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Sqlite(s) => s.quarantine(rejected).await,
+            Store::Postgres(s) => s.quarantine(rejected).await,
+            Store::Influx(s) => s.quarantine(rejected).await,
+            Store::Timestream(_) => Ok(()),
+        }
+    }
+
+    pub async fn rejected_stats(&mut self) -> Result<Vec<RejectedStats>> {
+        match self {
+            Store::Sqlite(s) => s.rejected_stats().await,
+            Store::Postgres(s) => s.rejected_stats().await,
+            Store::Influx(s) => s.rejected_stats().await,
+            Store::Timestream(_) => Ok(Vec::new()),
         }
     }
 
@@ -344,6 +415,13 @@ pub struct SinkOptions {
     /// With --sink: longest a received message waits before its batch is committed, in ms.
     #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub batch_ms: u64,
+    /// Where messages that can never be stored or printed (empty, too large,
+    /// not a Telemetry, refused by the store) are kept, as DIR/rejected.jsonl
+    /// (default: OUT/dead-letter). With a SQLite or PostgreSQL --sink they go
+    /// to its `rejected` table (and here too only when this is given);
+    /// InfluxDB counts them in its `rejected` measurement.
+    #[arg(long, value_name = "DIR")]
+    pub dead_letter: Option<PathBuf>,
 }
 
 impl SinkOptions {
@@ -385,10 +463,13 @@ async fn stats(args: StatsArgs) -> Result<ExitCode> {
     let url: SinkUrl = args.url.parse()?;
     let mut store = Store::open_existing(&url).await?;
     let devices = store.stats().await?;
+    let rejected_devices = store.rejected_stats().await?;
     let stats = Stats {
         sink: redact(&args.url),
         rows: devices.iter().map(|d| d.rows).sum(),
         devices,
+        rejected: rejected_devices.iter().map(|d| d.rejected).sum(),
+        rejected_devices,
     };
     if args.json {
         crate::output::print_json(&stats.to_json())?;
@@ -428,6 +509,8 @@ struct StatsJson<'a> {
     sink: &'a str,
     rows: u64,
     devices: Vec<DeviceStatsJson<'a>>,
+    rejected: u64,
+    rejected_devices: &'a [RejectedStats],
 }
 
 impl Stats {
@@ -445,6 +528,8 @@ impl Stats {
             sink: &self.sink,
             rows: self.rows,
             devices,
+            rejected: self.rejected,
+            rejected_devices: &self.rejected_devices,
         }
     }
 }
@@ -464,7 +549,39 @@ fn gap_list(gaps: &[[i64; 2]]) -> String {
 }
 
 pub fn render_stats(s: &Stats) -> String {
-    let mut out = format!("{}: {} rows, {} devices\n", s.sink, s.rows, s.devices.len());
+    let mut out = format!("{}: {} rows, {} devices", s.sink, s.rows, s.devices.len());
+    if s.rejected > 0 {
+        out.push_str(&format!(", {} rejected", s.rejected));
+    }
+    out.push('\n');
+    out.push_str(&render_rows(s));
+    out.push_str(&render_rejected(&s.rejected_devices));
+    out
+}
+
+/// Quarantined messages per device, with the latest reason.
+fn render_rejected(devices: &[RejectedStats]) -> String {
+    if devices.is_empty() {
+        return String::new();
+    }
+    let rows = (devices.iter())
+        .map(|d| {
+            vec![
+                Escaped(&d.device_id).to_string(),
+                d.rejected.to_string(),
+                Escaped(&d.last_reason).to_string(),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &["REJECTED_DEVICE", "REJECTED", "LAST_REASON"],
+        &[false, true, false],
+        rows,
+    )
+}
+
+fn render_rows(s: &Stats) -> String {
+    let mut out = String::new();
     if s.devices.is_empty() {
         return out;
     }

@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio_postgres::config::SslMode;
+use std::time::Duration;
+
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::{gaps_of, redact, DeviceStats, TelemetryRow, Written};
+use super::pgpass;
+use super::{gaps_of, redact, DeviceStats, Rejected, RejectedStats, TelemetryRow, Written};
 
 pub struct PgStore {
     url: String,
@@ -39,30 +42,107 @@ CREATE TABLE IF NOT EXISTS telemetry (
     PRIMARY KEY ({pk})
 )";
 
+/// Messages quarantined by the sink (see `pipeline::quarantine`).
+const REJECTED: &str = "
+CREATE TABLE IF NOT EXISTS rejected (
+    received_unix_nano BIGINT NOT NULL,
+    topic TEXT NOT NULL,
+    device_id TEXT,
+    size BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    payload_truncated BOOLEAN NOT NULL,
+    payload_sha256 TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_device_idx ON rejected (device_id);
+";
+
+/// Whether the server refused a statement for the data in it: SQLSTATE
+/// classes 22 (data exception), 23 (integrity constraint) and 54 (program
+/// limit exceeded). Anything else (a lost connection has no SQLSTATE) is
+/// the store's trouble, retried without acknowledging.
+fn row_fault(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(&c.code()[..2], "22" | "23" | "54"))
+}
+
+/// The server's message ("new row ... violates check constraint ...").
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
 async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
     if let Err(e) = conn.await {
         tracing::warn!("postgres connection ended: {e}");
     }
 }
 
+/// How long connecting (TCP, TLS, startup, authentication) may take unless
+/// the URL says `connect_timeout=SECONDS`: a port that accepts and never
+/// answers must not hang the sink.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The URL's settings, resolved: tokio-postgres's config (with the password
+/// and the connect timeout filled in) and the TLS roots file.
+struct Resolved {
+    config: Config,
+    rootcert: Option<PathBuf>,
+}
+
+fn resolve(url: &str) -> Result<Resolved, String> {
+    let (mut config, rootcert, passfile) = connection_config(url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_password().is_none() {
+        if let Some(password) = password_for(&config, passfile.as_deref()) {
+            config.password(password);
+        }
+    }
+    Ok(Resolved { config, rootcert })
+}
+
+/// `PGPASSWORD` or the password file's entry for where `config` connects.
+fn password_for(config: &Config, passfile: Option<&std::path::Path>) -> Option<String> {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_string(),
+    };
+    let user = config.get_user().unwrap_or_default();
+    let target = pgpass::Target {
+        host: &host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config.get_dbname().unwrap_or(user),
+        user,
+    };
+    pgpass::lookup(&target, passfile)
+}
+
 /// tokio-postgres's settings from the URL, plus what it does not know and
-/// libpq users write: `sslrootcert=FILE` and `sslmode=verify-ca|verify-full`.
+/// libpq users write: `sslrootcert=FILE`, `passfile=FILE` and
+/// `sslmode=verify-ca|verify-full`.
 /// Every TLS mode verifies the certificate and the host name (libpq's
 /// verify-full); `disable`/`prefer` (the default) connect without TLS.
-fn connection_config(url: &str) -> Result<(Config, Option<PathBuf>), String> {
+type UrlConfig = (Config, Option<PathBuf>, Option<PathBuf>);
+
+fn connection_config(url: &str) -> Result<UrlConfig, String> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8_lossy()
             .into_owned()
     };
-    let mut rootcert = None;
+    let (mut rootcert, mut passfile) = (None, None);
     // Untouched parameters are passed on exactly as written.
     let mut kept: Vec<&str> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match (decode(key).as_str(), decode(value).as_str()) {
             ("sslrootcert", path) => rootcert = Some(PathBuf::from(path)),
+            ("passfile", path) => passfile = Some(PathBuf::from(path)),
             ("sslmode", "verify-ca" | "verify-full") => kept.push("sslmode=require"),
             _ => kept.push(pair),
         }
@@ -76,7 +156,7 @@ fn connection_config(url: &str) -> Result<(Config, Option<PathBuf>), String> {
     if rootcert.is_some() && config.get_ssl_mode() != SslMode::Require {
         return Err("sslrootcert without TLS: add sslmode=require".into());
     }
-    Ok((config, rootcert))
+    Ok((config, rootcert, passfile))
 }
 
 /// Roots: `sslrootcert` when given, else the system's trust store.
@@ -114,28 +194,50 @@ fn tls_hint(plain: bool, code: Option<&SqlState>) -> &'static str {
     }
 }
 
+/// Connects with TLS when the config asks for it; errors name the URL (redacted).
+async fn connect(
+    config: &Config,
+    rootcert: Option<&PathBuf>,
+    what: &str,
+) -> Result<(Client, tokio::task::JoinHandle<()>)> {
+    let plain = config.get_ssl_mode() != SslMode::Require;
+    let cannot_connect = |e: tokio_postgres::Error| {
+        let hint = tls_hint(plain, e.code());
+        // The server's words are in the error's source ("db error: FATAL: ...").
+        let e = anyhow::Error::new(e);
+        anyhow!("{what}: cannot connect: {e:#}{hint}")
+    };
+    if plain {
+        let (client, conn) = config.connect(NoTls).await.map_err(cannot_connect)?;
+        return Ok((client, tokio::spawn(log_end(conn))));
+    }
+    let tls = tls_config(rootcert).map_err(|e| anyhow!("{what}: {e}"))?;
+    let (client, conn) = config
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .await
+        .map_err(cannot_connect)?;
+    Ok((client, tokio::spawn(log_end(conn))))
+}
+
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
         let what = || format!("--sink {}", redact(url));
-        let (config, rootcert) = connection_config(url).map_err(|e| anyhow!("{}: {e}", what()))?;
-        let plain = config.get_ssl_mode() != SslMode::Require;
-        let cannot_connect = |e: tokio_postgres::Error| {
-            let hint = tls_hint(plain, e.code());
-            // The server's words are in the error's source ("db error: FATAL: ...").
-            let e = anyhow::Error::new(e);
-            anyhow!("{}: cannot connect: {e:#}{hint}", what())
-        };
-        let (client, conn_task) = if config.get_ssl_mode() == SslMode::Require {
-            let tls = tls_config(rootcert.as_ref()).map_err(|e| anyhow!("{}: {e}", what()))?;
-            let (client, conn) = config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-                .await
-                .map_err(cannot_connect)?;
-            (client, tokio::spawn(log_end(conn)))
-        } else {
-            let (client, conn) = config.connect(NoTls).await.map_err(cannot_connect)?;
-            (client, tokio::spawn(log_end(conn)))
-        };
+        let Resolved { config, rootcert } = resolve(url).map_err(|e| anyhow!("{}: {e}", what()))?;
+        let limit = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
+        // tokio-postgres's own timeout covers only the TCP connect, not a
+        // server that accepts and then never answers the startup.
+        let label = what();
+        let connecting = tokio::time::timeout(limit, connect(&config, rootcert.as_ref(), &label));
+        let (client, conn_task) = connecting.await.map_err(|_| {
+            anyhow!(
+                "{}: cannot connect: no answer within {} s (connect_timeout); is a PostgreSQL server listening there?",
+                what(),
+                limit.as_secs_f64()
+            )
+        })??;
         let store = PgStore {
             url: url.to_string(),
             client,
@@ -170,6 +272,7 @@ impl PgStore {
         self.client
             .batch_execute("CREATE INDEX IF NOT EXISTS telemetry_time_idx ON telemetry (time)")
             .await?;
+        self.client.batch_execute(REJECTED).await?;
         if timescale {
             self.client
                 .batch_execute(
@@ -181,8 +284,44 @@ impl PgStore {
         Ok(())
     }
 
+    /// One statement per batch; when the server refuses it for a row's
+    /// content (a data exception, a constraint, a limit), the rows one by
+    /// one, so only the poison row is refused. A lost connection is an error
+    /// (retried by the caller, nothing acknowledged).
     pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
-        // One statement per batch: arrays unnested server-side.
+        let what = || format!("writing to {}", redact(&self.url));
+        match self.insert(rows).await {
+            Ok(new) => {
+                return Ok(Written {
+                    stored: rows.len(),
+                    duplicates: rows.len().saturating_sub(new as usize),
+                    refused: Vec::new(),
+                })
+            }
+            Err(e) if rows.len() > 1 && row_fault(&e) => {
+                tracing::debug!("batch refused ({e}); writing its rows one by one");
+            }
+            Err(e) if row_fault(&e) => {}
+            Err(e) => return Err(anyhow::Error::new(e)).with_context(what),
+        }
+        let mut written = Written::default();
+        for (i, row) in rows.iter().enumerate() {
+            match self.insert(std::slice::from_ref(row)).await {
+                Ok(new) => {
+                    written.stored += 1;
+                    written.duplicates += usize::from(new == 0);
+                }
+                Err(e) if row_fault(&e) => written
+                    .refused
+                    .push((i, format!("the store refused the row: {}", db_message(&e)))),
+                Err(e) => return Err(anyhow::Error::new(e)).with_context(what),
+            }
+        }
+        Ok(written)
+    }
+
+    /// NaN and ±Infinity go in as they are: double precision holds them.
+    async fn insert(&self, rows: &[TelemetryRow]) -> Result<u64, tokio_postgres::Error> {
         let mut cols = Cols::default();
         for r in rows {
             cols.device_id.push(&r.device_id);
@@ -196,8 +335,7 @@ impl PgStore {
             cols.rssi.push(r.rssi_dbm);
             cols.status.push(&r.status);
         }
-        let new = self
-            .client
+        self.client
             .execute(
                 "INSERT INTO telemetry (device_id, seq, time_unix_nano, received_unix_nano, \
                  temperature_c, humidity_pct, pressure_hpa, battery_v, rssi_dbm, status) \
@@ -218,12 +356,57 @@ impl PgStore {
                 ],
             )
             .await
-            .with_context(|| format!("writing to {}", redact(&self.url)))?;
-        Ok(Written {
-            stored: rows.len(),
-            duplicates: rows.len().saturating_sub(new as usize),
-            rejected: 0,
-        })
+    }
+
+    pub async fn quarantine(&mut self, rejected: &[Rejected]) -> Result<()> {
+        let stmt = self
+            .client
+            .prepare(
+                "INSERT INTO rejected (received_unix_nano, topic, device_id, size, reason, \
+                 payload, payload_truncated, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await?;
+        let tx = self.client.transaction().await?;
+        for r in rejected {
+            tx.execute(
+                &stmt,
+                &[
+                    &r.received_unix_nano,
+                    &r.topic,
+                    &r.device_id,
+                    &(r.size as i64),
+                    &r.reason,
+                    &r.payload,
+                    &r.truncated,
+                    &r.sha256,
+                ],
+            )
+            .await?;
+        }
+        tx.commit()
+            .await
+            .with_context(|| format!("writing to {} (rejected)", redact(&self.url)))
+    }
+
+    pub async fn rejected_stats(&mut self) -> Result<Vec<RejectedStats>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT COALESCE(device_id, ''), COUNT(*), \
+                 (SELECT reason FROM rejected l WHERE l.device_id IS NOT DISTINCT FROM r.device_id \
+                  ORDER BY received_unix_nano DESC LIMIT 1) \
+                 FROM rejected r GROUP BY device_id ORDER BY 1",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| RejectedStats {
+                device_id: r.get(0),
+                rejected: r.get::<_, i64>(1) as u64,
+                last_reason: r.get(2),
+            })
+            .collect())
     }
 
     pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
@@ -294,13 +477,14 @@ mod tests {
 
     #[test]
     fn libpq_tls_parameters_are_understood() {
-        let (c, root) = connection_config("postgres://u@h:5433/db").unwrap();
+        let (c, root, _) = connection_config("postgres://u@h:5433/db").unwrap();
         assert_eq!((c.get_ssl_mode(), root), (SslMode::Prefer, None));
 
-        let (c, root) = connection_config(
-            "postgres://u:p%40ss@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt&application_name=a%20b",
+        let (c, root, passfile) = connection_config(
+            "postgres://u:p%40ss@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt&application_name=a%20b&passfile=%2Fp",
         )
         .unwrap();
+        assert_eq!(passfile, Some(PathBuf::from("/p")));
         assert_eq!(c.get_ssl_mode(), SslMode::Require);
         assert_eq!(root, Some(PathBuf::from("/etc/ca.crt")));
         assert_eq!(c.get_application_name(), Some("a b"));
@@ -309,5 +493,16 @@ mod tests {
         let e = connection_config("postgres://u@h/db?sslrootcert=ca.crt").unwrap_err();
         assert!(e.contains("sslmode=require"), "{e}");
         assert!(connection_config("postgres://u@h/db?sslmode=sometimes").is_err());
+    }
+
+    #[test]
+    fn connecting_has_a_timeout_unless_the_url_sets_one() {
+        let r = resolve("postgres://u:pw@h/db").unwrap();
+        assert_eq!(r.config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let r = resolve("postgres://u:pw@h/db?connect_timeout=3").unwrap();
+        assert_eq!(
+            r.config.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
     }
 }

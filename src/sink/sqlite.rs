@@ -6,23 +6,38 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, Connection, OpenFlags};
 
-use super::{gaps_of, DeviceStats, TelemetryRow, Written};
+use super::{gaps_of, DeviceStats, Rejected, RejectedStats, TelemetryRow, Written};
 
+/// The measurements are nullable: a NaN or infinite reading is stored as
+/// NULL (SQLite REAL cannot hold NaN) and named in `nonfinite`
+/// (`temperature_c=NaN,battery_v=+Inf`); NULL there means all are finite.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS telemetry (
     device_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     time_unix_nano INTEGER NOT NULL,
     received_unix_nano INTEGER NOT NULL,
-    temperature_c REAL NOT NULL,
-    humidity_pct REAL NOT NULL,
-    pressure_hpa REAL NOT NULL,
-    battery_v REAL NOT NULL,
+    temperature_c REAL,
+    humidity_pct REAL,
+    pressure_hpa REAL,
+    battery_v REAL,
     rssi_dbm INTEGER NOT NULL,
     status TEXT NOT NULL,
+    nonfinite TEXT,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS telemetry_time ON telemetry (time_unix_nano);
+CREATE TABLE IF NOT EXISTS rejected (
+    received_unix_nano INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    device_id TEXT,
+    size INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payload_truncated INTEGER NOT NULL,
+    payload_sha256 TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_device ON rejected (device_id);
 ";
 
 pub struct SqliteStore {
@@ -48,13 +63,41 @@ impl SqliteStore {
             let mut conn = conn
                 .lock()
                 .map_err(|_| anyhow!("sqlite connection poisoned"))?;
-            let new = insert(&mut conn, &rows)
+            let (new, refused) = insert(&mut conn, &rows)
                 .with_context(|| format!("writing to sqlite:{}", path.display()))?;
             Ok(Written {
-                stored: rows.len(),
-                duplicates: rows.len() - new,
-                rejected: 0,
+                stored: rows.len() - refused.len(),
+                duplicates: rows.len() - refused.len() - new,
+                refused,
             })
+        })
+        .await?
+    }
+
+    pub async fn quarantine(&mut self, rejected: &[Rejected]) -> Result<()> {
+        let rejected = rejected.to_vec();
+        let path = self.path.clone();
+        self.with_conn(move |conn| {
+            insert_rejected(conn, &rejected)
+                .with_context(|| format!("writing to sqlite:{} (rejected)", path.display()))
+        })
+        .await
+    }
+
+    pub async fn rejected_stats(&mut self) -> Result<Vec<RejectedStats>> {
+        self.with_conn(|conn| rejected_stats_sync(conn)).await
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| anyhow!("sqlite connection poisoned"))?;
+            f(&mut conn)
         })
         .await?
     }
@@ -111,40 +154,119 @@ fn open_sync(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)
         .with_context(|| format!("{}: cannot create the telemetry table (read-only?)", what()))?;
+    add_nonfinite_column(&conn)
+        .with_context(|| format!("{}: cannot add the nonfinite column", what()))?;
     // Opening a read-only file succeeds; find out now, not at the first batch.
     conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
         .with_context(|| format!("{}: the database is not writable", what()))?;
     Ok(conn)
 }
 
-/// Inserts what is not there yet; returns how many rows were new.
-fn insert(conn: &mut Connection, rows: &[TelemetryRow]) -> Result<usize> {
+/// A table made before NaN was stored lacks `nonfinite` (and has NOT NULL
+/// measurements: a NaN reading there is refused and quarantined).
+fn add_nonfinite_column(conn: &Connection) -> Result<()> {
+    let mut stmt =
+        conn.prepare("SELECT 1 FROM pragma_table_info('telemetry') WHERE name = 'nonfinite'")?;
+    if !stmt.exists([])? {
+        conn.execute_batch("ALTER TABLE telemetry ADD COLUMN nonfinite TEXT")?;
+    }
+    Ok(())
+}
+
+/// Whether an error is the row's own fault (a constraint, a value too big or
+/// of the wrong type), as opposed to the database's (busy, I/O, full).
+fn row_fault(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            matches!(f.code, ConstraintViolation | TooBig | TypeMismatch)
+        }
+        rusqlite::Error::ToSqlConversionFailure(_) => true,
+        _ => false,
+    }
+}
+
+/// Inserts what is not there yet, in one transaction; a row refused for its
+/// content is left out (a failed statement leaves the transaction usable).
+/// Returns how many rows were new, and the refused ones with the reason.
+fn insert(conn: &mut Connection, rows: &[TelemetryRow]) -> Result<(usize, Vec<(usize, String)>)> {
     let tx = conn.transaction()?;
     let mut new = 0;
+    let mut refused = Vec::new();
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO telemetry (device_id, seq, time_unix_nano, received_unix_nano, \
-             temperature_c, humidity_pct, pressure_hpa, battery_v, rssi_dbm, status) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             temperature_c, humidity_pct, pressure_hpa, battery_v, rssi_dbm, status, nonfinite) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (device_id, seq) DO NOTHING",
         )?;
-        for r in rows {
-            new += stmt.execute(params![
+        let finite = |v: f64| v.is_finite().then_some(v);
+        for (i, r) in rows.iter().enumerate() {
+            let done = stmt.execute(params![
                 r.device_id,
                 r.seq,
                 r.time_unix_nano,
                 r.received_unix_nano,
-                r.temperature_c,
-                r.humidity_pct,
-                r.pressure_hpa,
-                r.battery_v,
+                finite(r.temperature_c),
+                finite(r.humidity_pct),
+                finite(r.pressure_hpa),
+                finite(r.battery_v),
                 r.rssi_dbm,
-                r.status
+                r.status,
+                r.nonfinite()
+            ]);
+            match done {
+                Ok(n) => new += n,
+                Err(e) if row_fault(&e) => {
+                    refused.push((i, format!("the store refused the row: {e}")))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((new, refused))
+}
+
+fn insert_rejected(conn: &mut Connection, rejected: &[Rejected]) -> Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO rejected (received_unix_nano, topic, device_id, size, reason, \
+             payload, payload_truncated, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for r in rejected {
+            stmt.execute(params![
+                r.received_unix_nano,
+                r.topic,
+                r.device_id,
+                r.size as i64,
+                r.reason,
+                r.payload,
+                r.truncated,
+                r.sha256
             ])?;
         }
     }
     tx.commit()?;
-    Ok(new)
+    Ok(())
+}
+
+fn rejected_stats_sync(conn: &Connection) -> Result<Vec<RejectedStats>> {
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(device_id, ''), COUNT(*), \
+         (SELECT reason FROM rejected l WHERE l.device_id IS r.device_id \
+          ORDER BY received_unix_nano DESC LIMIT 1) \
+         FROM rejected r GROUP BY device_id ORDER BY 1",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RejectedStats {
+            device_id: r.get(0)?,
+            rejected: r.get::<_, i64>(1)? as u64,
+            last_reason: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 fn stats_sync(conn: &Connection) -> Result<Vec<DeviceStats>> {
@@ -213,6 +335,46 @@ mod tests {
         assert_eq!(
             (st[0].first_time_unix_nano, st[0].last_time_unix_nano),
             (1000, 1006)
+        );
+    }
+
+    #[tokio::test]
+    async fn nan_is_null_with_a_flag_and_a_refused_row_does_not_fail_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        // An operator's own rule on an existing table: rssi must be plausible.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE telemetry (device_id TEXT NOT NULL, seq INTEGER NOT NULL, \
+                 time_unix_nano INTEGER NOT NULL, received_unix_nano INTEGER NOT NULL, \
+                 temperature_c REAL NOT NULL, humidity_pct REAL, pressure_hpa REAL, battery_v REAL, \
+                 rssi_dbm INTEGER NOT NULL CHECK (rssi_dbm > -500), status TEXT NOT NULL, \
+                 PRIMARY KEY (device_id, seq)) WITHOUT ROWID",
+            )
+            .unwrap();
+        let mut s = SqliteStore::open(&path).await.unwrap();
+        let mut rows: Vec<_> = (0..4).map(row).collect();
+        rows[1].humidity_pct = f64::NAN;
+        rows[1].battery_v = f64::INFINITY;
+        rows[2].rssi_dbm = -9999;
+        rows[3].temperature_c = f64::NAN; // NOT NULL in this old table
+        let w = s.write_batch(&rows).await.unwrap();
+        assert_eq!(w.stored, 2);
+        let refused: Vec<usize> = w.refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(refused, [2, 3]);
+        assert!(w.refused[0].1.contains("CHECK"), "{:?}", w.refused);
+        let conn = Connection::open(&path).unwrap();
+        let (hum, flag): (Option<f64>, String) = conn
+            .query_row(
+                "SELECT humidity_pct, nonfinite FROM telemetry WHERE seq = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (hum, flag.as_str()),
+            (None, "humidity_pct=NaN,battery_v=+Inf")
         );
     }
 

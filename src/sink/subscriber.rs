@@ -12,6 +12,7 @@
 //! what arrives while the sink is down, or is not committed at a crash, is lost.
 
 use std::future::Future;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use rumqttc::{Publish, QoS};
 
 use super::{redact, SinkOptions, SinkUrl, Store, TelemetryRow};
 use crate::mqtt::Endpoint;
+use crate::pipeline::quarantine::{payload_problem, DeadLetterFile, Rejected};
 use crate::pipeline::{self, Backoff, Batching, Handled, Handler, Shutdown, SubscribeConfig};
 use crate::proto::Telemetry;
 
@@ -46,15 +48,24 @@ pub struct Sink {
     url: SinkUrl,
     store: Store,
     batching: Batching,
+    /// Where quarantined messages' payloads go when not into the store.
+    dead_letter: Option<DeadLetterFile>,
 }
 
 impl Sink {
-    pub async fn open(opts: &SinkOptions) -> Result<Sink> {
+    /// `default_dead_letter`: the dead-letter directory without `--dead-letter`
+    /// (used for stores that do not keep payloads: InfluxDB, Timestream).
+    pub async fn open(opts: &SinkOptions, default_dead_letter: &Path) -> Result<Sink> {
         let Some(raw_url) = opts.sink.clone() else {
             bail!("--sink: no URL given; pass --sink sqlite:PATH (or another store URL)");
         };
         let url: SinkUrl = raw_url.parse()?;
         let store = Store::open(&url).await?;
+        let dead_letter = match &opts.dead_letter {
+            Some(dir) => Some(DeadLetterFile::new(dir)),
+            None if !store.keeps_payloads() => Some(DeadLetterFile::new(default_dead_letter)),
+            None => None,
+        };
         Ok(Sink {
             raw_url,
             url,
@@ -63,11 +74,29 @@ impl Sink {
                 max_wait: Duration::from_millis(opts.batch_ms.max(1)),
                 max_messages: opts.batch_size.max(1) as usize,
             },
+            dead_letter,
         })
     }
 
     pub fn default_client_id(&self, device_id: Option<&str>) -> String {
         default_client_id(&self.raw_url, device_id)
+    }
+
+    /// Where quarantined messages are kept, for people.
+    fn quarantine_place(&self) -> String {
+        let file = self
+            .dead_letter
+            .as_ref()
+            .map(|f| f.path().display().to_string());
+        let store = match self.store.keeps_rejected() {
+            true => Some(format!("`rejected` in {}", redact(&self.raw_url))),
+            false => None,
+        };
+        [file, store]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and ")
     }
 
     /// Stores every message of `cfg`'s subscription, acknowledging each only
@@ -86,11 +115,15 @@ impl Sink {
         }
         let shutdown = Shutdown::install();
         let mut h = Storing {
+            place: self.quarantine_place(),
             store: self.store,
             url: self.url,
             batching: self.batching,
             shutdown: shutdown.clone(),
             rows: Vec::new(),
+            sources: Vec::new(),
+            rejects: Vec::new(),
+            dead_letter: self.dead_letter,
             stored: 0,
             duplicates: 0,
             rejected: 0,
@@ -101,19 +134,14 @@ impl Sink {
         h.progress.finish_and_clear();
         let summary = result?;
         crate::note!(
-            "sink: stored {} messages ({} already there){}{}",
+            "sink: stored {} messages ({} already there){}; {} reconnects",
             h.stored,
             h.duplicates,
-            if h.rejected > 0 {
-                format!(", {} rejected by the store", h.rejected)
-            } else {
-                String::new()
+            match h.rejected {
+                0 => String::new(),
+                n => format!(", {n} rejected (kept in {})", h.place),
             },
-            if summary.skipped > 0 {
-                format!(", {} undecodable messages skipped", summary.skipped)
-            } else {
-                String::new()
-            }
+            summary.reconnects
         );
         Ok(ExitCode::SUCCESS)
     }
@@ -125,34 +153,44 @@ struct Storing {
     batching: Batching,
     shutdown: Shutdown,
     topic: String,
-    /// The open batch.
+    /// The open batch, and the message each row came from.
     rows: Vec<TelemetryRow>,
+    sources: Vec<Publish>,
+    /// Quarantined, not yet written to the dead-letter place.
+    rejects: Vec<Rejected>,
+    dead_letter: Option<DeadLetterFile>,
+    /// Where quarantined messages go, for the warnings.
+    place: String,
     stored: u64,
     duplicates: u64,
     rejected: u64,
     progress: indicatif::ProgressBar,
 }
 
+/// The row a message is, or why it can never be one.
+fn decode_row(p: &Publish) -> Result<TelemetryRow, String> {
+    if let Some(problem) = payload_problem(&p.payload, "Telemetry") {
+        return Err(problem);
+    }
+    let t = Telemetry::decode(p.payload.as_ref())
+        .map_err(|e| format!("not a Telemetry message ({e})"))?;
+    let device = crate::mqtt::device_of_topic(&p.topic);
+    let received = i64::try_from(crate::clock::now_unix_nano()).unwrap_or(i64::MAX);
+    TelemetryRow::from_telemetry(&t, device, received)
+}
+
 impl Handler for Storing {
     fn handle(&mut self, p: &Publish) -> Result<Handled> {
-        let device = crate::mqtt::device_of_topic(&p.topic);
-        let received = i64::try_from(crate::clock::now_unix_nano()).unwrap_or(i64::MAX);
-        let row = Telemetry::decode(p.payload.as_ref())
-            .map_err(|e| e.to_string())
-            .and_then(|t| TelemetryRow::from_telemetry(&t, device, received));
-        match row {
+        match decode_row(p) {
             Ok(r) => {
                 self.rows.push(r);
+                self.sources.push(p.clone());
                 Ok(Handled::Counted)
             }
-            Err(e) => {
-                // It can never be stored; acknowledging it keeps it from
-                // blocking the session forever.
-                crate::note!(
-                    "warning: {}: undecodable Telemetry ({} bytes): {e}; skipped",
-                    p.topic,
-                    p.payload.len()
-                );
+            Err(reason) => {
+                // It can never be stored: quarantined and acknowledged, so
+                // it cannot block the session.
+                self.reject(Rejected::new(p, reason));
                 Ok(Handled::Skipped)
             }
         }
@@ -176,6 +214,11 @@ impl Handler for Storing {
 }
 
 impl Storing {
+    fn reject(&mut self, r: Rejected) {
+        r.warn(&self.place);
+        self.rejects.push(r);
+    }
+
     /// Commits the open batch, retrying with backoff while the store fails;
     /// a stop request meanwhile gives up (nothing is acknowledged then).
     async fn write_batch(&mut self) -> Result<()> {
@@ -183,40 +226,54 @@ impl Storing {
         // A stop that is already being handled (the final commit) does not
         // count; the next one does.
         let seen = self.shutdown.requests();
-        loop {
-            match self.store.write_batch(&self.rows).await {
-                Ok(w) => {
-                    self.stored += w.stored as u64;
-                    self.duplicates += w.duplicates as u64;
-                    self.rejected += w.rejected as u64;
-                    break;
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    // Nothing is acknowledged: the broker keeps the messages.
-                    crate::note!(
-                        "sink: store failed: {e:#}; retrying in {} ms (messages stay with the broker)",
-                        delay.as_millis()
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.wait_beyond(seen) => bail!(
-                            "stopped while the store was failing; {} messages were not acknowledged and stay with the broker",
-                            self.rows.len()
-                        ),
-                    }
-                    // A dropped database connection needs a new one.
-                    match Store::open(&self.url).await {
-                        Ok(s) => self.store = s,
-                        Err(e) => tracing::debug!("reopening the store: {e:#}"),
-                    }
-                }
+        while let Err(e) = self.try_commit().await {
+            let delay = backoff.next_delay();
+            // Nothing is acknowledged: the broker keeps the messages.
+            crate::note!(
+                "sink: store failed: {e:#}; retrying in {} ms (messages stay with the broker)",
+                delay.as_millis()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.wait_beyond(seen) => bail!(
+                    "stopped while the store was failing; {} messages were not acknowledged and stay with the broker",
+                    self.rows.len() + self.rejects.len()
+                ),
+            }
+            // A dropped database connection needs a new one.
+            match Store::open(&self.url).await {
+                Ok(s) => self.store = s,
+                Err(e) => tracing::debug!("reopening the store: {e:#}"),
             }
         }
-        tracing::debug!("committed {} rows", self.rows.len());
-        self.rows.clear();
         self.progress
             .set_message(format!("{} rows stored", self.stored));
+        Ok(())
+    }
+
+    /// The rows (a row the store refuses for its content is quarantined),
+    /// then the quarantined messages; each step is done once.
+    async fn try_commit(&mut self) -> Result<()> {
+        if !self.rows.is_empty() {
+            let w = self.store.write_batch(&self.rows).await?;
+            self.stored += w.stored as u64;
+            self.duplicates += w.duplicates as u64;
+            for (i, why) in w.refused {
+                let r = Rejected::new(&self.sources[i], why);
+                self.reject(r);
+            }
+            tracing::debug!("committed {} rows", self.rows.len());
+            self.rows.clear();
+            self.sources.clear();
+        }
+        if !self.rejects.is_empty() {
+            if let Some(file) = &mut self.dead_letter {
+                file.append(&self.rejects)?;
+            }
+            self.store.quarantine(&self.rejects).await?;
+            self.rejected += self.rejects.len() as u64;
+            self.rejects.clear();
+        }
         Ok(())
     }
 }

@@ -116,7 +116,8 @@ impl TimestreamStore {
 
     pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
         let mut written = Written::default();
-        for chunk in rows.chunks(MAX_RECORDS_PER_WRITE) {
+        for (n, chunk) in rows.chunks(MAX_RECORDS_PER_WRITE).enumerate() {
+            let offset = n * MAX_RECORDS_PER_WRITE;
             let records = chunk.iter().map(record).collect::<Result<Vec<_>>>()?;
             let res = self
                 .client
@@ -139,26 +140,7 @@ impl TimestreamStore {
                         aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError::RejectedRecordsException(r) => r.rejected_records().to_vec(),
                         _ => Vec::new(),
                     };
-                    let mut refused = 0;
-                    for r in &list {
-                        let row = usize::try_from(r.record_index())
-                            .ok()
-                            .and_then(|i| chunk.get(i));
-                        // Same version already stored: this row arrived before.
-                        if r.existing_version().is_some() {
-                            written.duplicates += 1;
-                            continue;
-                        }
-                        refused += 1;
-                        eprintln!(
-                            "warning: Timestream rejected {}: {}",
-                            row.map(|r| format!("{} seq {}", r.device_id, r.seq))
-                                .unwrap_or_else(|| format!("record {}", r.record_index())),
-                            r.reason().unwrap_or("no reason given")
-                        );
-                    }
-                    written.rejected += refused;
-                    written.stored += chunk.len() - refused;
+                    account_rejections(&mut written, offset, chunk.len(), &list);
                 }
             }
         }
@@ -172,6 +154,33 @@ impl TimestreamStore {
             self.table
         )
     }
+}
+
+/// A WriteRecords call that rejected some of a chunk's `len` records: those
+/// already stored (same version) are duplicates, the others refused rows.
+fn account_rejections(
+    written: &mut Written,
+    offset: usize,
+    len: usize,
+    list: &[aws_sdk_timestreamwrite::types::RejectedRecord],
+) {
+    let mut refused = 0;
+    for r in list {
+        if r.existing_version().is_some() {
+            written.duplicates += 1;
+            continue;
+        }
+        refused += 1;
+        let reason = r.reason().unwrap_or("no reason given");
+        let i = usize::try_from(r.record_index()).unwrap_or(usize::MAX);
+        if i < len {
+            let why = format!("Timestream rejected the record: {reason}");
+            written.refused.push((offset + i, why));
+        } else {
+            crate::note!("warning: Timestream rejected record {i}: {reason}");
+        }
+    }
+    written.stored += len - refused;
 }
 
 fn sdk_error<E, R>(what: &str, e: aws_sdk_timestreamwrite::error::SdkError<E, R>) -> anyhow::Error
@@ -194,7 +203,8 @@ where
     anyhow::anyhow!("{what}: {detail}")
 }
 
-/// One multi-measure record for `r`; non-finite readings are left out.
+/// One multi-measure record for `r`; non-finite readings are left out
+/// (named in the `nonfinite` measure).
 pub fn record(r: &TelemetryRow) -> Result<Record> {
     let mv = |name: &str, value: String, t: MeasureValueType| {
         MeasureValue::builder()
@@ -217,6 +227,10 @@ pub fn record(r: &TelemetryRow) -> Result<Record> {
         if v.is_finite() {
             measures.push(mv(name, v.to_string(), MeasureValueType::Double)?);
         }
+    }
+    // Timestream's DOUBLE has no NaN or infinity: left out, and named here.
+    if let Some(flag) = r.nonfinite() {
+        measures.push(mv("nonfinite", flag, MeasureValueType::Varchar)?);
     }
     Ok(Record::builder()
         .dimensions(

@@ -397,6 +397,26 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Gives `postgres` a password and makes TCP connections need it
+    /// (SCRAM); the unix socket stays trusted.
+    pub fn require_password(&self, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("ALTER USER postgres PASSWORD '{password}'"),
+        );
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("pg_hba.conf");
+        // The last statement over TCP without a password.
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT is postgres' fast shutdown.
@@ -563,5 +583,189 @@ impl Drop for Moto {
     fn drop(&mut self) {
         self.stdin.take(); // EOF: the script stops the server and exits
         stop_child(&mut self.child, "TERM", Duration::from_secs(5));
+    }
+}
+
+/// The devices of the poison flow: two good publishers and one that sends bad messages.
+pub const POISONER: &str = "device-003";
+
+/// A broker whose PKI also has device-002 and the poisoner.
+pub fn poison_broker() -> Broker {
+    Broker::start_with(common::BrokerOptions {
+        clients: vec!["device-002".into(), POISONER.into()],
+        ..Default::default()
+    })
+}
+
+/// A Telemetry of the poisoner as protobuf bytes.
+pub fn telemetry_bytes(seq: u64, f: impl FnOnce(&mut mqttkit::proto::Telemetry)) -> Vec<u8> {
+    use prost::Message;
+    let mut t = mqttkit::proto::Telemetry {
+        device_id: POISONER.into(),
+        seq,
+        time_unix_nano: mqttkit::clock::now_unix_nano() as u64,
+        temperature_c: 20.0,
+        humidity_pct: 40.0,
+        pressure_hpa: 1000.0,
+        battery_v: 3.7,
+        rssi_dbm: -60,
+        status: 1,
+    };
+    f(&mut t);
+    t.encode_to_vec()
+}
+
+/// The bad messages, in the order sent: a retained round ends with the
+/// 300 KiB one, so it stays retained for every subscriber that comes later.
+/// `None` payload: mosquitto_pub -n (empty).
+fn poison_messages(round: u64) -> Vec<(&'static str, Option<Vec<u8>>)> {
+    let big = telemetry_bytes(100 + round, |t| t.device_id = "x".repeat(300 * 1024));
+    let nan = telemetry_bytes(round, |t| {
+        t.temperature_c = f64::NAN;
+        t.humidity_pct = f64::INFINITY;
+    });
+    vec![
+        ("empty", None),
+        ("garbage", Some(b"\xff\xfe not a protobuf message".to_vec())),
+        ("nan", Some(nan)),
+        ("big", Some(big)),
+    ]
+}
+
+/// Publishes one message as the poisoner with mosquitto_pub (QoS 1).
+fn poison_pub_retained(broker: &Broker, payload: Option<&[u8]>, retain: bool) {
+    let mut c = Command::new("mosquitto_pub");
+    c.args(common::mosquitto_tls_args(broker, Some(POISONER)))
+        .args(["-q", "1", "-t", &format!("devices/{POISONER}/telemetry")]);
+    if retain {
+        c.arg("-r");
+    }
+    let file = tempfile::NamedTempFile::new_in(broker.path()).expect("temp file");
+    match payload {
+        Some(bytes) => {
+            std::fs::write(file.path(), bytes).expect("payload file");
+            c.arg("-f").arg(file.path());
+        }
+        None => {
+            c.arg("-n");
+        }
+    }
+    common::ok(&common::run(&mut c, Duration::from_secs(30)));
+}
+
+/// What the poison flow must leave in a store: every good row, the NaN
+/// readings, and the rejected ones counted for the poisoner.
+pub fn check_poison_stats(s: &serde_json::Value, per_device: u64, rejected: u64) {
+    assert_eq!(s["rows"], 2 * per_device + 2, "{s}");
+    let devices = s["devices"].as_array().expect("devices");
+    for (d, rows) in devices.iter().zip([per_device, per_device, 2]) {
+        assert_eq!(d["rows"], rows, "{s}");
+        assert_eq!(d["missing"], 0, "{s}");
+    }
+    assert_eq!(devices[2]["device_id"], POISONER, "{s}");
+    assert_eq!(s["rejected"], rejected, "{s}");
+    assert_eq!(s["rejected_devices"][0]["device_id"], POISONER, "{s}");
+    assert_eq!(s["rejected_devices"][0]["rejected"], rejected, "{s}");
+}
+
+/// How many times a consumer's stderr says it reconnected.
+pub fn reconnects(stderr: &str) -> usize {
+    stderr.matches("reconnected to").count()
+}
+
+/// The reasons the sink warns with, one per bad message.
+pub const REASONS: [&str; 3] = [
+    "empty payload, not a Telemetry",
+    "not a Telemetry message",
+    "larger than any Telemetry",
+];
+
+/// The whole flow against a store: the sink stores all good rows while the
+/// poisoner sends its messages; a second sink started afterwards gets the
+/// retained 300 KiB message, quarantines it and goes on. Returns the stats.
+pub fn poison_flow(
+    broker: &Broker,
+    url: &str,
+    env: &[(&str, &str)],
+    extra: Option<Vec<u8>>,
+) -> serde_json::Value {
+    const PER_DEVICE: u64 = 2000;
+    let extra_rejected = u64::from(extra.is_some());
+    let mut sink = SinkProc::start(broker, url, &["--batch-ms", "50"], env);
+    sink.wait_subscribed();
+    publish_with_poison(broker, PER_DEVICE, extra);
+    let want = 6 + extra_rejected;
+    wait_stats(broker, url, env, &sink, |s| {
+        s["rows"] == 2 * PER_DEVICE + 2 && s["rejected"] == want
+    });
+    sink.terminate();
+    let err = sink.stderr();
+    for reason in REASONS {
+        assert_eq!(err.matches(reason).count(), 2, "{reason}:\n{err}");
+    }
+    assert!(reconnects(&err) <= 1, "{err}");
+    assert!(err.contains(&format!("{want} rejected")), "{err}");
+
+    // A subscriber that starts now gets the retained 300 KiB message first.
+    let mut late = SinkProc::start(broker, url, &["--client-id", "late-sink"], env);
+    late.wait_subscribed();
+    wait_stats(broker, url, env, &late, |s| s["rejected"] == want + 1);
+    late.terminate();
+    assert!(late.stderr().contains(REASONS[2]), "{}", late.stderr());
+    assert!(reconnects(&late.stderr()) <= 1, "{}", late.stderr());
+    let s = stats(broker, url, env);
+    check_poison_stats(&s, PER_DEVICE, want + 1);
+    s
+}
+
+/// Polls `sink stats` until `done` (at most 60 s).
+fn wait_stats(
+    broker: &Broker,
+    url: &str,
+    env: &[(&str, &str)],
+    sink: &SinkProc,
+    done: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = stats(broker, url, env);
+        if done(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", sink.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends every poison message once normally and once retained, while
+/// device-001 and device-002 publish `per_device` QoS 1 messages each.
+/// `extra` (sent once, normally) is a message the store itself refuses.
+pub fn publish_with_poison(broker: &Broker, per_device: u64, extra: Option<Vec<u8>>) {
+    let publishers: Vec<Child> = ["device-001", "device-002"]
+        .iter()
+        .map(|d| {
+            let mut c = broker.mqttkit();
+            c.args(["pub", "telemetry", "--out", "out", "--device-id", d])
+                .args(["--qos", "1", "--count", &per_device.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c.spawn().expect("spawning pub telemetry")
+        })
+        .collect();
+    for (round, retain) in [(0, false), (1, true)] {
+        for (_, payload) in poison_messages(round) {
+            poison_pub_retained(broker, payload.as_deref(), retain);
+        }
+    }
+    if let Some(bytes) = extra {
+        poison_pub_retained(broker, Some(&bytes), false);
+    }
+    for p in publishers {
+        common::ok(&common::wait_output(
+            p,
+            Duration::from_secs(120),
+            "pub telemetry",
+        ));
     }
 }
