@@ -9,9 +9,13 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "mqttkit", version, about = "Certificates, a Mosquitto broker, AWS IoT things and protobuf MQTT flows", long_about = None)]
 pub struct Cli {
-    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More log output on stderr (once info, twice debug). RUST_LOG overrides.
+    #[arg(long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// --verbose, before the subcommand (-v, -vv): after `sub` -v prints
+    /// the topic, as for mosquitto_sub.
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub v: u8,
     /// Output root holding certs/, profiles/, mosquitto/ and things/ (before or after the subcommand).
     #[arg(
         long,
@@ -52,6 +56,13 @@ pub enum Command {
     },
     /// Print the man page (roff): `mqttkit man | man -l -`.
     Man,
+}
+
+impl Cli {
+    /// `-v` and `--verbose` together.
+    pub fn verbosity(&self) -> u8 {
+        self.verbose.saturating_add(self.v)
+    }
 }
 
 pub fn init_tracing(verbose: u8) {

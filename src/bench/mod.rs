@@ -92,8 +92,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     raise_fd_limit(n + m)?;
     let baseline_rss = report::rss_kib();
 
-    let server = args.conn.spec().resolve(Role::Server)?;
-    let (identities, device_specs) = device_specs(&args.conn.spec(), &server, n)?;
+    let server = args.conn.spec()?.resolve(Role::Server)?;
+    let (identities, device_specs) = device_specs(&args.conn.spec()?, &server, n)?;
     note_identities(&identities, &server, n);
     let qos = crate::pipeline::qos(args.qos);
     let live = Arc::new(Live::default());
@@ -377,7 +377,7 @@ fn device_specs(
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
     if !fixed_identity && certs_dir.join("ca.key").exists() {
         let issuer = crate::pki::load_issuer(&certs_dir)?;
-        let roots = Arc::new(tls::load_roots(&server.cafile)?);
+        let roots = Arc::new(tls::roots_for(server.cafile.as_deref())?);
         let alpn = (server.transport == crate::mqtt::Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
         let mut specs = Vec::with_capacity(n);
         for (index, name) in names.into_iter().enumerate() {

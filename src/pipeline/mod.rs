@@ -36,14 +36,7 @@ use crate::mqtt::Endpoint;
 pub use reconnect::{Backoff, Reconnect};
 pub use shutdown::{Shutdown, Trigger};
 
-/// QoS from its number on the command line (0 or 1; 2 is not offered).
-pub fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
+pub use crate::mqtt::qos;
 
 /// What a subscriber run needs, resolved from the command line by its caller.
 #[derive(Debug, Clone)]
