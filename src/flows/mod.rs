@@ -107,9 +107,10 @@ pub struct PubTelemetryArgs {
     /// Sequence number of the first message.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub start_seq: u64,
-    /// Most messages written but not yet acknowledged at any time.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=16384))]
-    pub window: u16,
+    /// Most messages written but not yet acknowledged at any time
+    /// (default 256; 20 at QoS 2, see `publish::window`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16384))]
+    pub window: Option<u16>,
     /// Most readings kept while the broker is unreachable (with --rate);
     /// when full, taking readings pauses.
     #[arg(long, value_name = "N", default_value_t = 100_000)]

@@ -48,9 +48,10 @@ pub struct RawPubArgs {
     /// Retain: the broker keeps the last message for subscribers that come later.
     #[arg(long, short = 'r')]
     pub retain: bool,
-    /// Most messages written but not yet acknowledged at any time.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=16384))]
-    pub window: u16,
+    /// Most messages written but not yet acknowledged at any time
+    /// (default 256; 20 at QoS 2, see `publish::window`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16384))]
+    pub window: Option<u16>,
     /// Give up after this long without a connection: 300, 30s, 5m (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
     pub reconnect_timeout: Duration,
@@ -109,7 +110,7 @@ pub async fn run_pub(args: RawPubArgs) -> Result<ExitCode> {
         topic,
         qos: args.qos,
         retain: args.retain,
-        window: args.window,
+        window: super::publish::window(args.window, args.qos),
         max_queued: 1,
         count: None,
         rate: None,

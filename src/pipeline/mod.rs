@@ -327,6 +327,11 @@ impl Session {
         // Every ack goes through this channel while we are the one polling,
         // so it must hold as many as the broker can have in flight.
         let (client, mut eventloop) = AsyncClient::new(opts, u16::MAX as usize + 16);
+        // QoS 2: PUBREC and PUBCOMP are small writes answering the broker;
+        // Nagle would hold each behind the last one's delayed ACK.
+        if cfg.qos == QoS::ExactlyOnce {
+            eventloop.network_options.set_tcp_nodelay(true);
+        }
         if let Some(t) = cfg.connect_timeout {
             eventloop
                 .network_options
