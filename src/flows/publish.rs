@@ -111,7 +111,7 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         label: format!("pub telemetry {device}"),
         device_id: device.clone(),
     };
-    let source = Source::Dummy(DummyDevice::new(&device, args.start_seq));
+    let source = Source::Dummy(Box::new(DummyDevice::new(&device, args.start_seq)));
     publish_stream(&endpoint, &client_id, stream, source).await
 }
 
@@ -149,7 +149,7 @@ pub(crate) struct Stream {
 /// Where the messages come from.
 pub(crate) enum Source {
     /// The dummy device's readings, as fast or as often as asked.
-    Dummy(DummyDevice),
+    Dummy(Box<DummyDevice>),
     /// Raw payloads from a reader (`-l` lines as they are read; `-m`, `-f`,
     /// `-n` one message); `next` holds one taken while the window was full.
     Raw {
