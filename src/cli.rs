@@ -37,9 +37,9 @@ pub enum Command {
     Pki(crate::pki::PkiArgs),
     /// A Mosquitto broker with mutual TLS and per-device ACLs: up, status, down, logs, users.
     Broker(crate::broker::BrokerArgs),
-    /// Publish protobuf telemetry (as a device) or commands (as the server).
+    /// Publish raw payloads (`-t TOPIC -m|-l|-f|-n`, mosquitto_pub's flags), protobuf telemetry (as a device) or commands (as the server).
     Pub(crate::flows::PubArgs),
-    /// Receive and decode telemetry (as the server) or commands (as a device).
+    /// Print raw payloads (`-t FILTER`, mosquitto_sub's flags), or receive and decode telemetry (as the server) or commands (as a device).
     Sub(crate::flows::SubArgs),
     /// Telemetry stores filled by `sub telemetry --sink`: stats of what arrived.
     Sink(crate::sink::SinkArgs),

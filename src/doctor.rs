@@ -177,9 +177,12 @@ fn check_configuration(
     report.pass(
         "configuration",
         format!(
-            "{} as {who}, CA {}",
+            "{} as {who}, {}",
             endpoint.describe(),
-            mqtt::describe_roots(endpoint.cafile.as_deref())
+            match endpoint.transport {
+                Transport::Tcp => "no TLS (plain TCP, not encrypted)".to_string(),
+                _ => format!("CA {}", mqtt::describe_roots(endpoint.cafile.as_deref())),
+            }
         ),
     );
     Some(endpoint)

@@ -257,6 +257,25 @@ fn plain_tcp_with_a_password_file_round_trip_and_wrong_password() {
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("bad user name or password"), "{err}");
     assert!(!err.contains(WRONG) && !stdout(&o).contains(WRONG), "{err}");
+    // doctor names it too, with the fix.
+    let o = run(
+        mqttkit(here.path())
+            .args(["doctor", "--server", "-H", &url])
+            .env("MQTTKIT_PASSWORD", WRONG),
+        T,
+    );
+    assert!(!o.status.success());
+    let report = stdout(&o);
+    assert!(
+        report.contains("no TLS (plain TCP, not encrypted)"),
+        "{report}"
+    );
+    assert!(report.contains("bad user name or password"), "{report}");
+    assert!(
+        report.contains("fix: check the user name and password"),
+        "{report}"
+    );
+    assert!(!report.contains(WRONG) && !stderr(&o).contains(WRONG));
     // No user name at all: named as "not authorized", with -u in the fix.
     let plain = format!("mqtt://127.0.0.1:{}", m.tcp);
     let o = run(
