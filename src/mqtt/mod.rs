@@ -595,4 +595,47 @@ mod tests {
         assert_eq!(device_of_topic("devices/d1/telemetry"), Some("d1"));
         assert_eq!(device_of_topic("other/d1"), None);
     }
+
+    /// A profile holds a user name and the transport (never a password); a
+    /// URL in it or in --host says the transport, the port follows it.
+    #[test]
+    fn profiles_and_urls_resolve_to_plain_or_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile {
+            host: "mqtt://alice@127.0.0.1".into(),
+            port: 1884,
+            transport: Transport::Tcp,
+            username: Some("bob".into()),
+            ..Profile::default()
+        };
+        profile.save(dir.path(), "plain").unwrap();
+        let spec = ConnectSpec {
+            profile: Some("plain".into()),
+            password: Some(Secret::new("pw")),
+            ..ConnectSpec::bare(dir.path())
+        };
+        let e = spec.resolve(Role::Server).unwrap();
+        assert_eq!((e.transport, e.port), (Transport::Tcp, 1884));
+        // The URL's user name wins over the profile's.
+        assert_eq!(e.username.as_deref(), Some("alice"));
+        assert_eq!(e.describe(), "mqtt://127.0.0.1:1884");
+        let tls = ConnectSpec {
+            host: Some("mqtt://h".into()),
+            transport: Some(Transport::Wss),
+            ..spec.clone()
+        };
+        let err = tls.resolve(Role::Server).unwrap_err().to_string();
+        assert!(err.contains("contradicts --transport"), "{err}");
+        let alone = ConnectSpec {
+            host: Some("mqtt://h:1".into()),
+            password: Some(Secret::new("pw")),
+            ..ConnectSpec::bare(dir.path())
+        };
+        let err = alone.resolve(Role::Server).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--password: a password needs a user name"),
+            "{err}"
+        );
+        assert!(!format!("{:?}", spec).contains("pw\""));
+    }
 }
