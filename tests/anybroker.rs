@@ -244,11 +244,14 @@ fn plain_tcp_with_a_password_file_round_trip_and_wrong_password() {
     assert!(status.success(), "{err}");
     assert_eq!(lines, ["plain/a hello over tcp", "plain/b "]);
 
-    // The wrong password: one error line naming the problem, the password nowhere.
+    // The wrong password: one error line naming the problem, the password
+    // nowhere, not even in every log line there is (RUST_LOG=trace).
     let o = run(
-        mqttkit(here.path()).args([
-            "pub", "-t", "plain/a", "-m", "x", "-q", "1", "-h", &url, "-P", WRONG,
-        ]),
+        mqttkit(here.path())
+            .args([
+                "pub", "-t", "plain/a", "-m", "x", "-q", "1", "-h", &url, "-P", WRONG,
+            ])
+            .env("RUST_LOG", "trace"),
         T,
     );
     assert!(!o.status.success());
