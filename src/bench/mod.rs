@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub subscribers: u32,
     /// QoS of publishing and subscribing (1: every message acknowledged; loss is an error).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    #[arg(long, short = 'q', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
     /// Messages per second per device (default: as fast as the connection allows).
     #[arg(long, value_name = "PER_DEVICE_MSG_PER_S")]
