@@ -320,7 +320,7 @@ impl Failure {
             Failure::BadClientId => "pass another --client-id".into(),
             Failure::ServerUnavailable => "retry later".into(),
             Failure::Refused(_) => "see the broker log (`mqttkit broker logs`)".into(),
-            Failure::ClosedDuringHandshake => "the client certificate was probably rejected or missing (check --cert/--key and `mqttkit broker logs`), or the port is not a TLS port (check --port)".into(),
+            Failure::ClosedDuringHandshake => "the client certificate was probably rejected or missing (check --cert/--key and `mqttkit broker logs`), or the port is not a TLS port (check --port; for plain MQTT, --host mqtt://HOST:PORT or --no-tls)".into(),
             Failure::Other(_) => "see the broker log (`mqttkit broker logs`)".into(),
         }
     }
