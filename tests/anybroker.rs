@@ -656,3 +656,33 @@ fn qos2_telemetry_into_the_sink() {
     );
     assert_eq!(device["gaps"], serde_json::json!([]), "{stats}");
 }
+
+/// `pub -t devices/ID/telemetry` on mqttkit's own broker goes out as device
+/// ID (its ACL drops it from any other identity) and reaches `sub -t`.
+#[test]
+fn raw_pub_to_a_device_topic_acts_as_that_device() {
+    let broker = Broker::start();
+    let mut sub = broker.mqttkit();
+    sub.args([
+        "sub",
+        "-t",
+        "devices/+/telemetry",
+        "-v",
+        "-C",
+        "1",
+        "-W",
+        "20",
+    ]);
+    let mut sub = Proc::spawn(sub);
+    sub.wait_stderr("subscribed to");
+    let topic = "devices/device-001/telemetry";
+    ok(&run(
+        broker
+            .mqttkit()
+            .args(["pub", "-t", topic, "-m", "raw bytes", "-q", "1"]),
+        T,
+    ));
+    let (status, lines, err) = sub.finish(T);
+    assert!(status.success(), "{err}");
+    assert_eq!(lines, [format!("{topic} raw bytes")]);
+}

@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::publish::{publish_stream, Source, Stream};
 use super::subscribe::{Print, Printing};
 use super::{Out, SubCommonArgs};
-use crate::mqtt::{unique_client_id, ConnectionArgs, Role};
+use crate::mqtt::{device_of_topic, telemetry_topic, unique_client_id, ConnectionArgs, Role};
 use crate::pipeline::{self, Acks, Handled, Shutdown, SubscribeConfig};
 
 /// mosquitto_sub's exit status when -W expired first.
@@ -103,7 +103,13 @@ pub async fn run_pub(args: RawPubArgs) -> Result<ExitCode> {
         bail!("--password-stdin: stdin carries the lines of -l; pass the password in MQTTKIT_PASSWORD instead");
     }
     let source = Source::raw(read_messages(&args.message)?);
-    let endpoint = args.conn.spec()?.resolve(Role::Server)?;
+    // A device's telemetry topic is written as that device (mqttkit's broker
+    // ACL drops it from any other identity, silently); the rest as the server.
+    let role = match device_of_topic(&topic) {
+        Some(id) if topic == telemetry_topic(id) => Role::Device(id),
+        _ => Role::Server,
+    };
+    let endpoint = args.conn.spec()?.resolve(role)?;
     let client_id = endpoint.client_id.clone();
     let stream = Stream {
         label: format!("pub {topic}"),
