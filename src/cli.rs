@@ -9,9 +9,13 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "mqttkit", version, about = "Certificates, a Mosquitto broker, AWS IoT things and protobuf MQTT flows", long_about = None)]
 pub struct Cli {
-    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More log output on stderr (once info, twice debug). RUST_LOG overrides.
+    #[arg(long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// --verbose, before the subcommand (-v, -vv): after `sub` -v prints
+    /// the topic, as for mosquitto_sub.
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub v: u8,
     /// Output root holding certs/, profiles/, mosquitto/ and things/ (before or after the subcommand).
     #[arg(
         long,
@@ -33,9 +37,9 @@ pub enum Command {
     Pki(crate::pki::PkiArgs),
     /// A Mosquitto broker with mutual TLS and per-device ACLs: up, status, down, logs, users.
     Broker(crate::broker::BrokerArgs),
-    /// Publish protobuf telemetry (as a device) or commands (as the server).
+    /// Publish raw payloads (`-t TOPIC -m|-l|-f|-n`, mosquitto_pub's flags), protobuf telemetry (as a device) or commands (as the server).
     Pub(crate::flows::PubArgs),
-    /// Receive and decode telemetry (as the server) or commands (as a device).
+    /// Print raw payloads (`-t FILTER`, mosquitto_sub's flags), or receive and decode telemetry (as the server) or commands (as a device).
     Sub(crate::flows::SubArgs),
     /// Telemetry stores filled by `sub telemetry --sink`: stats of what arrived.
     Sink(crate::sink::SinkArgs),
@@ -52,6 +56,13 @@ pub enum Command {
     },
     /// Print the man page (roff): `mqttkit man | man -l -`.
     Man,
+}
+
+impl Cli {
+    /// `-v` and `--verbose` together.
+    pub fn verbosity(&self) -> u8 {
+        self.verbose.saturating_add(self.v)
+    }
 }
 
 pub fn init_tracing(verbose: u8) {

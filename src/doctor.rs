@@ -108,14 +108,14 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     let device = match (&args.device_id, args.server) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => None,
-        (None, false) => args.conn.spec().default_device().ok().flatten(),
+        (None, false) => (args.conn.spec().ok()).and_then(|s| s.default_device().ok().flatten()),
     };
     // Each check records its step; the first that fails ends the run.
     let Some(endpoint) = check_configuration(&mut report, &args, device.as_deref()) else {
         return report.finish();
     };
     if let Some((cert, _)) = &endpoint.identity {
-        if !check_client_cert(&mut report, cert, &endpoint.cafile) {
+        if !check_client_cert(&mut report, cert, endpoint.cafile.as_deref()) {
             return report.finish();
         }
     }
@@ -126,7 +126,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         return report.finish();
     };
     // The TLS handshake, verifying the broker by the CA and the host name.
-    if endpoint.transport != Transport::Wss
+    if !matches!(endpoint.transport, Transport::Wss | Transport::Tcp)
         && !check_tls(&mut report, &endpoint, tcp, timeout).await
     {
         return report.finish();
@@ -139,15 +139,11 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     if !check_connect(&mut report, &endpoint, &client_id, timeout).await {
         return report.finish();
     }
-    check_permissions(
-        &mut report,
-        &args.conn.spec(),
-        &endpoint,
-        device.as_deref(),
-        &client_id,
-        timeout,
-    )
-    .await;
+    // The spec was built once already (by check_configuration): this cannot fail.
+    if let Ok(spec) = args.conn.spec() {
+        let device = device.as_deref();
+        check_permissions(&mut report, &spec, &endpoint, device, &client_id, timeout).await;
+    }
     report.finish()
 }
 
@@ -157,7 +153,7 @@ fn endpoint_for(args: &DoctorArgs, device: Option<&str>) -> Result<Endpoint> {
         Some(d) => Role::Device(d),
         None => Role::Server,
     };
-    args.conn.spec().resolve(role)
+    args.conn.spec()?.resolve(role)
 }
 
 /// Configuration: files exist, parse, and the key matches the certificate.
@@ -181,9 +177,12 @@ fn check_configuration(
     report.pass(
         "configuration",
         format!(
-            "{} as {who}, CA {}",
+            "{} as {who}, {}",
             endpoint.describe(),
-            endpoint.cafile.display()
+            match endpoint.transport {
+                Transport::Tcp => "no TLS (plain TCP, not encrypted)".to_string(),
+                _ => format!("CA {}", mqtt::describe_roots(endpoint.cafile.as_deref())),
+            }
         ),
     );
     Some(endpoint)
@@ -266,7 +265,7 @@ async fn check_connect(
             // The explanation already carries the fix; the report shows it apart.
             let problem = match e.failure {
                 Failure::TimedOut => e.explanation,
-                ref f => f.problem(&endpoint.host, Some(&endpoint.cafile)),
+                ref f => f.problem(&endpoint.host, endpoint.cafile.as_deref()),
             };
             report.fail("MQTT CONNECT", problem, e.failure.fix(&endpoint.host));
             false
@@ -275,11 +274,11 @@ async fn check_connect(
 }
 
 /// Local checks of the client certificate: dates and chain to --cafile.
-fn check_client_cert(report: &mut Report, cert: &Path, cafile: &Path) -> bool {
+fn check_client_cert(report: &mut Report, cert: &Path, cafile: Option<&Path>) -> bool {
     let Ok(info) = crate::pki::inspect::inspect_file(
         cert,
-        std::fs::read(cafile)
-            .ok()
+        cafile
+            .and_then(|c| std::fs::read(c).ok())
             .and_then(|d| parse_x509_pem(&d).ok().map(|(_, p)| p.contents))
             .as_deref(),
     ) else {
@@ -375,7 +374,7 @@ async fn explain_tls_failure(
         .refine(&endpoint.host, endpoint.port)
         .await
         .with_carried_names(names);
-    let mut detail = failure.problem(&endpoint.host, Some(&endpoint.cafile));
+    let mut detail = failure.problem(&endpoint.host, endpoint.cafile.as_deref());
     if let (
         Failure::ServerCertExpired | Failure::ServerCertNotYetValid | Failure::UnknownIssuer,
         Some(l),

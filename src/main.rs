@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = mqttkit::cli::Cli::parse();
-    mqttkit::cli::init_tracing(cli.verbose);
+    mqttkit::cli::init_tracing(cli.verbosity());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "M", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub subscribers: u32,
     /// QoS of publishing and subscribing (1: every message acknowledged; loss is an error).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    #[arg(long, short = 'q', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
     /// Messages per second per device (default: as fast as the connection allows).
     #[arg(long, value_name = "PER_DEVICE_MSG_PER_S")]
@@ -96,8 +96,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     raise_fd_limit(n + m)?;
     let baseline_rss = report::rss_kib();
 
-    let server = args.conn.spec().resolve(Role::Server)?;
-    let (identities, device_specs) = device_specs(&args.conn.spec(), &server, n)?;
+    let server = args.conn.spec()?.resolve(Role::Server)?;
+    let (identities, device_specs) = device_specs(&args.conn.spec()?, &server, n)?;
     note_identities(&identities, &server, n);
     let qos = crate::pipeline::qos(args.qos);
     let live = Arc::new(Live::default());
@@ -387,7 +387,7 @@ fn device_specs(
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
     if !fixed_identity && certs_dir.join("ca.key").exists() {
         let issuer = crate::pki::load_issuer(&certs_dir)?;
-        let roots = Arc::new(tls::load_roots(&server.cafile)?);
+        let roots = Arc::new(tls::roots_for(server.cafile.as_deref())?);
         let alpn = (server.transport == crate::mqtt::Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
         let mut specs = Vec::with_capacity(n);
         for (index, name) in names.into_iter().enumerate() {

@@ -6,6 +6,7 @@
 //! again after a reconnect) never races with the network.
 
 pub mod publish;
+pub mod raw;
 pub mod subscribe;
 
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
@@ -16,10 +17,35 @@ use clap::{Args, Subcommand};
 
 use crate::mqtt::ConnectionArgs;
 
+/// `pub -t TOPIC` (raw payloads, mosquitto_pub's flags) or `pub ROLE`.
 #[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_flag = true,
+    mut_arg("host", mosquitto_host)
+)]
 pub struct PubArgs {
     #[command(subcommand)]
-    pub command: PubCommand,
+    pub command: Option<PubCommand>,
+    #[command(flatten)]
+    pub raw: raw::RawPubArgs,
+    #[command(flatten)]
+    pub help: HelpFlag,
+}
+
+/// `-h` is the host on `pub` and `sub` (as for mosquitto_pub/mosquitto_sub),
+/// so help is `--help` only there.
+#[derive(Debug, Clone, Args)]
+pub struct HelpFlag {
+    /// Print help (`-h` is --host here).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+/// `-h HOST`, with `-H` kept as an alias.
+pub fn mosquitto_host(arg: clap::Arg) -> clap::Arg {
+    arg.short('h').visible_short_alias('H')
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,10 +56,21 @@ pub enum PubCommand {
     Command(PubCommandArgs),
 }
 
+/// `sub -t FILTER` (raw payloads, mosquitto_sub's flags) or `sub ROLE`.
 #[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_flag = true,
+    mut_arg("host", mosquitto_host)
+)]
 pub struct SubArgs {
     #[command(subcommand)]
-    pub command: SubCommand,
+    pub command: Option<SubCommand>,
+    #[command(flatten)]
+    pub raw: raw::RawSubArgs,
+    #[command(flatten)]
+    pub help: HelpFlag,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,9 +82,12 @@ pub enum SubCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true, mut_arg("host", mosquitto_host))]
 pub struct PubTelemetryArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
+    #[command(flatten)]
+    pub help: HelpFlag,
     /// Device to publish as (default: the profile's device).
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
@@ -57,15 +97,20 @@ pub struct PubTelemetryArgs {
     /// Messages per second (default: as fast as the in-flight window allows).
     #[arg(long, value_name = "MSG_PER_S")]
     pub rate: Option<f64>,
-    /// QoS: 1 waits for the broker's PUBACK of every message; 0 fires and forgets.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// QoS: 1 waits for the broker's PUBACK of every message, 2 for its
+    /// PUBCOMP (exactly once); 0 fires and forgets.
+    #[arg(long, short = 'q', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
+    /// Retain: the broker keeps the last message for subscribers that come later.
+    #[arg(long, short = 'r')]
+    pub retain: bool,
     /// Sequence number of the first message.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub start_seq: u64,
-    /// Most messages written but not yet acknowledged at any time.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=16384))]
-    pub window: u16,
+    /// Most messages written but not yet acknowledged at any time
+    /// (default 256; 20 at QoS 2, see `publish::window`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16384))]
+    pub window: Option<u16>,
     /// Most readings kept while the broker is unreachable (with --rate);
     /// when full, taking readings pauses.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
@@ -79,9 +124,12 @@ pub struct PubTelemetryArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true, mut_arg("host", mosquitto_host))]
 pub struct PubCommandArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
+    #[command(flatten)]
+    pub help: HelpFlag,
     /// Device the command is for.
     #[arg(long, value_name = "ID")]
     pub device_id: String,
@@ -91,7 +139,8 @@ pub struct PubCommandArgs {
     /// A parameter KEY=VALUE; repeatable.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// QoS: 1 waits for PUBACK, 2 for PUBCOMP, 0 for nothing.
+    #[arg(long, short = 'q', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
     /// Print the sent command as JSON on stdout (default: its id).
     #[arg(long)]
@@ -102,8 +151,12 @@ pub struct PubCommandArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SubCommonArgs {
     /// Exit after N decoded messages (default: until Ctrl-C).
-    #[arg(long, value_name = "N")]
+    #[arg(long, short = 'C', value_name = "N")]
     pub count: Option<u64>,
+    /// Exit after this long (a bare number is seconds), with status 27 if
+    /// --count messages had not arrived by then (as mosquitto_sub -W).
+    #[arg(long = "timeout", short = 'W', value_name = "SECONDS", value_parser = crate::units::parse_positive_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// One JSON object per line on stdout. Not with --sink (refused: the
     /// messages go to the store; read them with `mqttkit sink stats URL --json`).
     #[arg(long)]
@@ -114,9 +167,10 @@ pub struct SubCommonArgs {
     #[arg(long)]
     pub persistent: bool,
     /// QoS of the subscription: 1 acknowledges each message once printed (or
-    /// stored, with --sink); 0 has no acknowledgements, so what arrives while
-    /// away or before a crash is lost.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// stored, with --sink); 2 the same, exactly once (PUBREC after
+    /// printing); 0 has no acknowledgements, so what arrives while away or
+    /// before a crash is lost.
+    #[arg(long, short = 'q', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
     /// Give up after this long without a connection: 300, 30s, 5m (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
@@ -129,9 +183,12 @@ pub struct SubCommonArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true, mut_arg("host", mosquitto_host))]
 pub struct SubTelemetryArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
+    #[command(flatten)]
+    pub help: HelpFlag,
     /// Only this device (default: all devices, devices/+/telemetry).
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
@@ -142,9 +199,12 @@ pub struct SubTelemetryArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true, mut_arg("host", mosquitto_host))]
 pub struct SubCommandArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
+    #[command(flatten)]
+    pub help: HelpFlag,
     /// Device to receive commands as (default: the profile's device).
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
@@ -153,11 +213,17 @@ pub struct SubCommandArgs {
 }
 
 pub async fn run_pub(args: PubArgs) -> Result<ExitCode> {
-    on_worker(publish::run(args.command)).await
+    match args.command {
+        Some(command) => on_worker(publish::run(command)).await,
+        None => on_worker(raw::run_pub(args.raw)).await,
+    }
 }
 
 pub async fn run_sub(args: SubArgs) -> Result<ExitCode> {
-    on_worker(subscribe::run(args.command)).await
+    match args.command {
+        Some(command) => on_worker(subscribe::run(command)).await,
+        None => on_worker(raw::run_sub(args.raw)).await,
+    }
 }
 
 /// Runs a flow as a task on a runtime worker: the worker that receives a
@@ -189,7 +255,7 @@ pub(crate) use crate::pipeline::qos;
 pub(crate) fn device_id(conn: &ConnectionArgs, flag: Option<&str>) -> Result<String> {
     let id = match flag {
         Some(id) => id.to_string(),
-        None => match conn.spec().default_device()? {
+        None => match conn.spec()?.default_device()? {
             Some(id) => id,
             None => bail!(
                 "no device: pass --device-id ID (or use a profile with a device_id, e.g. --profile local after `mqttkit broker up`)"

@@ -26,7 +26,7 @@ use crate::mqtt::{
     ALL_TELEMETRY,
 };
 use crate::pipeline::quarantine::{payload_problem, DeadLetterFile, Rejected};
-use crate::pipeline::{self, Acks, Batching, Handled, Handler, Shutdown, SubscribeConfig};
+use crate::pipeline::{self, Acks, Batching, Handled, Handler, SubscribeConfig};
 use crate::proto::v1::telemetry::Status;
 use crate::proto::{Command, Telemetry};
 use crate::telemetry::{rfc3339_nanos, Escaped, HumanLine, HumanTime};
@@ -52,7 +52,7 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
     if args.sink.is_some() {
         return run_sink(args, filter).await;
     }
-    let spec = args.conn.spec();
+    let spec = args.conn.spec()?;
     let endpoint = spec.resolve(Role::Server)?;
     warn_if_not_the_server(&spec, &endpoint);
     let identity = identity_name(&endpoint, "server");
@@ -73,7 +73,7 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
 
 pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
     let device = device_id(&args.conn, args.device_id.as_deref())?;
-    let endpoint = args.conn.spec().resolve(Role::Device(&device))?;
+    let endpoint = args.conn.spec()?.resolve(Role::Device(&device))?;
     let filter = command_topic(&device);
     let fixed_id = format!("{device}-sub-commands");
     let printer = CommandPrinter {
@@ -90,11 +90,14 @@ fn dead_letter_dir(args: &SubTelemetryArgs) -> PathBuf {
 /// Storing, not printing: see crate::sink (acks only after commit). The
 /// sink takes `sub`'s options or refuses them here, before anything runs.
 async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
+    if args.common.timeout.is_some() {
+        bail!("--timeout/-W: not used with --sink (a sink runs until stopped); stop it with SIGTERM instead");
+    }
     if args.common.json {
         bail!("--json: not used with --sink (the messages go to the store, not to stdout); drop --json and read the rows with `mqttkit sink stats URL --json`");
     }
     let sink = crate::sink::Sink::open(&args.sink, &dead_letter_dir(&args)).await?;
-    let spec = args.conn.spec();
+    let spec = args.conn.spec()?;
     let endpoint = spec.resolve(Role::Server)?;
     warn_if_not_the_server(&spec, &endpoint);
     let client_id = endpoint
@@ -165,7 +168,7 @@ fn identity_name(endpoint: &Endpoint, fallback: &str) -> String {
 }
 
 /// Prints messages to stdout.
-trait Print: Send {
+pub(crate) trait Print: Send {
     fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled>;
 
     /// Makes durable what is not printed (quarantined messages), before the
@@ -197,12 +200,9 @@ async fn subscribe<P: Print>(
         }
     );
     let cfg = subscribe_config(common, filter, client_id, common.persistent);
-    let mut handler = Printing {
-        out: Out::new(),
-        printer,
-        banner,
-    };
-    let summary = pipeline::run(endpoint, &cfg, Shutdown::install(), &mut handler).await?;
+    let mut handler = Printing::new(printer, banner);
+    let (shutdown, timed_out) = super::raw::stop_after(common.timeout);
+    let summary = pipeline::run(endpoint, &cfg, shutdown, &mut handler).await?;
     let skipped_note = if summary.skipped > 0 {
         format!(", {} rejected (not telemetry)", summary.skipped)
     } else {
@@ -213,19 +213,25 @@ async fn subscribe<P: Print>(
         summary.counted,
         summary.reconnects
     );
-    if summary.short_of(cfg.count) {
-        // Stopped (Ctrl-C) before the requested count.
-        return Ok(ExitCode::from(130));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(super::raw::exit_status(&summary, cfg.count, &timed_out))
 }
 
 /// A printer as a pipeline handler: a message is durable once its line has
 /// left our stdout buffer.
-struct Printing<P> {
+pub(crate) struct Printing<P> {
     out: Out,
     printer: P,
     banner: String,
+}
+
+impl<P: Print> Printing<P> {
+    pub(crate) fn new(printer: P, banner: String) -> Self {
+        Printing {
+            out: Out::new(),
+            printer,
+            banner,
+        }
+    }
 }
 
 impl<P: Print> Handler for Printing<P> {

@@ -523,7 +523,7 @@ fn write_files(c: &Ctx<'_>, cert: &NewCert, endpoint: &str) -> Result<std::path:
         host: endpoint.to_string(),
         port: 8883,
         transport: Transport::Tls,
-        cafile: absolute(&f.ca),
+        cafile: Some(absolute(&f.ca)),
         cert: Some(absolute(&f.cert)),
         key: Some(absolute(&f.key)),
         client_id: Some(name.clone()),

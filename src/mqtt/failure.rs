@@ -181,6 +181,16 @@ impl Failure {
         failure
     }
 
+    /// mosquitto answers MQTT 3.1.1 clients whose password file refused the
+    /// user name and password with "not authorized", not "bad user name or
+    /// password": when we sent both, that is what it means.
+    pub fn given_credentials(self, sent: bool) -> Failure {
+        match self {
+            Failure::NotAuthorized if sent => Failure::BadCredentials,
+            other => other,
+        }
+    }
+
     /// Names the broker certificate carries, for the reissue command.
     pub fn with_carried_names(self, names: Vec<String>) -> Failure {
         match self {
@@ -304,13 +314,13 @@ impl Failure {
             Failure::ClientCertRejected(_) => "use a certificate signed by the broker's CA (`mqttkit pki issue NAME`) or pass the CA the broker trusts".into(),
             Failure::ClientCertRevoked => "issue a new client certificate (`mqttkit pki issue NAME --force`)".into(),
             Failure::ClientCertOutOfDate => "check the client certificate's dates (`mqttkit pki list`) and this machine's clock; reissue it with `mqttkit pki issue NAME --force`".into(),
-            Failure::NotTls => "check --port (8883 is MQTT over TLS; 1883 is plain MQTT)".into(),
-            Failure::BadCredentials => "check the user name and password (`mqttkit broker user add`)".into(),
-            Failure::NotAuthorized => "the identity is not allowed; check the user name/password or the certificate's CN".into(),
+            Failure::NotTls => "check --port (8883 is MQTT over TLS; 1883 is plain MQTT: for that, --host mqtt://HOST:1883 or --no-tls)".into(),
+            Failure::BadCredentials => "check the user name and password (-u USER with -P, --password-stdin or MQTTKIT_PASSWORD); on a broker from `mqttkit broker up --auth password`, set it with `mqttkit broker user add USER --password-stdin`".into(),
+            Failure::NotAuthorized => "the identity is not allowed: pass -u USER and a password (--password-stdin or MQTTKIT_PASSWORD) if the broker has a password file, else check the certificate's CN".into(),
             Failure::BadClientId => "pass another --client-id".into(),
             Failure::ServerUnavailable => "retry later".into(),
             Failure::Refused(_) => "see the broker log (`mqttkit broker logs`)".into(),
-            Failure::ClosedDuringHandshake => "the client certificate was probably rejected or missing (check --cert/--key and `mqttkit broker logs`), or the port is not a TLS port (check --port)".into(),
+            Failure::ClosedDuringHandshake => "the client certificate was probably rejected or missing (check --cert/--key and `mqttkit broker logs`), or the port is not a TLS port (check --port; for plain MQTT, --host mqtt://HOST:PORT or --no-tls)".into(),
             Failure::Other(_) => "see the broker log (`mqttkit broker logs`)".into(),
         }
     }
@@ -362,11 +372,21 @@ pub async fn speaks_plain_mqtt(host: &str, port: u16, timeout: Duration) -> bool
 
 /// One line saying what went wrong connecting and what to do about it.
 pub fn describe_connect_error(endpoint: &str, err: &ConnectionError) -> String {
+    describe_connect_error_as(endpoint, err, false)
+}
+
+/// [`describe_connect_error`] for a client that sent a user name and password.
+pub fn describe_connect_error_as(
+    endpoint: &str,
+    err: &ConnectionError,
+    credentials: bool,
+) -> String {
     // `endpoint` is `Endpoint::describe()`: scheme://host:port, IPv6 in brackets.
     let authority = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Failure::classify(err)
+        .given_credentials(credentials)
         .or_unresolved(host)
         .explain(endpoint, host, None)
 }
@@ -458,6 +478,12 @@ mod tests {
         assert_eq!(Failure::classify(&e), Failure::ClientCertRequired);
         assert!(!Failure::ServerCertExpired.fix("h").contains("pki init"));
         assert!(Failure::BadCredentials.is_connack_refusal());
+        let refused = Failure::NotAuthorized;
+        assert_eq!(
+            refused.clone().given_credentials(true),
+            Failure::BadCredentials
+        );
+        assert_eq!(refused.clone().given_credentials(false), refused);
         assert!(!Failure::ClientCertRequired.is_connack_refusal());
         assert!(!Failure::NothingListening.reached());
         assert!(!Failure::TimedOut.reached());

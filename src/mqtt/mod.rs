@@ -2,6 +2,7 @@
 //! broker health check: flags and profiles resolved into an [`Endpoint`],
 //! then rumqttc options over rustls.
 
+pub mod address;
 pub mod failure;
 pub mod poller;
 pub mod probe;
@@ -19,6 +20,7 @@ use clap::{Args, ValueEnum};
 use rumqttc::{MqttOptions, TlsConfiguration};
 use serde::{Deserialize, Serialize};
 
+pub use address::Secret;
 pub use profile::Profile;
 
 /// Topic a device publishes its telemetry to.
@@ -52,6 +54,18 @@ pub enum Transport {
     Alpn,
     /// MQTT over TLS WebSocket (`wss://HOST:PORT/mqtt`).
     Wss,
+    /// Plain MQTT over TCP (port 1883): NOT encrypted; `mqtt://HOST` or --no-tls.
+    Tcp,
+}
+
+impl Transport {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => 8883,
+            Transport::Alpn | Transport::Wss => 443,
+            Transport::Tcp => 1883,
+        }
+    }
 }
 
 /// Connection options shared by every networked command.
@@ -63,8 +77,9 @@ pub struct ConnectionArgs {
     /// The global `--out DIR` (declared once, in cli.rs).
     #[arg(from_global)]
     pub out: PathBuf,
-    /// Broker host name or IP address.
-    #[arg(long, short = 'H')]
+    /// Broker host name or IP address, or a URL: mqtt://[USER@]HOST[:1883]
+    /// (plain TCP), mqtts://HOST[:8883], wss://HOST[:443]/mqtt.
+    #[arg(long, short = 'H', value_name = "HOST|URL")]
     pub host: Option<String>,
     /// Broker port.
     #[arg(long, short = 'p')]
@@ -83,10 +98,50 @@ pub struct ConnectionArgs {
     pub client_id: Option<String>,
     #[arg(long, value_enum)]
     pub transport: Option<Transport>,
+    /// Plain MQTT over TCP (default port 1883): not encrypted, for local brokers.
+    #[arg(long, conflicts_with_all = ["transport", "cafile", "cert"])]
+    pub no_tls: bool,
     /// Keep-alive interval: 30s, 1m (a bare number is seconds; at least 5s).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
+    #[arg(long, short = 'k', value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
     pub keepalive: Duration,
+    /// User name, for a broker with a password file (profiles may store it).
+    #[arg(long, short = 'u', value_name = "USER")]
+    pub username: Option<String>,
+    /// Password; other users see it in `ps`: prefer --password-stdin or the
+    /// MQTTKIT_PASSWORD environment variable.
+    #[arg(long, short = 'P', value_name = "PASS", value_parser = address::parse_secret)]
+    pub password: Option<Secret>,
+    /// Read the password from the first line of stdin.
+    #[arg(long, conflicts_with = "password")]
+    pub password_stdin: bool,
+    /// Last will: the broker publishes --will-payload here when this client
+    /// vanishes without a DISCONNECT.
+    #[arg(long, value_name = "TOPIC", help_heading = "Last will")]
+    pub will_topic: Option<String>,
+    #[arg(
+        long,
+        value_name = "MESSAGE",
+        requires = "will_topic",
+        help_heading = "Last will"
+    )]
+    pub will_payload: Option<String>,
+    #[arg(long, value_name = "0|1|2", default_value_t = 0, requires = "will_topic", value_parser = clap::value_parser!(u8).range(0..=2), help_heading = "Last will")]
+    pub will_qos: u8,
+    #[arg(long, requires = "will_topic", help_heading = "Last will")]
+    pub will_retain: bool,
 }
+
+/// A last will: published by the broker when the client is lost.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// The environment variable a password is read from when no flag gives one.
+pub const PASSWORD_ENV: &str = "MQTTKIT_PASSWORD";
 
 /// The keep-alive a connection uses unless told otherwise.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -108,6 +163,11 @@ pub struct ConnectSpec {
     pub client_id: Option<String>,
     pub transport: Option<Transport>,
     pub keepalive: Duration,
+    /// Plain TCP (`--no-tls`), as `mqtt://` asks for it.
+    pub plain: bool,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub will: Option<Will>,
 }
 
 impl ConnectSpec {
@@ -131,14 +191,19 @@ impl ConnectSpec {
             client_id: None,
             transport: None,
             keepalive: DEFAULT_KEEPALIVE,
+            plain: false,
+            username: None,
+            password: None,
+            will: None,
         }
     }
 }
 
 impl ConnectionArgs {
-    /// The one conversion from the flags to the library's configuration.
-    pub fn spec(&self) -> ConnectSpec {
-        ConnectSpec {
+    /// The one conversion from the flags to the library's configuration
+    /// (reads the password from stdin once with --password-stdin).
+    pub fn spec(&self) -> Result<ConnectSpec> {
+        Ok(ConnectSpec {
             out: self.out.clone(),
             profile: self.profile.clone(),
             host: self.host.clone(),
@@ -148,8 +213,48 @@ impl ConnectionArgs {
             client_id: self.client_id.clone(),
             transport: self.transport,
             keepalive: self.keepalive,
-        }
+            plain: self.no_tls,
+            username: self.username.clone(),
+            password: self.password()?,
+            will: self.will_topic.as_ref().map(|topic| Will {
+                topic: topic.clone(),
+                payload: self.will_payload.clone().unwrap_or_default().into_bytes(),
+                qos: self.will_qos,
+                retain: self.will_retain,
+            }),
+        })
     }
+
+    /// -P, else --password-stdin, else $MQTTKIT_PASSWORD.
+    fn password(&self) -> Result<Option<Secret>> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        if self.password_stdin {
+            return password_from_stdin().map(Some);
+        }
+        Ok(std::env::var(PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(Secret::new))
+    }
+}
+
+/// The first line of stdin, read once per process (several specs may be built).
+fn password_from_stdin() -> Result<Secret> {
+    static READ: std::sync::OnceLock<Result<Secret, String>> = std::sync::OnceLock::new();
+    let read = READ.get_or_init(|| {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("--password-stdin: cannot read stdin ({e})"))?;
+        let pass = line.trim_end_matches(['\n', '\r']);
+        if pass.is_empty() {
+            return Err("--password-stdin: stdin held no password; pipe it in, e.g. `printf '%s\\n' \"$PASS\" | mqttkit ... --password-stdin`".into());
+        }
+        Ok(Secret::new(pass))
+    });
+    read.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Which identity a command acts as when the profile holds several.
@@ -165,13 +270,18 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub transport: Transport,
-    pub cafile: PathBuf,
+    /// `None`: the OS trust store.
+    pub cafile: Option<PathBuf>,
     pub identity: Option<(PathBuf, PathBuf)>,
     /// Client id from the flags or profile; commands choose one otherwise.
     pub client_id: Option<String>,
     pub tls: Arc<rustls::ClientConfig>,
     pub keepalive: Duration,
     pub region: Option<String>,
+    /// User name and password for the CONNECT packet.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub will: Option<Will>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -209,31 +319,87 @@ impl ConnectSpec {
     pub fn resolve(&self, role: Role<'_>) -> Result<Endpoint> {
         let profile = self.load_profile()?;
         let p = profile.as_ref();
-        let host = self
-            .host
+        let (address, transport, port) = self.resolve_address(p)?;
+        let plain = transport == Transport::Tcp;
+        let cafile = self
+            .cafile
             .clone()
-            .or_else(|| p.map(|p| p.host.clone()))
-            .unwrap_or_else(|| "localhost".to_string());
-        let transport = self
-            .transport
-            .or_else(|| p.map(|p| p.transport))
-            .unwrap_or_default();
-        let default_port = match transport {
-            Transport::Tls => 8883,
-            Transport::Alpn | Transport::Wss => 443,
+            .or_else(|| p.and_then(|p| p.cafile.clone()));
+        let identity = match plain {
+            true => None,
+            false => self.resolve_identity(p, role)?,
+        };
+        let client_id = self
+            .client_id
+            .clone()
+            .or_else(|| p.and_then(|p| p.client_id.clone()));
+        let tls = if plain {
+            // Never used: no trust store to read for a plain connection.
+            tls::plain_placeholder()
+        } else {
+            let alpn = (transport == Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
+            let pair = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            tls::client_config(cafile.as_deref(), pair, alpn)?
+        };
+        let username = (self.username.clone())
+            .or(address.user)
+            .or_else(|| p.and_then(|p| p.username.clone()));
+        if self.password.is_some() && username.is_none() {
+            bail!("--password: a password needs a user name; pass -u USER (or --host mqtt://USER@HOST)");
+        }
+        let endpoint = Endpoint {
+            host: address.host,
+            port,
+            transport,
+            cafile,
+            identity,
+            client_id,
+            tls,
+            keepalive: self.keepalive.max(Duration::from_secs(5)),
+            region: p.and_then(|p| p.region.clone()),
+            username,
+            password: self.password.clone(),
+            will: self.will.clone(),
+        };
+        if plain {
+            warn_plain_once(&endpoint);
+        }
+        Ok(endpoint)
+    }
+
+    /// Host, transport and port from the flags, a URL in either, the profile.
+    fn resolve_address(&self, p: Option<&Profile>) -> Result<(address::Address, Transport, u16)> {
+        let (what, text) = match (&self.host, p) {
+            (Some(h), _) => ("--host", h.clone()),
+            (None, Some(p)) => ("the profile's host", p.host.clone()),
+            (None, None) => ("--host", "localhost".to_string()),
+        };
+        let address = address::parse(what, &text)?;
+        let from_flags = self.plain.then_some(Transport::Tcp).or(self.transport);
+        let transport = match (from_flags, address.transport) {
+            (Some(t), Some(u)) if t != u && !(t == Transport::Alpn && u == Transport::Tls) => {
+                bail!(
+                "{what} {text}: the URL's scheme contradicts --transport/--no-tls; drop one of them"
+            )
+            }
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => p.map(|p| p.transport).unwrap_or_default(),
         };
         // The profile's port belongs to the profile's transport: `--transport alpn`
         // on an 8883 profile means 443.
-        let port = self.port.unwrap_or(match p {
-            Some(p) if p.transport == transport => p.port,
-            _ => default_port,
-        });
-        let cafile = match self.cafile.clone().or_else(|| p.map(|p| p.cafile.clone())) {
-            Some(c) => c,
-            None => bail!(
-                "no CA certificate: pass --cafile FILE or --profile NAME (run `mqttkit pki init` and `mqttkit broker up` to create the `local` profile)"
-            ),
-        };
+        let profile_port = p.filter(|p| p.transport == transport);
+        let port = (self.port)
+            .or(address.port)
+            .or(profile_port.map(|p| p.port))
+            .unwrap_or(transport.default_port());
+        Ok((address, transport, port))
+    }
+
+    fn resolve_identity(
+        &self,
+        p: Option<&Profile>,
+        role: Role<'_>,
+    ) -> Result<Option<(PathBuf, PathBuf)>> {
         let identity = self
             .identity
             .clone()
@@ -253,28 +419,25 @@ impl ConnectSpec {
         if let (Role::Device(device), Some((cert, _))) = (role, &identity) {
             check_identity_matches_device(cert, device)?;
         }
-        let client_id = self
-            .client_id
-            .clone()
-            .or_else(|| p.and_then(|p| p.client_id.clone()));
-        let alpn = (transport == Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
-        let tls = tls::client_config(
-            &cafile,
-            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-            alpn,
-        )?;
-        Ok(Endpoint {
-            host,
-            port,
-            transport,
-            cafile,
-            identity,
-            client_id,
-            tls,
-            keepalive: self.keepalive.max(Duration::from_secs(5)),
-            region: p.and_then(|p| p.region.clone()),
-        })
+        Ok(identity)
     }
+}
+
+/// The one-line warning a plain connection gets (once per process).
+fn warn_plain_once(endpoint: &Endpoint) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let what = if endpoint.password.is_some() {
+        "the password and every message cross the network in clear"
+    } else {
+        "every message crosses the network in clear"
+    };
+    crate::note!(
+        "warning: {} is plain MQTT over TCP, not encrypted: {what}",
+        endpoint.describe()
+    );
 }
 
 /// Mosquitto's ACLs key on the certificate CN and silently drop what a device
@@ -314,6 +477,8 @@ impl Endpoint {
     pub fn mqtt_options(&self, client_id: &str) -> MqttOptions {
         let tls = TlsConfiguration::Rustls(self.tls.clone());
         let mut opts = match self.transport {
+            // rumqttc's default transport is plain TCP.
+            Transport::Tcp => MqttOptions::new(client_id, self.host.clone(), self.port),
             Transport::Tls | Transport::Alpn => {
                 let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
                 o.set_transport(rumqttc::Transport::tls_with_config(tls));
@@ -336,13 +501,26 @@ impl Endpoint {
         };
         opts.set_keep_alive(self.keepalive);
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
+        if let Some(user) = &self.username {
+            let password = self.password.as_ref().map_or("", Secret::expose);
+            opts.set_credentials(user.clone(), password);
+        }
+        if let Some(w) = &self.will {
+            let qos = qos(w.qos);
+            opts.set_last_will(rumqttc::LastWill::new(
+                &w.topic,
+                w.payload.clone(),
+                qos,
+                w.retain,
+            ));
+        }
         opts
     }
 
     /// The same place, connecting as another identity (files in PEM).
     pub fn with_identity(mut self, cert: &Path, key: &Path) -> Result<Self> {
         let alpn = (self.transport == Transport::Alpn).then_some(tls::AWS_IOT_ALPN);
-        self.tls = tls::client_config(&self.cafile, Some((cert, key)), alpn)?;
+        self.tls = tls::client_config(self.cafile.as_deref(), Some((cert, key)), alpn)?;
         self.identity = Some((cert.to_path_buf(), key.to_path_buf()));
         Ok(self)
     }
@@ -351,7 +529,7 @@ impl Endpoint {
     /// instead of the host connected to (an address the certificate lacks).
     pub fn verifying_name(mut self, name: &str) -> Result<Self> {
         if let Some((cert, key)) = &self.identity {
-            self.tls = tls::client_config_for_name(&self.cafile, (cert, key), name)?;
+            self.tls = tls::client_config_for_name(self.cafile.as_deref(), (cert, key), name)?;
         }
         Ok(self)
     }
@@ -377,8 +555,26 @@ impl Endpoint {
             Transport::Tls => "mqtts",
             Transport::Alpn => "mqtts+alpn",
             Transport::Wss => "wss",
+            Transport::Tcp => "mqtt",
         };
         format!("{scheme}://{}:{}", self.host_for_url(), self.port)
+    }
+}
+
+/// QoS from its number on the command line (0, 1 or 2).
+pub fn qos(level: u8) -> rumqttc::QoS {
+    match level {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+/// The trust roots in words: the --cafile, or the OS store.
+pub fn describe_roots(cafile: Option<&Path>) -> String {
+    match cafile {
+        Some(c) => c.display().to_string(),
+        None => "the OS trust store".to_string(),
     }
 }
 
@@ -398,5 +594,48 @@ mod tests {
         assert_eq!(command_topic("d1"), "devices/d1/commands");
         assert_eq!(device_of_topic("devices/d1/telemetry"), Some("d1"));
         assert_eq!(device_of_topic("other/d1"), None);
+    }
+
+    /// A profile holds a user name and the transport (never a password); a
+    /// URL in it or in --host says the transport, the port follows it.
+    #[test]
+    fn profiles_and_urls_resolve_to_plain_or_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile {
+            host: "mqtt://alice@127.0.0.1".into(),
+            port: 1884,
+            transport: Transport::Tcp,
+            username: Some("bob".into()),
+            ..Profile::default()
+        };
+        profile.save(dir.path(), "plain").unwrap();
+        let spec = ConnectSpec {
+            profile: Some("plain".into()),
+            password: Some(Secret::new("pw")),
+            ..ConnectSpec::bare(dir.path())
+        };
+        let e = spec.resolve(Role::Server).unwrap();
+        assert_eq!((e.transport, e.port), (Transport::Tcp, 1884));
+        // The URL's user name wins over the profile's.
+        assert_eq!(e.username.as_deref(), Some("alice"));
+        assert_eq!(e.describe(), "mqtt://127.0.0.1:1884");
+        let tls = ConnectSpec {
+            host: Some("mqtt://h".into()),
+            transport: Some(Transport::Wss),
+            ..spec.clone()
+        };
+        let err = tls.resolve(Role::Server).unwrap_err().to_string();
+        assert!(err.contains("contradicts --transport"), "{err}");
+        let alone = ConnectSpec {
+            host: Some("mqtt://h:1".into()),
+            password: Some(Secret::new("pw")),
+            ..ConnectSpec::bare(dir.path())
+        };
+        let err = alone.resolve(Role::Server).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--password: a password needs a user name"),
+            "{err}"
+        );
+        assert!(!format!("{:?}", spec).contains("pw\""));
     }
 }

@@ -46,6 +46,7 @@ pub async fn connect_once(
         Ok(Ok(d)) => Ok(d),
         Ok(Err(e)) => {
             let failure = Failure::classify(&e)
+                .given_credentials(endpoint.password.is_some())
                 .refine(&endpoint.host, endpoint.port)
                 .await;
             Err(ProbeError {
@@ -75,6 +76,6 @@ pub fn explain(failure: &Failure, endpoint: &Endpoint) -> String {
     failure.explain(
         &endpoint.describe(),
         &endpoint.host,
-        Some(endpoint.cafile.as_path()),
+        endpoint.cafile.as_deref(),
     )
 }

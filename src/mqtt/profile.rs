@@ -19,8 +19,12 @@ pub struct Profile {
     pub port: u16,
     #[serde(default)]
     pub transport: Transport,
-    /// CA certificate(s) that sign the broker's certificate.
-    pub cafile: PathBuf,
+    /// CA certificate(s) that sign the broker's certificate (none: the OS trust store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cafile: Option<PathBuf>,
+    /// User name for a password broker (the password is never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// A fixed client identity (AWS IoT things use this)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
@@ -122,7 +126,7 @@ pub fn write_local(out: &Path, host: &str, port: u16) -> Result<PathBuf> {
         host: host.to_string(),
         port,
         transport: Transport::Tls,
-        cafile: certs.join("ca.crt"),
+        cafile: Some(certs.join("ca.crt")),
         certs_dir: Some(certs),
         server_identity: Some(crate::identity::DEFAULT_SERVER.to_string()),
         device_id: Some(crate::identity::DEFAULT_DEVICE.to_string()),

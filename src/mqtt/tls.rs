@@ -21,6 +21,8 @@ pub enum TlsSetupError {
     KeyFile { path: String, reason: String },
     #[error("--cert {cert} and --key {key} are not a pair: the key does not match the certificate's public key; pass the key that was created with this certificate")]
     Mismatch { cert: String, key: String },
+    #[error("no --cafile and no CA certificate in the OS trust store ({0}); pass --cafile FILE with the CA that signs the broker's certificate")]
+    NoSystemRoots(String),
     #[error("TLS configuration: {0}")]
     Rustls(String),
 }
@@ -56,6 +58,31 @@ pub fn load_roots(cafile: &Path) -> Result<RootCertStore, TlsSetupError> {
         return Err(err("contains no PEM certificate".into()));
     }
     Ok(roots)
+}
+
+/// The OS trust store (honours SSL_CERT_FILE/SSL_CERT_DIR): what a broker
+/// with a public certificate, or one from a company CA installed
+/// system-wide, chains to when no --cafile is given.
+pub fn load_native_roots() -> Result<RootCertStore, TlsSetupError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let why = match found.errors.first() {
+            Some(e) => e.to_string(),
+            None => "it is empty".to_string(),
+        };
+        return Err(TlsSetupError::NoSystemRoots(why));
+    }
+    Ok(roots)
+}
+
+/// `--cafile`'s certificates, or the OS trust store without one.
+pub fn roots_for(cafile: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
+    match cafile {
+        Some(path) => load_roots(path),
+        None => load_native_roots(),
+    }
 }
 
 /// [`load_roots`] for a CA file named by a URL parameter (`sslrootcert=`,
@@ -98,11 +125,11 @@ pub fn load_key(key: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
 
 /// Builds the client configuration. `identity` is (cert, key).
 pub fn client_config(
-    cafile: &Path,
+    cafile: Option<&Path>,
     identity: Option<(&Path, &Path)>,
     alpn: Option<&[u8]>,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let roots = load_roots(cafile)?;
+    let roots = roots_for(cafile)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
@@ -135,6 +162,17 @@ pub fn client_config(
         config.alpn_protocols = vec![alpn.to_vec()];
     }
     Ok(Arc::new(config))
+}
+
+/// The configuration an endpoint carries on a plain TCP connection, where
+/// it is never used: empty roots, so nothing is read from disk.
+pub fn plain_placeholder() -> Arc<ClientConfig> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// A client configuration for an identity held in memory (e.g. the ephemeral
@@ -205,11 +243,11 @@ impl rustls::client::danger::ServerCertVerifier for FixedNameVerifier {
 /// Like [`client_config`], but the broker certificate must be valid for `name`
 /// whatever host is dialled.
 pub fn client_config_for_name(
-    cafile: &Path,
+    cafile: Option<&Path>,
     identity: (&Path, &Path),
     name: &str,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let roots = Arc::new(load_roots(cafile)?);
+    let roots = Arc::new(roots_for(cafile)?);
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
@@ -235,14 +273,18 @@ mod tests {
     fn errors_name_the_flag_and_file() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.crt");
-        let e = client_config(&missing, None, None).unwrap_err().to_string();
+        let e = client_config(Some(&missing), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("--cafile") && e.contains("no such file"),
             "{e}"
         );
         let junk = dir.path().join("junk.crt");
         std::fs::write(&junk, "hello").unwrap();
-        let e = client_config(&junk, None, None).unwrap_err().to_string();
+        let e = client_config(Some(&junk), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("contains no PEM certificate"), "{e}");
     }
 }

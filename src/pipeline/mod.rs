@@ -39,14 +39,7 @@ use crate::mqtt::Endpoint;
 pub use reconnect::{Backoff, Reconnect};
 pub use shutdown::{Shutdown, Trigger};
 
-/// QoS from its number on the command line (0 or 1; 2 is not offered).
-pub fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
+pub use crate::mqtt::qos;
 
 /// What a subscriber run needs, resolved from the command line by its caller.
 #[derive(Debug, Clone)]
@@ -373,6 +366,11 @@ impl Session {
         // so it must hold as many as the broker can have in flight.
         opts.set_max_packet_size(cfg.max_packet, MAX_OUTGOING);
         let (client, mut eventloop) = AsyncClient::new(opts, u16::MAX as usize + 16);
+        // QoS 2: PUBREC and PUBCOMP are small writes answering the broker;
+        // Nagle would hold each behind the last one's delayed ACK.
+        if cfg.qos == QoS::ExactlyOnce {
+            eventloop.network_options.set_tcp_nodelay(true);
+        }
         if let Some(t) = cfg.connect_timeout {
             eventloop
                 .network_options

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use rumqttc::ConnectionError;
 
-use crate::mqtt::failure::describe_connect_error;
+use crate::mqtt::failure::describe_connect_error_as;
 use crate::mqtt::Endpoint;
 
 /// Doubling delays from `min` up to `max`; `reset` after a success.
@@ -44,6 +44,8 @@ impl Backoff {
 /// connection ends the run at once).
 pub struct Reconnect {
     endpoint: String,
+    /// A user name and password were sent (for mosquitto's "not authorized").
+    credentials: bool,
     connected_once: bool,
     down_since: Option<Instant>,
     backoff: Backoff,
@@ -70,6 +72,7 @@ impl Reconnect {
     pub fn new(endpoint: &Endpoint, give_up: Option<Duration>) -> Self {
         Reconnect {
             endpoint: endpoint.describe(),
+            credentials: endpoint.password.is_some(),
             connected_once: false,
             down_since: None,
             backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
@@ -101,7 +104,10 @@ impl Reconnect {
     /// How long to wait before the next attempt, or the error to stop with.
     pub fn failed(&mut self, err: ConnectionError) -> Result<Duration> {
         if !self.connected_once {
-            bail!("{}", describe_connect_error(&self.endpoint, &err));
+            bail!(
+                "{}",
+                describe_connect_error_as(&self.endpoint, &err, self.credentials)
+            );
         }
         let Some(give_up) = self.give_up else {
             bail!("connection to {} lost: {err}", self.endpoint);
@@ -117,7 +123,7 @@ impl Reconnect {
                 "no connection to {} for {} s (last error: {}); giving up (see --reconnect-timeout)",
                 self.endpoint,
                 give_up.as_secs(),
-                describe_connect_error(&self.endpoint, &err)
+                describe_connect_error_as(&self.endpoint, &err, self.credentials)
             );
         }
         tracing::debug!("reconnect attempt failed: {err}");
@@ -150,7 +156,7 @@ impl Reconnect {
                 crate::note!(
                     "still reconnecting after {:.0} s: {}",
                     since.elapsed().as_secs_f64(),
-                    describe_connect_error(&self.endpoint, err)
+                    describe_connect_error_as(&self.endpoint, err, self.credentials)
                 );
             }
             Some(_) => {}
