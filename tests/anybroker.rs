@@ -392,7 +392,15 @@ fn qos2_two_thousand_lines_arrive_exactly_once() {
     let input: String = (0..2000).map(|i| format!("line {i:04}\n")).collect();
     let mut publ = mqttkit(here.path());
     publ.args([
-        "pub", "-t", "q2/lines", "-l", "-q", "2", "-h", &url, "--json",
+        "pub",
+        "-t",
+        "q2/lines",
+        "-l",
+        "-q",
+        "2",
+        "-h",
+        &url,
+        "--json-summary",
     ])
     .env("MQTTKIT_PASSWORD", PASS);
     let started = Instant::now();

@@ -31,6 +31,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "telemetry",
             "units",
             "identity",
+            "schema",
         ],
     ),
     (

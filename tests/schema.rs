@@ -147,3 +147,197 @@ fn a_bad_schema_is_a_one_line_error_and_nothing_is_written() {
     let err = stderr(&run(&mut c, T));
     assert!(err.contains("plant.proto:3:"), "{err}");
 }
+
+/// The Python peer (paho-mqtt + code generated from plant.proto) as `who`.
+fn peer(b: &Broker, proto: &Path, who: &str, mode: &str, arg: &str) -> Command {
+    let certs = b.certs();
+    let mut c = Command::new(common::python());
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/schema_peer.py"
+    ))
+    .arg("--proto")
+    .arg(proto)
+    .args(["--port", &b.port.to_string()])
+    .arg("--cafile")
+    .arg(certs.join("ca.crt"))
+    .arg("--cert")
+    .arg(certs.join(format!("{who}.crt")))
+    .arg("--key")
+    .arg(certs.join(format!("{who}.key")))
+    .args([mode, arg]);
+    c
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A broker whose ACL follows the plant schema, with device pump-a.
+fn plant_broker(dir: &Path) -> (Broker, PathBuf) {
+    let schema = write_schema(dir, SCHEMA);
+    let b = Broker::start_with(BrokerOptions {
+        clients: vec!["pump-a".into()],
+        up_args: vec!["--schema".into(), schema.display().to_string()],
+        ..Default::default()
+    });
+    (b, schema)
+}
+
+/// `mqttkit sub -t plant/# -C 1 EXTRA`, started and subscribed.
+fn mqttkit_sub(b: &Broker, extra: &[&str]) -> common::Proc {
+    let mut c = b.mqttkit();
+    c.args(["sub", "-t", "plant/#", "-C", "1", "-W", "30"])
+        .args(extra);
+    let mut p = common::Proc::spawn(c);
+    p.wait_stderr("subscribed to");
+    p
+}
+
+#[test]
+fn sub_prints_an_independent_clients_message_as_its_message_to_dict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, schema) = plant_broker(tmp.path());
+    let proto = tmp.path().join("plant.proto");
+    let sub = mqttkit_sub(&b, &["--schema", schema.to_str().unwrap()]);
+    let sent = ok(&run(
+        &mut peer(
+            &b,
+            &proto,
+            "pump-a",
+            "publish",
+            "plant/osaka/pump-a/metrics",
+        ),
+        T,
+    ))
+    .clone();
+    let (status, lines, err) = sub.finish(T);
+    assert!(status.success(), "{err}");
+    let line = json(&lines[0]);
+    assert_eq!(line["message"], json(&stdout(&sent)), "{line}");
+    assert_eq!(line["type"], "acme.plant.v1.Metrics");
+    assert_eq!(line["labels"]["site"], "osaka");
+    assert_eq!(line["labels"]["device"], "pump-a");
+    assert_eq!(line["topic"], "plant/osaka/pump-a/metrics");
+    assert!(line["received"].as_str().unwrap().ends_with('Z'), "{line}");
+}
+
+#[test]
+fn a_descriptor_set_from_protoc_decodes_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, _) = plant_broker(tmp.path());
+    let proto = tmp.path().join("plant.proto");
+    let set = tmp.path().join("plant.binpb");
+    ok(&run(
+        &mut peer(
+            &b,
+            &proto,
+            "server",
+            "descriptor-set",
+            set.to_str().unwrap(),
+        ),
+        T,
+    ));
+    let sub = mqttkit_sub(
+        &b,
+        &[
+            "--descriptor-set",
+            set.to_str().unwrap(),
+            "--message",
+            "acme.plant.v1.Metrics",
+        ],
+    );
+    let sent = stdout(ok(&run(
+        &mut peer(&b, &proto, "pump-a", "publish", "plant/kobe/pump-a/metrics"),
+        T,
+    )));
+    let (status, lines, err) = sub.finish(T);
+    assert!(status.success(), "{err}");
+    assert_eq!(json(&lines[0])["message"], json(&sent));
+}
+
+#[test]
+fn pub_json_is_decoded_by_the_independent_client_into_an_equal_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, schema) = plant_broker(tmp.path());
+    let proto = tmp.path().join("plant.proto");
+    let sample = stdout(ok(&run(&mut peer(&b, &proto, "server", "sample", "-"), T)));
+    let mut receiver = common::Proc::spawn(peer(
+        &b,
+        &proto,
+        "server",
+        "receive",
+        "plant/osaka/pump-a/metrics",
+    ));
+    receiver.wait_stderr("subscribed to");
+    let certs = b.certs();
+    let mut c = b.mqttkit();
+    c.args(["pub", "-t", "plant/osaka/pump-a/metrics", "-q", "1"])
+        .args([
+            "--schema",
+            schema.to_str().unwrap(),
+            "--json",
+            sample.trim(),
+        ])
+        .arg("--cert")
+        .arg(certs.join("pump-a.crt"))
+        .arg("--key")
+        .arg(certs.join("pump-a.key"));
+    ok(&run(&mut c, T));
+    let (status, lines, err) = receiver.finish(T);
+    assert!(status.success(), "{err}");
+    assert_eq!(json(&lines[0]), json(&sample));
+}
+
+#[test]
+fn json_that_does_not_fit_is_a_one_line_error_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Broker::start();
+    let schema = write_schema(tmp.path(), SCHEMA);
+    let schema = schema.to_str().unwrap();
+    for (json, says) in [
+        (r#"{"env": {"temperatureC": "warm"}}"#, "env.temperatureC"),
+        (r#"{"colour": 1}"#, "colour"),
+    ] {
+        let mut c = b.mqttkit();
+        c.args([
+            "pub",
+            "-t",
+            "plant/a/b/metrics",
+            "--schema",
+            schema,
+            "--json",
+            json,
+        ]);
+        let o = run(&mut c, T);
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains("acme.plant.v1.Metrics"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A JSON-lines file: every line checked before anything is sent.
+    let lines = tmp.path().join("m.jsonl");
+    std::fs::write(&lines, "{\"sequence\": \"1\"}\n\n{\"sequence\": \"x\"}\n").unwrap();
+    let mut c = b.mqttkit();
+    c.args(["pub", "-t", "plant/a/b/metrics", "--schema", schema, "-f"])
+        .arg(&lines);
+    let err = stderr(&run(&mut c, T));
+    assert!(err.contains("m.jsonl:3:"), "{err}");
+    // No type for the topic: --json is refused, with the way out.
+    let mut c = b.mqttkit();
+    c.args([
+        "pub",
+        "-t",
+        "other/topic",
+        "--schema",
+        schema,
+        "--json",
+        "{}",
+    ]);
+    let err = stderr(&run(&mut c, T));
+    assert!(
+        err.contains("no message type for topic other/topic"),
+        "{err}"
+    );
+}

@@ -26,6 +26,8 @@ use super::subscribe::{Print, Printing};
 use super::{Out, SubCommonArgs};
 use crate::mqtt::{device_of_topic, telemetry_topic, unique_client_id, ConnectionArgs, Role};
 use crate::pipeline::{self, Acks, Handled, Shutdown, SubscribeConfig};
+use crate::schema::{codec, Labels, Schema, SchemaArgs};
+use prost_reflect::MessageDescriptor;
 
 /// mosquitto_sub's exit status when -W expired first.
 pub const TIMED_OUT: u8 = 27;
@@ -55,18 +57,29 @@ pub struct RawPubArgs {
     /// Give up after this long without a connection: 300, 30s, 5m (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
     pub reconnect_timeout: Duration,
+    /// With --file: send the file's bytes as they are, even on a topic the
+    /// schema maps (else the file is JSON lines, one message each).
+    #[arg(long, requires = "file")]
+    pub raw: bool,
+    #[command(flatten)]
+    pub schema: SchemaArgs,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub json_summary: bool,
 }
 
 /// Exactly one message source, as mosquitto_pub takes it.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct MessageArgs {
-    /// One message with this payload.
-    #[arg(long, short = 'm', value_name = "MESSAGE")]
+    /// One message with this payload, as it is (mosquitto_pub's -m; its
+    /// long form is --text here: --message names a protobuf type).
+    #[arg(long = "text", short = 'm', value_name = "TEXT")]
     pub message: Option<String>,
+    /// One message: this JSON object encoded as the type the schema maps to
+    /// the topic (canonical proto3 JSON; unknown fields are errors).
+    #[arg(long, value_name = "JSON")]
+    pub json: Option<String>,
     /// Each line of stdin is one message, sent as it is read, until end of input.
     #[arg(long = "stdin-line", short = 'l')]
     pub lines: bool,
@@ -88,6 +101,14 @@ pub struct RawSubArgs {
     /// Print the topic before each payload: `TOPIC PAYLOAD`.
     #[arg(short = 'v', long = "print-topic")]
     pub print_topic: bool,
+    /// How to print payloads: json (one object per message: topic, labels,
+    /// type, message decoded by the schema; the default with a schema),
+    /// text (as they are; the default without), hex, base64. A payload that
+    /// does not decode is printed as hex with the error, never dropped.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    #[command(flatten)]
+    pub schema: SchemaArgs,
     #[command(flatten)]
     pub common: SubCommonArgs,
 }
@@ -102,7 +123,18 @@ pub async fn run_pub(args: RawPubArgs) -> Result<ExitCode> {
     if args.message.lines && args.conn.password_stdin {
         bail!("--password-stdin: stdin carries the lines of -l; pass the password in MQTTKIT_PASSWORD instead");
     }
-    let source = Source::raw(read_messages(&args.message)?);
+    let schema = load_schema(&args.schema)?;
+    let desc = (schema.as_ref())
+        .and_then(|s| s.rule_for(&topic))
+        .map(|(rule, _)| rule.message.clone());
+    let input = Input {
+        desc: desc.filter(|_| !args.raw),
+        failed: Arc::new(AtomicBool::new(false)),
+    };
+    if args.message.json.is_some() && input.desc.is_none() {
+        bail!("--json: no message type for topic {topic}; map it in --schema (or give --proto FILE --message TYPE), or send bytes with -m");
+    }
+    let source = Source::raw(read_messages(&args.message, &input)?);
     // A device's telemetry topic is written as that device (mqttkit's broker
     // ACL drops it from any other identity, silently); the rest as the server.
     let role = match device_of_topic(&topic) {
@@ -123,27 +155,76 @@ pub async fn run_pub(args: RawPubArgs) -> Result<ExitCode> {
         reconnect_timeout: args.reconnect_timeout,
         // A chosen client id resumes its session after a reconnect.
         persistent: client_id.is_some(),
-        json: args.json,
+        json: args.json_summary,
         device_id: String::new(),
     };
     let client_id = client_id.unwrap_or_else(|| unique_client_id("mqttkit-pub"));
-    publish_stream(&endpoint, &client_id, stream, source).await
+    let code = publish_stream(&endpoint, &client_id, stream, source).await?;
+    if input.failed.load(Ordering::Relaxed) {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(code)
+}
+
+/// The schema the flags name, if any.
+pub(crate) fn load_schema(args: &SchemaArgs) -> Result<Option<Schema>> {
+    let src = args.source();
+    if src.is_empty() {
+        if src.message.is_some() {
+            bail!("--message: needs the .proto that defines it: add --proto FILE (or --descriptor-set FILE, or --schema FILE)");
+        }
+        return Ok(None);
+    }
+    Schema::load(&src).map(Some)
+}
+
+/// How input text becomes payloads: JSON encoded as `desc` when the topic
+/// is mapped, else bytes as they are.
+struct Input {
+    desc: Option<MessageDescriptor>,
+    /// Set when a line of -l did not fit (already reported): exit non-zero.
+    failed: Arc<AtomicBool>,
+}
+
+impl Input {
+    fn encode(&self, text: &[u8], place: &str) -> Result<Bytes> {
+        let Some(desc) = &self.desc else {
+            return Ok(Bytes::copy_from_slice(text));
+        };
+        let text = std::str::from_utf8(text)
+            .map_err(|_| anyhow::anyhow!("{place}: not UTF-8 text, so not JSON"))?;
+        codec::encode_json(desc, text)
+            .map(Bytes::from)
+            .map_err(|e| anyhow::anyhow!("{place}: {e}"))
+    }
 }
 
 /// The messages of -m, -f or -n (one), or of -l (a reader thread, line by
 /// line: stdin blocks, the network must not).
-fn read_messages(m: &MessageArgs) -> Result<tokio::sync::mpsc::Receiver<Bytes>> {
+fn read_messages(m: &MessageArgs, input: &Input) -> Result<tokio::sync::mpsc::Receiver<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     let one = if let Some(text) = &m.message {
         Bytes::from(text.clone().into_bytes())
+    } else if let Some(json) = &m.json {
+        input.encode(json.as_bytes(), "--json")?
     } else if let Some(path) = &m.file {
         let data = std::fs::read(path)
             .with_context(|| format!("-f {}: cannot read the file", path.display()))?;
+        if input.desc.is_some() {
+            // JSON lines, every one checked before anything is sent.
+            let messages = json_lines(&data, path, input)?;
+            std::thread::spawn(move || messages.into_iter().try_for_each(|b| tx.blocking_send(b)));
+            return Ok(rx);
+        }
         Bytes::from(data)
     } else if m.null {
         Bytes::new()
     } else {
-        std::thread::spawn(move || read_lines(std::io::stdin().lock(), tx));
+        let input = Input {
+            desc: input.desc.clone(),
+            failed: input.failed.clone(),
+        };
+        std::thread::spawn(move || read_lines(std::io::stdin().lock(), tx, &input));
         return Ok(rx);
     };
     // The channel has room: this never fails.
@@ -151,19 +232,42 @@ fn read_messages(m: &MessageArgs) -> Result<tokio::sync::mpsc::Receiver<Bytes>> 
     Ok(rx)
 }
 
-/// One message per line, without its line ending, until end of input.
-fn read_lines(mut input: impl BufRead, tx: tokio::sync::mpsc::Sender<Bytes>) {
+/// The non-blank lines of a JSON-lines file, each encoded.
+fn json_lines(data: &[u8], path: &std::path::Path, input: &Input) -> Result<Vec<Bytes>> {
+    (data.split(|b| *b == b'\n').enumerate())
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .map(|(i, l)| input.encode(l, &format!("{}:{}", path.display(), i + 1)))
+        .collect()
+}
+
+/// One message per line, without its line ending, until end of input; with
+/// a mapped type each line is JSON, and the first that does not fit ends
+/// the input (reported, and the exit status says so).
+fn read_lines(mut reader: impl BufRead, tx: tokio::sync::mpsc::Sender<Bytes>, input: &Input) {
     let mut line = Vec::new();
+    let mut number = 0;
     loop {
+        number += 1;
         line.clear();
-        match input.read_until(b'\n', &mut line) {
+        match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
         if line.last() == Some(&b'\n') {
             line.pop();
         }
-        if tx.blocking_send(Bytes::copy_from_slice(&line)).is_err() {
+        if input.desc.is_some() && line.trim_ascii().is_empty() {
+            continue;
+        }
+        let message = match input.encode(&line, &format!("-l line {number}")) {
+            Ok(m) => m,
+            Err(e) => {
+                crate::note!("error: {e:#}; nothing after it was sent");
+                input.failed.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        if tx.blocking_send(message).is_err() {
             return;
         }
     }
@@ -191,9 +295,20 @@ pub async fn run_sub(args: RawSubArgs) -> Result<ExitCode> {
         connect_timeout: None,
         max_packet: args.common.max_packet,
     };
+    let schema = load_schema(&args.schema)?;
+    let format = match (args.format, args.common.json) {
+        (Some(f), true) if f != Format::Json => {
+            bail!("--json: conflicts with --format {f:?}; give one of them")
+        }
+        (Some(f), _) => f,
+        (None, true) => Format::Json,
+        (None, false) if schema.is_some() => Format::Json,
+        (None, false) => Format::Text,
+    };
     let printer = RawPrinter {
         print_topic: args.print_topic,
-        json: args.common.json,
+        format,
+        schema,
     };
     let banner = format!(
         "subscribed to {} on {}",
@@ -263,39 +378,135 @@ fn check_filter(f: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes each payload as it is (bytes, then a newline), like mosquitto_sub.
-struct RawPrinter {
-    print_topic: bool,
-    json: bool,
+/// How `sub -t` prints a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Text,
+    Hex,
+    Base64,
 }
 
+/// Writes each payload like mosquitto_sub (bytes, then a newline), or as
+/// JSON decoded by the schema.
+struct RawPrinter {
+    print_topic: bool,
+    format: Format,
+    schema: Option<Schema>,
+}
+
+/// One message as a JSON line. `message` when the schema decoded it;
+/// `payload` (UTF-8) or `payload_base64` when no type is mapped;
+/// `payload_hex` and `error` when the mapped type does not decode it.
 #[derive(Serialize)]
-struct RawJson<'a> {
+struct JsonLine<'a> {
     topic: &'a str,
-    /// The payload as text (invalid UTF-8 replaced).
-    payload: std::borrow::Cow<'a, str>,
     qos: u8,
     retain: bool,
+    received: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    type_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<Labels>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// What the schema made of one payload.
+enum Decoded<'a> {
+    Message(&'a str, Labels, serde_json::Value),
+    Failed(&'a str, String),
+    Unmapped,
+}
+
+impl RawPrinter {
+    fn decode<'a>(&'a self, p: &Publish) -> Decoded<'a> {
+        let Some((rule, labels)) = self.schema.as_ref().and_then(|s| s.rule_for(&p.topic)) else {
+            return Decoded::Unmapped;
+        };
+        let name = rule.message.full_name();
+        match codec::decode(&rule.message, &p.payload) {
+            Ok(v) => Decoded::Message(name, labels, v),
+            Err(e) => Decoded::Failed(name, format!("{e:#}")),
+        }
+    }
+
+    fn json_line(&self, p: &Publish, decoded: Decoded<'_>) -> String {
+        let mut line = JsonLine {
+            topic: &p.topic,
+            qos: p.qos as u8,
+            retain: p.retain,
+            received: crate::telemetry::rfc3339_nanos(crate::clock::now_unix_nano() as i128)
+                .unwrap_or_default(),
+            type_name: None,
+            labels: None,
+            message: None,
+            payload: None,
+            payload_base64: None,
+            payload_hex: None,
+            error: None,
+        };
+        match decoded {
+            Decoded::Message(name, labels, v) => {
+                line.type_name = Some(name);
+                line.labels = Some(labels);
+                line.message = Some(v);
+            }
+            Decoded::Failed(name, e) => {
+                line.type_name = Some(name);
+                line.payload_hex = Some(hex(&p.payload));
+                line.error = Some(e);
+            }
+            Decoded::Unmapped => match std::str::from_utf8(&p.payload) {
+                Ok(text) => line.payload = Some(text),
+                Err(_) => line.payload_base64 = Some(base64_of(&p.payload)),
+            },
+        }
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 impl Print for RawPrinter {
     fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
-        let w = out.writer();
-        if self.json {
-            let line = RawJson {
-                topic: &p.topic,
-                payload: String::from_utf8_lossy(&p.payload),
-                qos: p.qos as u8,
-                retain: p.retain,
-            };
-            serde_json::to_writer(&mut *w, &line)?;
-        } else {
-            if self.print_topic {
-                w.write_all(p.topic.as_bytes())?;
-                w.write_all(b" ")?;
-            }
-            w.write_all(&p.payload)?;
+        let decoded = self.decode(p);
+        if let Decoded::Failed(name, e) = &decoded {
+            crate::note!(
+                "warning: {} ({} bytes) is not a {name}: {e}; printed as hex",
+                crate::telemetry::Escaped(&p.topic),
+                p.payload.len()
+            );
         }
+        let body: Vec<u8> = match (self.format, decoded) {
+            (Format::Json, d) => self.json_line(p, d).into_bytes(),
+            (Format::Hex, _) => hex(&p.payload).into_bytes(),
+            (Format::Base64, _) => base64_of(&p.payload).into_bytes(),
+            (Format::Text, Decoded::Message(_, _, v)) => v.to_string().into_bytes(),
+            (Format::Text, Decoded::Failed(..)) => hex(&p.payload).into_bytes(),
+            (Format::Text, Decoded::Unmapped) => p.payload.to_vec(),
+        };
+        let w = out.writer();
+        if self.print_topic && self.format != Format::Json {
+            w.write_all(p.topic.as_bytes())?;
+            w.write_all(b" ")?;
+        }
+        w.write_all(&body)?;
         out.end_line()?;
         Ok(Handled::Counted)
     }
@@ -318,7 +529,11 @@ mod tests {
     #[test]
     fn lines_lose_their_newline_only() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        read_lines(&b"a\nb c\r\n\nlast"[..], tx);
+        let input = Input {
+            desc: None,
+            failed: Arc::default(),
+        };
+        read_lines(&b"a\nb c\r\n\nlast"[..], tx, &input);
         let got: Vec<Bytes> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(got, vec!["a", "b c\r", "", "last"]);
     }
