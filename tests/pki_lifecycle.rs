@@ -25,7 +25,10 @@ fn mqttkit(dir: &Path) -> Command {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> String {
-    stdout(ok(&run(Command::new("openssl").current_dir(dir).args(args), T)))
+    stdout(ok(&run(
+        Command::new("openssl").current_dir(dir).args(args),
+        T,
+    )))
 }
 
 fn fails_with(o: &Output, want: &str) {
@@ -38,9 +41,14 @@ fn fails_with(o: &Output, want: &str) {
 fn publish(broker: &Broker, name: &str) -> Output {
     let args = common::mosquitto_tls_args(broker, Some(name));
     run(
-        Command::new("mosquitto_pub")
-            .args(&args)
-            .args(["-t", &format!("devices/{name}/telemetry"), "-m", "x", "-q", "1"]),
+        Command::new("mosquitto_pub").args(&args).args([
+            "-t",
+            &format!("devices/{name}/telemetry"),
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ]),
         T,
     )
 }
@@ -57,30 +65,92 @@ fn renew_keeps_the_identity_and_list_expiring_flags_what_ends_soon() {
     });
     let certs = broker.certs();
     let dir = broker.path();
-    let serial = |f: &str| openssl(dir, &["x509", "-in", s(&certs.join(f)), "-noout", "-serial"]);
+    let serial = |f: &str| {
+        openssl(
+            dir,
+            &["x509", "-in", s(&certs.join(f)), "-noout", "-serial"],
+        )
+    };
     let key_before = fs::read(certs.join("device-001.key")).unwrap();
     let serial_before = serial("device-001.crt");
 
     // Everything but the CA expires within 400 days: exit 3, named on stderr.
-    let o = run(broker.mqttkit().args(["pki", "list", "--expiring", "400"]), T);
+    let o = run(
+        broker.mqttkit().args(["pki", "list", "--expiring", "400"]),
+        T,
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("device-001.crt expires"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("device-001.crt expires"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!stderr(&o).contains("ca.crt expires"), "{}", stderr(&o));
-    ok(&run(broker.mqttkit().args(["pki", "list", "--expiring", "10"]), T));
+    ok(&run(
+        broker.mqttkit().args(["pki", "list", "--expiring", "10"]),
+        T,
+    ));
 
-    ok(&run(broker.mqttkit().args(["pki", "renew", "device-001", "--days", "500"]), T));
+    ok(&run(
+        broker
+            .mqttkit()
+            .args(["pki", "renew", "device-001", "--days", "500"]),
+        T,
+    ));
     assert_ne!(serial("device-001.crt"), serial_before);
-    assert_eq!(fs::read(certs.join("device-001.key")).unwrap(), key_before, "key kept");
-    let text = openssl(dir, &["x509", "-in", s(&certs.join("device-001.crt")), "-noout", "-subject", "-enddate"]);
+    assert_eq!(
+        fs::read(certs.join("device-001.key")).unwrap(),
+        key_before,
+        "key kept"
+    );
+    let text = openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            s(&certs.join("device-001.crt")),
+            "-noout",
+            "-subject",
+            "-enddate",
+        ],
+    );
     assert!(text.contains("CN = device-001"), "{text}");
-    openssl(dir, &["verify", "-CAfile", s(&certs.join("ca.crt")), s(&certs.join("device-001.crt"))]);
+    openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            s(&certs.join("ca.crt")),
+            s(&certs.join("device-001.crt")),
+        ],
+    );
     ok(&publish(&broker, "device-001"));
 
     // --new-key: a new key, still the same identity; the broker keeps its names.
-    ok(&run(broker.mqttkit().args(["pki", "renew", "device-001", "--new-key"]), T));
+    ok(&run(
+        broker
+            .mqttkit()
+            .args(["pki", "renew", "device-001", "--new-key"]),
+        T,
+    ));
     assert_ne!(fs::read(certs.join("device-001.key")).unwrap(), key_before);
-    ok(&run(broker.mqttkit().args(["pki", "renew", "broker", "--days", "600"]), T));
-    let san = openssl(dir, &["x509", "-in", s(&certs.join("broker.crt")), "-noout", "-ext", "subjectAltName"]);
+    ok(&run(
+        broker
+            .mqttkit()
+            .args(["pki", "renew", "broker", "--days", "600"]),
+        T,
+    ));
+    let san = openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            s(&certs.join("broker.crt")),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
     assert!(san.contains("IP Address:127.0.0.1"), "{san}");
     let list = json(&run(broker.mqttkit().args(["pki", "list", "--json"]), T));
     for i in list.as_array().unwrap() {
@@ -88,28 +158,90 @@ fn renew_keeps_the_identity_and_list_expiring_flags_what_ends_soon() {
         assert_eq!(i["key_matches"], true, "{i}");
     }
     ok(&publish(&broker, "device-001"));
-    fails_with(&run(broker.mqttkit().args(["pki", "renew", "nobody"]), T), "there is no");
+    fails_with(
+        &run(broker.mqttkit().args(["pki", "renew", "nobody"]), T),
+        "there is no",
+    );
 }
 
 #[test]
 fn inspect_reads_certificates_csrs_and_keys_in_pem_and_der() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(&run(mqttkit(d).args(["pki", "init", "--key-type", "rsa2048"]), T));
+    ok(&run(
+        mqttkit(d).args(["pki", "init", "--key-type", "rsa2048"]),
+        T,
+    ));
     let certs = d.join("out/certs");
-    openssl(d, &["x509", "-in", s(&certs.join("broker.crt")), "-outform", "DER", "-out", "broker.der"]);
-    openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sec1.key"]);
-    openssl(d, &["req", "-new", "-key", "sec1.key", "-subj", "/CN=csr-dev", "-addext", "subjectAltName=DNS:a.example", "-out", "dev.csr"]);
-    openssl(d, &["rsa", "-in", s(&certs.join("server.key")), "-traditional", "-out", "pkcs1.key"]);
+    openssl(
+        d,
+        &[
+            "x509",
+            "-in",
+            s(&certs.join("broker.crt")),
+            "-outform",
+            "DER",
+            "-out",
+            "broker.der",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sec1.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "sec1.key",
+            "-subj",
+            "/CN=csr-dev",
+            "-addext",
+            "subjectAltName=DNS:a.example",
+            "-out",
+            "dev.csr",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "rsa",
+            "-in",
+            s(&certs.join("server.key")),
+            "-traditional",
+            "-out",
+            "pkcs1.key",
+        ],
+    );
     fs::write(d.join("junk.txt"), "hello").unwrap();
     let inspect = |f: &str| json(&run(mqttkit(d).args(["pki", "inspect", "--json", f]), T));
     let v = inspect("broker.der");
     assert_eq!(v["kind"], "certificate", "{v}");
     assert_eq!(v["key_type"], "RSA 2048", "{v}");
-    assert_eq!(v["key_usage"], serde_json::json!(["digitalSignature", "keyEncipherment"]));
-    assert!(v["subject_key_id"].is_string() && v["authority_key_id"].is_string(), "{v}");
+    assert_eq!(
+        v["key_usage"],
+        serde_json::json!(["digitalSignature", "keyEncipherment"])
+    );
+    assert!(
+        v["subject_key_id"].is_string() && v["authority_key_id"].is_string(),
+        "{v}"
+    );
     let v = inspect("dev.csr");
-    assert_eq!((v["kind"].as_str(), v["key_type"].as_str()), (Some("csr"), Some("ECDSA P-256")), "{v}");
+    assert_eq!(
+        (v["kind"].as_str(), v["key_type"].as_str()),
+        (Some("csr"), Some("ECDSA P-256")),
+        "{v}"
+    );
     assert_eq!(v["sans"], serde_json::json!(["DNS:a.example"]));
     assert_eq!(v["signature_valid"], true);
     for (f, form) in [
@@ -119,12 +251,25 @@ fn inspect_reads_certificates_csrs_and_keys_in_pem_and_der() {
         ("out/certs/server_pkcs8.key", "PKCS#8"),
     ] {
         let v = inspect(f);
-        assert_eq!((v["kind"].as_str(), v["format"].as_str()), (Some("private-key"), Some(form)), "{f}: {v}");
+        assert_eq!(
+            (v["kind"].as_str(), v["format"].as_str()),
+            (Some("private-key"), Some(form)),
+            "{f}: {v}"
+        );
     }
-    let text = stdout(ok(&run(mqttkit(d).args(["pki", "inspect", "out/certs/device-001.crt"]), T)));
-    assert!(text.contains("usage     digitalSignature, keyEncipherment, clientAuth"), "{text}");
+    let text = stdout(ok(&run(
+        mqttkit(d).args(["pki", "inspect", "out/certs/device-001.crt"]),
+        T,
+    )));
+    assert!(
+        text.contains("usage     digitalSignature, keyEncipherment, clientAuth"),
+        "{text}"
+    );
     assert!(text.contains("chains to ca.crt: yes"), "{text}");
-    fails_with(&run(mqttkit(d).args(["pki", "inspect", "junk.txt"]), T), "junk.txt: not a certificate, CSR or private key");
+    fails_with(
+        &run(mqttkit(d).args(["pki", "inspect", "junk.txt"]), T),
+        "junk.txt: not a certificate, CSR or private key",
+    );
 }
 
 fn with_stdin(cmd: &mut Command, input: &str) -> Output {
@@ -140,67 +285,187 @@ fn export_p12_reads_in_keytool_and_openssl_and_formats_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(&run(mqttkit(d).args(["pki", "init"]), T));
-    let o = with_stdin(mqttkit(d).args(["pki", "export", "device-001", "--p12", "--password-stdin"]), "s3cret pw\n");
+    let o = with_stdin(
+        mqttkit(d).args(["pki", "export", "device-001", "--p12", "--password-stdin"]),
+        "s3cret pw\n",
+    );
     ok(&o);
     let p12 = d.join("out/export/device-001.p12");
-    assert_eq!(std::os::unix::fs::MetadataExt::mode(&fs::metadata(&p12).unwrap()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::mode(&fs::metadata(&p12).unwrap()) & 0o777,
+        0o600
+    );
     let kt = run(
-        Command::new("keytool")
-            .env("PW", "s3cret pw")
-            .args(["-list", "-storetype", "PKCS12", "-keystore", s(&p12), "-storepass:env", "PW"]),
+        Command::new("keytool").env("PW", "s3cret pw").args([
+            "-list",
+            "-storetype",
+            "PKCS12",
+            "-keystore",
+            s(&p12),
+            "-storepass:env",
+            "PW",
+        ]),
         T,
     );
     let listing = stdout(ok(&kt));
-    assert!(listing.contains("device-001, ") && listing.contains("PrivateKeyEntry"), "{listing}");
-    assert!(listing.contains("ca, ") && listing.contains("trustedCertEntry"), "{listing}");
+    assert!(
+        listing.contains("device-001, ") && listing.contains("PrivateKeyEntry"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("ca, ") && listing.contains("trustedCertEntry"),
+        "{listing}"
+    );
     // OpenSSL 3 reads it without -legacy (AES-256-CBC, not RC2/3DES).
     let info = run(
-        Command::new("openssl")
-            .env("PW", "s3cret pw")
-            .args(["pkcs12", "-info", "-in", s(&p12), "-passin", "env:PW", "-noenc"]),
+        Command::new("openssl").env("PW", "s3cret pw").args([
+            "pkcs12",
+            "-info",
+            "-in",
+            s(&p12),
+            "-passin",
+            "env:PW",
+            "-noenc",
+        ]),
         T,
     );
     let out = stdout(ok(&info)) + &stderr(&info);
-    assert!(out.contains("PBES2") && out.contains("AES-256-CBC"), "{out}");
-    assert!(out.contains("BEGIN PRIVATE KEY") && out.contains("CN = device-001"), "{out}");
-    let bad = run(Command::new("openssl").args(["pkcs12", "-info", "-in", s(&p12), "-passin", "pass:wrong", "-noout"]), T);
+    assert!(
+        out.contains("PBES2") && out.contains("AES-256-CBC"),
+        "{out}"
+    );
+    assert!(
+        out.contains("BEGIN PRIVATE KEY") && out.contains("CN = device-001"),
+        "{out}"
+    );
+    let bad = run(
+        Command::new("openssl").args([
+            "pkcs12",
+            "-info",
+            "-in",
+            s(&p12),
+            "-passin",
+            "pass:wrong",
+            "-noout",
+        ]),
+        T,
+    );
     assert!(!bad.status.success());
     fails_with(
         &run(mqttkit(d).args(["pki", "export", "device-001", "--p12"]), T),
         "pipe it with --password-stdin",
     );
 
-    ok(&run(mqttkit(d).args(["pki", "export", "device-001", "--format", "pem"]), T));
+    ok(&run(
+        mqttkit(d).args(["pki", "export", "device-001", "--format", "pem"]),
+        T,
+    ));
     let pem = fs::read_to_string(d.join("out/export/device-001.pem")).unwrap();
     assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2);
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-    ok(&run(mqttkit(d).args(["pki", "export", "device-001", "--format", "der"]), T));
-    openssl(d, &["x509", "-inform", "DER", "-in", "out/export/device-001.crt.der", "-noout"]);
-    openssl(d, &["pkey", "-inform", "DER", "-in", "out/export/device-001.key.der", "-noout"]);
-    let sec1 = stdout(ok(&run(mqttkit(d).args(["pki", "export", "device-001", "--format", "pkcs1", "--output", "-"]), T)));
+    ok(&run(
+        mqttkit(d).args(["pki", "export", "device-001", "--format", "der"]),
+        T,
+    ));
+    openssl(
+        d,
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            "out/export/device-001.crt.der",
+            "-noout",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkey",
+            "-inform",
+            "DER",
+            "-in",
+            "out/export/device-001.key.der",
+            "-noout",
+        ],
+    );
+    let sec1 = stdout(ok(&run(
+        mqttkit(d).args([
+            "pki",
+            "export",
+            "device-001",
+            "--format",
+            "pkcs1",
+            "--output",
+            "-",
+        ]),
+        T,
+    )));
     assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{sec1}");
-    ok(&run(mqttkit(d).args(["pki", "export", "device-001", "--format", "pkcs8"]), T));
-    openssl(d, &["pkey", "-in", "out/export/device-001.pkcs8.key", "-noout"]);
+    ok(&run(
+        mqttkit(d).args(["pki", "export", "device-001", "--format", "pkcs8"]),
+        T,
+    ));
+    openssl(
+        d,
+        &["pkey", "-in", "out/export/device-001.pkcs8.key", "-noout"],
+    );
     // Existing files are not replaced without --force.
-    fails_with(&run(mqttkit(d).args(["pki", "export", "device-001", "--format", "pkcs8"]), T), "--force");
+    fails_with(
+        &run(
+            mqttkit(d).args(["pki", "export", "device-001", "--format", "pkcs8"]),
+            T,
+        ),
+        "--force",
+    );
 
     let ed = tempfile::tempdir().unwrap();
-    ok(&run(mqttkit(ed.path()).args(["pki", "init", "--key-type", "ed25519"]), T));
+    ok(&run(
+        mqttkit(ed.path()).args(["pki", "init", "--key-type", "ed25519"]),
+        T,
+    ));
     fails_with(
-        &run(mqttkit(ed.path()).args(["pki", "export", "device-001", "--format", "pkcs1"]), T),
+        &run(
+            mqttkit(ed.path()).args(["pki", "export", "device-001", "--format", "pkcs1"]),
+            T,
+        ),
         "--format pkcs1: a Ed25519 key has no PKCS#1/SEC1 form; use --format pkcs8",
     );
-    ok(&run(mqttkit(ed.path()).args(["pki", "export", "device-001", "--format", "pkcs8", "--output", "-"]), T));
+    ok(&run(
+        mqttkit(ed.path()).args([
+            "pki",
+            "export",
+            "device-001",
+            "--format",
+            "pkcs8",
+            "--output",
+            "-",
+        ]),
+        T,
+    ));
 }
 
 /// Issues the broker and both default clients from the CA now in `broker`.
 fn reissue_all(broker: &Broker) {
     ok(&run(
-        broker.mqttkit().args(["pki", "issue", "broker", "--server", "--host", "127.0.0.1", "--host", "localhost", "--force"]),
+        broker.mqttkit().args([
+            "pki",
+            "issue",
+            "broker",
+            "--server",
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--force",
+        ]),
         T,
     ));
     for name in ["device-001", "server"] {
-        ok(&run(broker.mqttkit().args(["pki", "issue", name, "--force"]), T));
+        ok(&run(
+            broker.mqttkit().args(["pki", "issue", name, "--force"]),
+            T,
+        ));
     }
 }
 
@@ -213,17 +478,75 @@ fn import_ca_takes_an_openssl_rsa_ca_and_an_encrypted_ec_ca() {
     let d = broker.path();
     let certs = broker.certs();
     // The seed's recipe (CN=MyRootCA), its key as PKCS#1 ("BEGIN RSA PRIVATE KEY").
-    openssl(d, &["req", "-new", "-x509", "-days", "365", "-nodes", "-subj", "/CN=MyRootCA", "-keyout", "rsa8.key", "-out", "rsa.crt"]);
-    openssl(d, &["rsa", "-in", "rsa8.key", "-traditional", "-out", "rsa.key"]);
-    assert!(fs::read_to_string(d.join("rsa.key")).unwrap().starts_with("-----BEGIN RSA PRIVATE KEY"));
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "365",
+            "-nodes",
+            "-subj",
+            "/CN=MyRootCA",
+            "-keyout",
+            "rsa8.key",
+            "-out",
+            "rsa.crt",
+        ],
+    );
+    openssl(
+        d,
+        &["rsa", "-in", "rsa8.key", "-traditional", "-out", "rsa.key"],
+    );
+    assert!(fs::read_to_string(d.join("rsa.key"))
+        .unwrap()
+        .starts_with("-----BEGIN RSA PRIVATE KEY"));
     // An EC CA whose key is encrypted PKCS#8 (PBES2, AES-256-CBC).
-    openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.key"]);
-    openssl(d, &["req", "-new", "-x509", "-days", "30", "-key", "ec.key", "-subj", "/O=Corp/CN=Corp EC CA", "-out", "ec.crt"]);
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "30",
+            "-key",
+            "ec.key",
+            "-subj",
+            "/O=Corp/CN=Corp EC CA",
+            "-out",
+            "ec.crt",
+        ],
+    );
     ok(&run(
         Command::new("openssl")
             .current_dir(d)
             .env("PW", "ca pass")
-            .args(["pkcs8", "-topk8", "-in", "ec.key", "-v2", "aes-256-cbc", "-passout", "env:PW", "-out", "ec_enc.key"]),
+            .args([
+                "pkcs8",
+                "-topk8",
+                "-in",
+                "ec.key",
+                "-v2",
+                "aes-256-cbc",
+                "-passout",
+                "env:PW",
+                "-out",
+                "ec_enc.key",
+            ]),
         T,
     ));
 
@@ -232,34 +555,103 @@ fn import_ca_takes_an_openssl_rsa_ca_and_an_encrypted_ec_ca() {
     let before = fs::read(certs.join("ca.crt")).unwrap();
     let import = |cert: &str, key: &str, pass: Option<&str>| {
         let mut c = broker.mqttkit();
-        c.env_remove("MQTTKIT_CA_PASSPHRASE")
-            .args(["pki", "import-ca", "--cert", cert, "--key", key, "--force"]);
+        c.env_remove("MQTTKIT_CA_PASSPHRASE").args([
+            "pki",
+            "import-ca",
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--force",
+        ]);
         if let Some(p) = pass {
             c.env("MQTTKIT_CA_PASSPHRASE", p);
         }
         run(&mut c, T)
     };
-    fails_with(&import("out/certs/device-001.crt", "out/certs/device-001.key", None), "not a CA certificate");
-    fails_with(&import("rsa.crt", "ec.key", None), "not the key of --cert rsa.crt");
-    fails_with(&import("ec.crt", "ec_enc.key", None), "no passphrase was given; set MQTTKIT_CA_PASSPHRASE");
-    fails_with(&import("ec.crt", "ec_enc.key", Some("nope")), "wrong passphrase");
-    assert_eq!(fs::read(certs.join("ca.crt")).unwrap(), before, "ca.crt changed");
+    fails_with(
+        &import("out/certs/device-001.crt", "out/certs/device-001.key", None),
+        "not a CA certificate",
+    );
+    fails_with(
+        &import("rsa.crt", "ec.key", None),
+        "not the key of --cert rsa.crt",
+    );
+    fails_with(
+        &import("ec.crt", "ec_enc.key", None),
+        "no passphrase was given; set MQTTKIT_CA_PASSPHRASE",
+    );
+    fails_with(
+        &import("ec.crt", "ec_enc.key", Some("nope")),
+        "wrong passphrase",
+    );
+    assert_eq!(
+        fs::read(certs.join("ca.crt")).unwrap(),
+        before,
+        "ca.crt changed"
+    );
 
-    for (cert, key, pass) in [("rsa.crt", "rsa.key", None), ("ec.crt", "ec_enc.key", Some("ca pass"))] {
+    for (cert, key, pass) in [
+        ("rsa.crt", "rsa.key", None),
+        ("ec.crt", "ec_enc.key", Some("ca pass")),
+    ] {
         ok(&import(cert, key, pass));
         let ca_key = fs::read_to_string(certs.join("ca.key")).unwrap();
         assert!(ca_key.starts_with("-----BEGIN PRIVATE KEY-----"), "{cert}");
         reissue_all(&broker);
-        openssl(d, &["verify", "-CAfile", s(&certs.join("ca.crt")), s(&certs.join("broker.crt")), s(&certs.join("device-001.crt"))]);
+        openssl(
+            d,
+            &[
+                "verify",
+                "-CAfile",
+                s(&certs.join("ca.crt")),
+                s(&certs.join("broker.crt")),
+                s(&certs.join("device-001.crt")),
+            ],
+        );
         // AKI of the issued certificate is the imported CA's own SKI (openssl's SHA-1 form).
-        let ca = openssl(d, &["x509", "-in", s(&certs.join("ca.crt")), "-noout", "-ext", "subjectKeyIdentifier"]);
-        let leaf = openssl(d, &["x509", "-in", s(&certs.join("device-001.crt")), "-noout", "-ext", "authorityKeyIdentifier"]);
+        let ca = openssl(
+            d,
+            &[
+                "x509",
+                "-in",
+                s(&certs.join("ca.crt")),
+                "-noout",
+                "-ext",
+                "subjectKeyIdentifier",
+            ],
+        );
+        let leaf = openssl(
+            d,
+            &[
+                "x509",
+                "-in",
+                s(&certs.join("device-001.crt")),
+                "-noout",
+                "-ext",
+                "authorityKeyIdentifier",
+            ],
+        );
         let ski = ca.lines().nth(1).unwrap().trim().to_string();
         assert!(leaf.contains(&ski), "{cert}: {ca} / {leaf}");
         broker.up();
         ok(&publish(&broker, "device-001"));
         broker.stop();
     }
-    let subj = openssl(d, &["x509", "-in", s(&certs.join("device-001.crt")), "-noout", "-subject", "-issuer"]);
-    assert!(subj.contains("subject=O = Corp, CN = device-001") && subj.contains("issuer=O = Corp, CN = Corp EC CA"), "{subj}");
+    let subj = openssl(
+        d,
+        &[
+            "x509",
+            "-in",
+            s(&certs.join("device-001.crt")),
+            "-noout",
+            "-subject",
+            "-issuer",
+        ],
+    );
+    assert!(
+        subj.contains("subject=O = Corp, CN = device-001")
+            && subj.contains("issuer=O = Corp, CN = Corp EC CA"),
+        "{subj}"
+    );
 }

@@ -26,8 +26,15 @@ fn openssl(args: &[&str]) -> String {
 /// The hex value on the line after `header` in `openssl x509 -text`.
 fn ext_value(text: &str, header: &str) -> String {
     let mut lines = text.lines();
-    lines.find(|l| l.contains(header)).unwrap_or_else(|| panic!("no {header} in {text}"));
-    lines.next().unwrap().trim().trim_start_matches("keyid:").to_string()
+    lines
+        .find(|l| l.contains(header))
+        .unwrap_or_else(|| panic!("no {header} in {text}"));
+    lines
+        .next()
+        .unwrap()
+        .trim()
+        .trim_start_matches("keyid:")
+        .to_string()
 }
 
 const LOAD_KEYS_PY: &str = r#"
@@ -68,10 +75,23 @@ fn java_alg(kt: &str) -> &'static str {
 fn check_leaf(certs: &Path, name: &str, kt: &str) {
     let ca = openssl(&["x509", "-in", s(&certs.join("ca.crt")), "-noout", "-text"]);
     let ca_ski = ext_value(&ca, "X509v3 Subject Key Identifier");
-    let text = openssl(&["x509", "-in", s(&certs.join(format!("{name}.crt"))), "-noout", "-text"]);
-    assert!(text.contains("Subject: O = Acme, OU = Sensors, CN = "), "{kt} {name}: {text}");
+    let text = openssl(&[
+        "x509",
+        "-in",
+        s(&certs.join(format!("{name}.crt"))),
+        "-noout",
+        "-text",
+    ]);
+    assert!(
+        text.contains("Subject: O = Acme, OU = Sensors, CN = "),
+        "{kt} {name}: {text}"
+    );
     assert!(!ext_value(&text, "X509v3 Subject Key Identifier").is_empty());
-    assert_eq!(ext_value(&text, "X509v3 Authority Key Identifier"), ca_ski, "{kt} {name}");
+    assert_eq!(
+        ext_value(&text, "X509v3 Authority Key Identifier"),
+        ca_ski,
+        "{kt} {name}"
+    );
     let usage = ext_value(&text, "X509v3 Key Usage");
     let want = if kt.starts_with("rsa") {
         "Digital Signature, Key Encipherment"
@@ -89,20 +109,35 @@ fn every_key_type_loads_in_mosquitto_openssl_python_and_java() {
     let mut brokers = Vec::new();
     for kt in KEY_TYPES {
         let broker = Broker::start_with(BrokerOptions {
-            init_args: vec!["--key-type".into(), kt.to_string(), "--subject".into(), "O=Acme,OU=Sensors".into()],
+            init_args: vec![
+                "--key-type".into(),
+                kt.to_string(),
+                "--subject".into(),
+                "O=Acme,OU=Sensors".into(),
+            ],
             ..Default::default()
         });
         let certs = broker.certs();
         // mosquitto (OpenSSL 3.0) loaded the broker key; a device connects.
         let args = common::mosquitto_tls_args(&broker, Some("device-001"));
         ok(&run(
-            Command::new("mosquitto_pub").args(&args).args(["-t", "devices/device-001/telemetry", "-m", kt, "-q", "1"]),
+            Command::new("mosquitto_pub").args(&args).args([
+                "-t",
+                "devices/device-001/telemetry",
+                "-m",
+                kt,
+                "-q",
+                "1",
+            ]),
             T,
         ));
         for name in ["ca", "broker", "device-001", "server"] {
             let key = certs.join(format!("{name}.key"));
             let text = fs::read_to_string(&key).unwrap();
-            assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{kt} {name}");
+            assert!(
+                text.starts_with("-----BEGIN PRIVATE KEY-----"),
+                "{kt} {name}"
+            );
             openssl(&["pkey", "-in", s(&key), "-noout"]);
             py_args.push(key);
             py_args.push(certs.join(format!("{name}.crt")));
@@ -118,7 +153,13 @@ fn every_key_type_loads_in_mosquitto_openssl_python_and_java() {
         }
         brokers.push(broker);
     }
-    let py = run(Command::new(common::python()).arg("-c").arg(LOAD_KEYS_PY).args(&py_args), T);
+    let py = run(
+        Command::new(common::python())
+            .arg("-c")
+            .arg(LOAD_KEYS_PY)
+            .args(&py_args),
+        T,
+    );
     let py_out = stdout(ok(&py));
     assert_eq!(py_out.lines().count(), py_args.len(), "{py_out}");
     assert!(py_out.contains("Ed25519PrivateKey"), "{py_out}");
@@ -128,8 +169,15 @@ fn every_key_type_loads_in_mosquitto_openssl_python_and_java() {
     fs::write(&src, LOAD_KEYS_JAVA).unwrap();
     let j = run(Command::new("java").arg(&src).args(&java_args), T);
     let j_out = stdout(ok(&j));
-    assert_eq!(j_out.matches("PKCS#8").count(), java_args.len() / 2, "{j_out}");
-    assert!(j_out.contains(" EdDSA PKCS#8") || j_out.contains(" Ed25519 PKCS#8"), "{j_out}");
+    assert_eq!(
+        j_out.matches("PKCS#8").count(),
+        java_args.len() / 2,
+        "{j_out}"
+    );
+    assert!(
+        j_out.contains(" EdDSA PKCS#8") || j_out.contains(" Ed25519 PKCS#8"),
+        "{j_out}"
+    );
 }
 
 #[test]
@@ -140,17 +188,43 @@ fn subject_and_org_flags_set_the_ca_and_issued_subjects() {
         c.current_dir(dir.path()).env_remove("MQTTKIT_OUT");
         c
     };
-    ok(&run(mq().args(["pki", "init", "--org", "Acme", "--subject", "OU=Plant 1,C=JP"]), T));
+    ok(&run(
+        mq().args([
+            "pki",
+            "init",
+            "--org",
+            "Acme",
+            "--subject",
+            "OU=Plant 1,C=JP",
+        ]),
+        T,
+    ));
     let certs = dir.path().join("out/certs");
     let subj = |f: &str| openssl(&["x509", "-in", s(&certs.join(f)), "-noout", "-subject"]);
-    assert_eq!(subj("ca.crt").trim(), "subject=O = Acme, OU = Plant 1, C = JP, CN = Acme Root CA");
+    assert_eq!(
+        subj("ca.crt").trim(),
+        "subject=O = Acme, OU = Plant 1, C = JP, CN = Acme Root CA"
+    );
     // Issued later: the CA's attributes by default, or its own --subject.
     ok(&run(mq().args(["pki", "issue", "d2"]), T));
-    assert_eq!(subj("d2.crt").trim(), "subject=O = Acme, OU = Plant 1, C = JP, CN = d2");
-    ok(&run(mq().args(["pki", "issue", "d3", "--subject", "O=Other,OU=Lab"]), T));
-    assert_eq!(subj("d3.crt").trim(), "subject=O = Other, OU = Lab, CN = d3");
+    assert_eq!(
+        subj("d2.crt").trim(),
+        "subject=O = Acme, OU = Plant 1, C = JP, CN = d2"
+    );
+    ok(&run(
+        mq().args(["pki", "issue", "d3", "--subject", "O=Other,OU=Lab"]),
+        T,
+    ));
+    assert_eq!(
+        subj("d3.crt").trim(),
+        "subject=O = Other, OU = Lab, CN = d3"
+    );
     let o = run(mq().args(["pki", "issue", "d4", "--subject", "CN=x"]), T);
     assert!(!o.status.success());
-    assert!(common::stderr(&o).contains("--subject 'CN=x': CN is the certificate's name"), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("--subject 'CN=x': CN is the certificate's name"),
+        "{}",
+        common::stderr(&o)
+    );
     assert!(!certs.join("d4.crt").exists());
 }

@@ -62,7 +62,11 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         Some(ExportFormat::Der) => {
             let out = args.output.clone().unwrap_or(export_dir);
             staged.add(out.join(format!("{name}.crt.der")), id.cert, MODE_SECRET);
-            staged.add(out.join(format!("{name}.key.der")), id.key.pkcs8, MODE_SECRET);
+            staged.add(
+                out.join(format!("{name}.key.der")),
+                id.key.pkcs8,
+                MODE_SECRET,
+            );
             return report(staged.commit(args.force)?);
         }
         Some(ExportFormat::Pem) => {
@@ -73,7 +77,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         }
         Some(ExportFormat::Pkcs1) => {
             let Some(pem) = id.key.traditional_pem() else {
-                bail!("--format pkcs1: a {} key has no PKCS#1/SEC1 form; use --format pkcs8", id.key.alg.label());
+                bail!(
+                    "--format pkcs1: a {} key has no PKCS#1/SEC1 form; use --format pkcs8",
+                    id.key.alg.label()
+                );
             };
             (".pkcs1.key", pem.into_bytes())
         }

@@ -36,8 +36,8 @@ pub fn run(args: &ImportCaArgs) -> Result<()> {
     let cert_der = crate::identity::read_cert_der(&args.cert)
         .map_err(|e| anyhow::anyhow!("--cert {}: {e:#}", args.cert.display()))?;
     check_ca(&args.cert, &cert_der)?;
-    let (key, form) = PrivateKey::read(&args.key, &mut passphrase)
-        .map_err(|e| anyhow::anyhow!("--key {e:#}"))?;
+    let (key, form) =
+        PrivateKey::read(&args.key, &mut passphrase).map_err(|e| anyhow::anyhow!("--key {e:#}"))?;
     let (_, cert) = parse_x509_certificate(&cert_der).expect("checked by check_ca");
     if key.public != cert.public_key().subject_public_key.data.as_ref() {
         bail!(
@@ -47,8 +47,9 @@ pub fn run(args: &ImportCaArgs) -> Result<()> {
         );
     }
     // rcgen must be able to sign with it (and to read the CA's name).
-    rcgen::Issuer::from_ca_cert_der(&cert_der.clone().into(), key.key_pair()?)
-        .map_err(|e| anyhow::anyhow!("--cert {}: cannot issue from it: {e}", args.cert.display()))?;
+    rcgen::Issuer::from_ca_cert_der(&cert_der.clone().into(), key.key_pair()?).map_err(|e| {
+        anyhow::anyhow!("--cert {}: cannot issue from it: {e}", args.cert.display())
+    })?;
     let dir = args.out.certs_dir();
     let mut files = StagedFiles::new();
     files.add(

@@ -184,7 +184,10 @@ pub fn inspect_der(path: &Path, der: &[u8], ca_der: Option<&[u8]>) -> Result<Cer
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02X}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn key_ids(cert: &X509Certificate<'_>) -> (Option<String>, Option<String>) {

@@ -66,7 +66,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 enum Found {
-    Certificate(CertInfo),
+    Certificate(Box<CertInfo>),
     Csr(CsrInfo),
     PrivateKey(KeyInfo),
     EncryptedPrivateKey { file: String },
@@ -113,7 +113,8 @@ fn identify(path: &Path, data: &[u8]) -> Result<Found> {
         let ca_der = ca
             .filter(|c| c.exists() && c != path)
             .and_then(|c| crate::identity::read_cert_der(&c).ok());
-        return Ok(Found::Certificate(inspect_der(path, &der, ca_der.as_deref())?));
+        let info = inspect_der(path, &der, ca_der.as_deref())?;
+        return Ok(Found::Certificate(Box::new(info)));
     }
     if is(&["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"]) {
         if let Ok((_, csr)) = X509CertificationRequest::from_der(&der) {
@@ -126,7 +127,11 @@ fn identify(path: &Path, data: &[u8]) -> Result<Found> {
             file: path.display().to_string(),
             key_type: key.alg.label(),
             format,
-            public_key_sha256: hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.public).as_ref()),
+            public_key_sha256: hex(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                &key.public,
+            )
+            .as_ref()),
         })),
         Err(KeyError::NoPassphrase) => Ok(Found::EncryptedPrivateKey {
             file: path.display().to_string(),
@@ -171,7 +176,11 @@ fn render(found: &Found) -> String {
             c.subject,
             c.key_type,
             c.sans.join(", "),
-            if c.signature_valid { "valid" } else { "INVALID" }
+            if c.signature_valid {
+                "valid"
+            } else {
+                "INVALID"
+            }
         ),
         Found::PrivateKey(k) => format!(
             "{}\n  private key {} ({})\n  public key SHA-256 {}\n",

@@ -81,7 +81,11 @@ impl PrivateKey {
     pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
         if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
             let v1 = k.to_pkcs8v1().map_err(|_| KeyError::Unreadable)?;
-            return Ok(Self::new(v1.as_ref(), KeyAlg::Ed25519, k.public_key().as_ref()));
+            return Ok(Self::new(
+                v1.as_ref(),
+                KeyAlg::Ed25519,
+                k.public_key().as_ref(),
+            ));
         }
         let curves = [
             (&ECDSA_P256_SHA256_ASN1_SIGNING, KeyAlg::EcP256),
@@ -98,7 +102,11 @@ impl PrivateKey {
         if let Ok(k) = rsa {
             let v1: Pkcs8V1Der<'static> = k.as_der().map_err(|_| KeyError::Unreadable)?;
             let bits = k.public_modulus_len() * 8;
-            return Ok(Self::new(v1.as_ref(), KeyAlg::Rsa(bits), k.public_key().as_ref()));
+            return Ok(Self::new(
+                v1.as_ref(),
+                KeyAlg::Rsa(bits),
+                k.public_key().as_ref(),
+            ));
         }
         Err(KeyError::Unreadable)
     }
@@ -161,7 +169,8 @@ impl PrivateKey {
             KeyAlg::Rsa(_) => Some(pem_encode("RSA PRIVATE KEY", inner)),
             KeyAlg::Ed25519 => None,
             _ => {
-                let ec = EcdsaKeyPair::from_private_key_der(self.ec_signing()?, &self.pkcs8).ok()?;
+                let ec =
+                    EcdsaKeyPair::from_private_key_der(self.ec_signing()?, &self.pkcs8).ok()?;
                 let sec1: aws_lc_rs::encoding::EcPrivateKeyRfc5915Der<'static> =
                     ec.private_key().as_der().ok()?;
                 Some(pem_encode("EC PRIVATE KEY", sec1.as_ref()))
@@ -288,7 +297,10 @@ mod tests {
 
     #[test]
     fn traditional_forms_round_trip() {
-        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+        ] {
             let key = normalize(rcgen::KeyPair::generate_for(alg).unwrap()).unwrap();
             let k = PrivateKey::from_der(&key.serialize_der()).unwrap();
             let sec1 = k.traditional_pem().unwrap();
@@ -297,7 +309,10 @@ mod tests {
             assert_eq!(form, KeyForm::Sec1);
             assert_eq!(back.pkcs8, k.pkcs8);
         }
-        let bad = PrivateKey::parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", &mut no_pass);
+        let bad = PrivateKey::parse(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            &mut no_pass,
+        );
         assert!(matches!(bad, Err(KeyError::Unreadable)));
     }
 }

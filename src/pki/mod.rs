@@ -229,7 +229,11 @@ pub fn init(args: &InitConfig) -> Result<()> {
     })
 }
 
-pub(crate) fn report_written(written: &[PathBuf], json: bool, header: impl FnOnce(&mut String)) -> Result<()> {
+pub(crate) fn report_written(
+    written: &[PathBuf],
+    json: bool,
+    header: impl FnOnce(&mut String),
+) -> Result<()> {
     if json {
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         output::print_json(&serde_json::json!({ "written": files }))

@@ -109,7 +109,10 @@ fn usages_for_key(params: &mut CertificateParams, key: &KeyPair) {
         || key.algorithm() == &rcgen::PKCS_RSA_SHA384
         || key.algorithm() == &rcgen::PKCS_RSA_SHA512;
     if rsa {
-        if !params.key_usages.contains(&KeyUsagePurpose::KeyEncipherment) {
+        if !params
+            .key_usages
+            .contains(&KeyUsagePurpose::KeyEncipherment)
+        {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
     } else {

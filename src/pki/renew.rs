@@ -47,7 +47,11 @@ pub fn run(args: &RenewArgs) -> Result<()> {
     }
     let key = if args.new_key {
         let Some(kt) = KeyType::of(old_key.alg) else {
-            bail!("{}: a {} key; --new-key makes only the --key-type kinds; renew without --new-key", key_path.display(), old_key.alg.label());
+            bail!(
+                "{}: a {} key; --new-key makes only the --key-type kinds; renew without --new-key",
+                key_path.display(),
+                old_key.alg.label()
+            );
         };
         kt.generate()?
     } else {
@@ -57,7 +61,13 @@ pub fn run(args: &RenewArgs) -> Result<()> {
     let mut staged = StagedFiles::new();
     if args.new_key {
         let der_key = dir.join(format!("{}_pkcs8.key", args.name));
-        stage_identity(&mut staged, &dir, &args.name, &issued, der_key.exists() || args.name != "broker");
+        stage_identity(
+            &mut staged,
+            &dir,
+            &args.name,
+            &issued,
+            der_key.exists() || args.name != "broker",
+        );
     } else {
         staged.add(&crt, issued.cert_pem.clone(), crate::fsutil::MODE_PUBLIC);
     }

@@ -107,12 +107,16 @@ fn parse(raw: &str) -> anyhow::Result<Vec<(DnType, String)>> {
             continue;
         }
         let Some((k, v)) = part.split_once('=') else {
-            anyhow::bail!("--subject '{raw}': '{part}' is not KEY=value; write e.g. \"O=Acme,OU=Sensors\"");
+            anyhow::bail!(
+                "--subject '{raw}': '{part}' is not KEY=value; write e.g. \"O=Acme,OU=Sensors\""
+            );
         };
         let k = k.trim().to_ascii_uppercase();
         let v = v.trim();
         if k == "CN" {
-            anyhow::bail!("--subject '{raw}': CN is the certificate's name (NAME or --client); drop CN=");
+            anyhow::bail!(
+                "--subject '{raw}': CN is the certificate's name (NAME or --client); drop CN="
+            );
         }
         let Some((_, t)) = KEYS.iter().find(|(name, _)| *name == k) else {
             anyhow::bail!("--subject '{raw}': unknown attribute '{k}'; use C, ST, L, O or OU");
@@ -121,7 +125,9 @@ fn parse(raw: &str) -> anyhow::Result<Vec<(DnType, String)>> {
             anyhow::bail!("--subject '{raw}': {k} has an empty value; give one or drop {k}=");
         }
         if k == "C" && !(v.len() == 2 && v.chars().all(|c| c.is_ascii_alphabetic())) {
-            anyhow::bail!("--subject '{raw}': C={v} is not a two-letter country code (ISO 3166), e.g. C=JP");
+            anyhow::bail!(
+                "--subject '{raw}': C={v} is not a two-letter country code (ISO 3166), e.g. C=JP"
+            );
         }
         attrs.push((t.clone(), v.to_string()));
     }
@@ -159,7 +165,9 @@ mod tests {
             .unwrap();
         assert_eq!(s.org(), Some("Acme, Inc."));
         assert_eq!(s.0.len(), 3);
-        let s = Subject::from_flags(Some("OU=x"), Some("Acme")).unwrap().unwrap();
+        let s = Subject::from_flags(Some("OU=x"), Some("Acme"))
+            .unwrap()
+            .unwrap();
         assert_eq!(s.org(), Some("Acme"));
         assert!(Subject::from_flags(None, None).unwrap().is_none());
         for (bad, want) in [
@@ -169,7 +177,9 @@ mod tests {
             ("C=Japan", "two-letter"),
             ("O=", "empty value"),
         ] {
-            let e = Subject::from_flags(Some(bad), None).unwrap_err().to_string();
+            let e = Subject::from_flags(Some(bad), None)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }
