@@ -655,3 +655,67 @@ fn import_ca_takes_an_openssl_rsa_ca_and_an_encrypted_ec_ca() {
         "{subj}"
     );
 }
+
+#[test]
+fn revoke_writes_a_crl_that_the_restarted_broker_enforces() {
+    let broker = Broker::start_with(BrokerOptions {
+        clients: vec!["device-002".into()],
+        ..Default::default()
+    });
+    let certs = broker.certs();
+    ok(&publish(&broker, "device-002"));
+    ok(&run(
+        broker
+            .mqttkit()
+            .args(["pki", "revoke", "device-002", "--reason", "key-compromise"]),
+        T,
+    ));
+    let crl = openssl(
+        broker.path(),
+        &["crl", "-in", s(&certs.join("crl.pem")), "-noout", "-text"],
+    );
+    assert!(
+        crl.contains("Next Update") && crl.contains("Key Compromise"),
+        "{crl}"
+    );
+    let v = run(
+        Command::new("openssl").args([
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            s(&certs.join("ca.crt")),
+            "-CRLfile",
+            s(&certs.join("crl.pem")),
+            s(&certs.join("device-002.crt")),
+        ]),
+        T,
+    );
+    assert!(
+        !v.status.success() && (stdout(&v) + &stderr(&v)).contains("certificate revoked"),
+        "{}{}",
+        stdout(&v),
+        stderr(&v)
+    );
+    broker.stop();
+    broker.up();
+    let conf = fs::read_to_string(broker.out().join("mosquitto/mosquitto.conf")).unwrap();
+    assert!(
+        conf.contains("crlfile ../certs/crl.pem") || conf.contains("crl.pem"),
+        "{conf}"
+    );
+    assert!(
+        !publish(&broker, "device-002").status.success(),
+        "revoked device-002 connected"
+    );
+    ok(&publish(&broker, "device-001"));
+    let list = stdout(ok(&run(broker.mqttkit().args(["pki", "list"]), T)));
+    let block = list
+        .split("out/certs/")
+        .find(|b| b.starts_with("device-002.crt"))
+        .unwrap();
+    assert!(block.contains("REVOKED"), "{list}");
+    fails_with(
+        &run(broker.mqttkit().args(["pki", "revoke", "device-002"]), T),
+        "is already revoked",
+    );
+}

@@ -206,6 +206,7 @@ fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
         auth: cfg.auth.as_str(),
         password_file: plan.password_file,
         certs: &relative_to(&plan.certs, dir).display().to_string(),
+        crl: plan.certs.join("crl.pem").exists(),
         max_queued_messages: MAX_QUEUED_MESSAGES,
         queue_mib: MAX_QUEUED_MESSAGES * 200 / (1024 * 1024),
         max_inflight_messages: MAX_INFLIGHT_MESSAGES,

@@ -31,6 +31,8 @@ pub enum PkiCommand {
     Export(ExportArgs),
     /// Use an existing CA (certificate and key made elsewhere) to issue from.
     ImportCa(ImportCaArgs),
+    /// Revoke a certificate: record it and write OUT/certs/crl.pem, which `broker up` enforces.
+    Revoke(RevokeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -307,4 +309,30 @@ pub struct ImportCaArgs {
     /// Print the files written as one JSON object on stdout: {"written": [paths]}.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevokeReason {
+    Unspecified,
+    /// The key leaked or may have.
+    KeyCompromise,
+    AffiliationChanged,
+    /// Replaced by a renewed certificate.
+    Superseded,
+    /// The device is retired.
+    CessationOfOperation,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The identity whose certificate (OUT/certs/NAME.crt) is revoked.
+    pub name: String,
+    #[command(flatten)]
+    pub out: OutArg,
+    /// The reason recorded in the CRL.
+    #[arg(long, value_enum, default_value = "unspecified")]
+    pub reason: RevokeReason,
 }

@@ -61,10 +61,10 @@ pub fn run(args: &ImportCaArgs) -> Result<()> {
     let written = files.commit(args.force)?;
     report_written(&written, args.json, |s| {
         s.push_str(&format!(
-            "imported CA '{}' ({} key, read as {:?}) into {}; ca.key is stored unencrypted (0600)\n",
+            "imported CA '{}' ({} key, read as {}) into {}; ca.key is stored unencrypted (0600)\n",
             cert.subject(),
             key.alg.label(),
-            form,
+            form.label(),
             dir.display()
         ))
     })

@@ -30,6 +30,8 @@ pub struct CertInfo {
     pub days_left: i64,
     /// Signed by `ca.crt` in the same directory.
     pub chains_to_ca: bool,
+    /// Listed in `revoked.json` beside it (`pki revoke`).
+    pub revoked: bool,
     /// `true`/`false` when a key file with the same stem exists; `null` when none.
     pub key_matches: Option<bool>,
 }
@@ -53,6 +55,9 @@ impl CertInfo {
             self.days_left,
             yes_no(self.chains_to_ca),
         );
+        if self.revoked {
+            s.push_str("  REVOKED   (pki revoke; in crl.pem)\n");
+        }
         if self.is_ca {
             s.push_str("  CA        yes\n");
         }
@@ -178,6 +183,7 @@ pub fn inspect_der(path: &Path, der: &[u8], ca_der: Option<&[u8]>) -> Result<Cer
         not_after: fmt(not_after),
         days_left,
         chains_to_ca,
+        revoked: false,
         key_matches,
     };
     Ok(info)
@@ -247,8 +253,13 @@ pub fn inspect_dir(dir: &Path) -> Result<Vec<CertInfo>> {
         .filter(|p| p.extension().is_some_and(|e| e == "crt"))
         .collect();
     paths.sort_by_key(|p| (p != &ca_path, p.clone()));
-    paths
+    let revoked = super::revoke::read_revoked(dir)?;
+    let mut infos = paths
         .iter()
         .map(|p| inspect_file(p, ca_der.as_deref()))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    for i in &mut infos {
+        i.revoked = revoked.entries.iter().any(|e| e.serial == i.serial);
+    }
+    Ok(infos)
 }

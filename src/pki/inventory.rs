@@ -186,10 +186,7 @@ fn render(found: &Found) -> String {
             "{}\n  private key {} ({})\n  public key SHA-256 {}\n",
             k.file,
             k.key_type,
-            serde_json::to_value(k.format)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            k.format.label(),
             k.public_key_sha256
         ),
         Found::EncryptedPrivateKey { file } => {

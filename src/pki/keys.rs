@@ -56,6 +56,17 @@ pub enum KeyForm {
     EncryptedPkcs8,
 }
 
+impl KeyForm {
+    pub fn label(self) -> &'static str {
+        match self {
+            KeyForm::Pkcs8 => "PKCS#8",
+            KeyForm::Pkcs1 => "PKCS#1",
+            KeyForm::Sec1 => "SEC1",
+            KeyForm::EncryptedPkcs8 => "encrypted PKCS#8",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("not a private key mqttkit can read (PKCS#8, PKCS#1 RSA or SEC1 EC; PEM or DER; encrypted only as PKCS#8); convert it with `openssl pkcs8 -topk8`")]

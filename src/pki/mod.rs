@@ -16,6 +16,7 @@ pub mod keys;
 mod names;
 pub mod profile;
 mod renew;
+pub mod revoke;
 pub mod subject;
 
 use std::path::{Path, PathBuf};
@@ -116,6 +117,7 @@ pub fn run(args: PkiArgs) -> Result<ExitCode> {
         PkiCommand::Inspect(a) => done(inventory::inspect_cmd(&a)),
         PkiCommand::Export(a) => done(export::run(&a)),
         PkiCommand::ImportCa(a) => done(import::run(&a)),
+        PkiCommand::Revoke(a) => done(revoke::run(&a)),
     }
 }
 
