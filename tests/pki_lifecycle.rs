@@ -429,7 +429,7 @@ fn export_p12_reads_in_keytool_and_openssl_and_formats_round_trip() {
             mqttkit(ed.path()).args(["pki", "export", "device-001", "--format", "pkcs1"]),
             T,
         ),
-        "--format pkcs1: a Ed25519 key has no PKCS#1/SEC1 form; use --format pkcs8",
+        "--format pkcs1: Ed25519 keys have no PKCS#1/SEC1 form; use --format pkcs8",
     );
     ok(&run(
         mqttkit(ed.path()).args([
@@ -717,5 +717,9 @@ fn revoke_writes_a_crl_that_the_restarted_broker_enforces() {
     fails_with(
         &run(broker.mqttkit().args(["pki", "revoke", "device-002"]), T),
         "is already revoked",
+    );
+    fails_with(
+        &run(broker.mqttkit().args(["pki", "renew", "device-002"]), T),
+        "is revoked; a renewal would undo that",
     );
 }

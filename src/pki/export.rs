@@ -78,7 +78,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         Some(ExportFormat::Pkcs1) => {
             let Some(pem) = id.key.traditional_pem() else {
                 bail!(
-                    "--format pkcs1: a {} key has no PKCS#1/SEC1 form; use --format pkcs8",
+                    "--format pkcs1: {} keys have no PKCS#1/SEC1 form; use --format pkcs8",
                     id.key.alg.label()
                 );
             };

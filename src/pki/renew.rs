@@ -35,6 +35,17 @@ pub fn run(args: &RenewArgs) -> Result<()> {
     let der = read_cert_der(&crt)?;
     let (_, old) = parse_x509_certificate(&der)
         .map_err(|e| anyhow::anyhow!("{}: not an X.509 certificate: {e}", crt.display()))?;
+    let serial = old.raw_serial_as_string();
+    if super::revoke::read_revoked(&dir)?
+        .entries
+        .iter()
+        .any(|e| e.serial == serial)
+    {
+        bail!(
+            "{} is revoked; a renewal would undo that; issue a new identity with `mqttkit pki issue NEW-NAME`",
+            crt.display()
+        );
+    }
     let params = params_like(&old, &args.name, args.days)?;
     let mut no_passphrase = || Err(super::keys::KeyError::NoPassphrase);
     let (old_key, _) = PrivateKey::read(&key_path, &mut no_passphrase)?;
