@@ -53,6 +53,20 @@ fn publish(broker: &Broker, name: &str) -> Output {
     )
 }
 
+/// A P-256 key in SEC1 form ("BEGIN EC PRIVATE KEY"), as `openssl ecparam` writes it.
+fn ec_key(dir: &Path, file: &str) {
+    let args = [
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        file,
+    ];
+    openssl(dir, &args);
+}
+
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&stdout(ok(o))).unwrap()
 }
@@ -185,18 +199,7 @@ fn inspect_reads_certificates_csrs_and_keys_in_pem_and_der() {
             "broker.der",
         ],
     );
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "sec1.key",
-        ],
-    );
+    ec_key(d, "sec1.key");
     openssl(
         d,
         &[
@@ -503,18 +506,7 @@ fn import_ca_takes_an_openssl_rsa_ca_and_an_encrypted_ec_ca() {
         .unwrap()
         .starts_with("-----BEGIN RSA PRIVATE KEY"));
     // An EC CA whose key is encrypted PKCS#8 (PBES2, AES-256-CBC).
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ec.key",
-        ],
-    );
+    ec_key(d, "ec.key");
     openssl(
         d,
         &[
@@ -722,4 +714,53 @@ fn revoke_writes_a_crl_that_the_restarted_broker_enforces() {
         &run(broker.mqttkit().args(["pki", "renew", "device-002"]), T),
         "is revoked; a renewal would undo that",
     );
+}
+
+/// A Java TLS client with only the PKCS#12: its key and chain as the client
+/// identity, its trusted `ca` entry as the trust store; MQTT CONNECT by hand.
+const P12_CONNECT_JAVA: &str = r#"import javax.net.ssl.*; import java.security.KeyStore; import java.io.*;
+public class P12Connect { public static void main(String[] a) throws Exception {
+  char[] pw = System.getenv("PW").toCharArray();
+  KeyStore ks = KeyStore.getInstance("PKCS12");
+  try (InputStream f = new FileInputStream(a[0])) { ks.load(f, pw); }
+  KeyManagerFactory kmf = KeyManagerFactory.getInstance("PKIX"); kmf.init(ks, pw);
+  TrustManagerFactory tmf = TrustManagerFactory.getInstance("PKIX"); tmf.init(ks);
+  SSLContext ctx = SSLContext.getInstance("TLS");
+  ctx.init(kmf.getKeyManagers(), tmf.getTrustManagers(), null);
+  SSLSocket s = (SSLSocket) ctx.getSocketFactory().createSocket("localhost", Integer.parseInt(a[1]));
+  SSLParameters p = s.getSSLParameters(); p.setEndpointIdentificationAlgorithm("HTTPS"); s.setSSLParameters(p);
+  s.setSoTimeout(10000);
+  s.startHandshake();
+  byte[] id = a[2].getBytes();
+  ByteArrayOutputStream b = new ByteArrayOutputStream();
+  b.write(new byte[] {0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 30, 0, (byte) id.length}); b.write(id);
+  OutputStream out = s.getOutputStream();
+  out.write(0x10); out.write(b.size()); b.writeTo(out); out.flush();
+  DataInputStream in = new DataInputStream(s.getInputStream());
+  int type = in.readUnsignedByte(); in.readUnsignedByte(); in.readUnsignedByte(); int rc = in.readUnsignedByte();
+  System.out.println("CONNACK type=" + Integer.toHexString(type) + " rc=" + rc);
+  s.close(); } }"#;
+
+#[test]
+fn a_java_client_connects_to_mosquitto_with_the_exported_p12() {
+    let broker = Broker::start();
+    ok(&with_stdin(
+        broker
+            .mqttkit()
+            .args(["pki", "export", "device-001", "--p12", "--password-stdin"]),
+        "java pw\n",
+    ));
+    let src = broker.path().join("P12Connect.java");
+    fs::write(&src, P12_CONNECT_JAVA).unwrap();
+    let p12 = broker.out().join("export/device-001.p12");
+    let o = run(
+        Command::new("java")
+            .env("PW", "java pw")
+            .arg(&src)
+            .arg(&p12)
+            .arg(broker.port.to_string())
+            .arg("device-001"),
+        T,
+    );
+    assert_eq!(stdout(ok(&o)).trim(), "CONNACK type=20 rc=0");
 }
