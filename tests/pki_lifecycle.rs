@@ -764,3 +764,68 @@ fn a_java_client_connects_to_mosquitto_with_the_exported_p12() {
     );
     assert_eq!(stdout(ok(&o)).trim(), "CONNACK type=20 rc=0");
 }
+
+#[test]
+fn an_encrypted_ca_key_is_used_transparently_with_the_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let with_pass = |c: &mut Command, p: &str| {
+        c.env("MQTTKIT_CA_PASSPHRASE", p);
+    };
+    // No passphrase and no terminal: refused, nothing written.
+    fails_with(
+        &run(mqttkit(d).args(["pki", "init", "--encrypt-ca-key"]), T),
+        "--encrypt-ca-key: needs a passphrase; set MQTTKIT_CA_PASSPHRASE",
+    );
+    assert!(!d.join("out").exists());
+    let mut init = mqttkit(d);
+    with_pass(&mut init, "ca secret");
+    ok(&run(init.args(["pki", "init", "--encrypt-ca-key"]), T));
+    let certs = d.join("out/certs");
+    let key = fs::read_to_string(certs.join("ca.key")).unwrap();
+    assert!(
+        key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{key}"
+    );
+    ok(&run(
+        Command::new("openssl").env("PW", "ca secret").args([
+            "pkey",
+            "-in",
+            s(&certs.join("ca.key")),
+            "-passin",
+            "env:PW",
+            "-noout",
+        ]),
+        T,
+    ));
+    fails_with(
+        &run(mqttkit(d).args(["pki", "issue", "d2"]), T),
+        "ca.key: the key is encrypted and no passphrase was given",
+    );
+    let mut wrong = mqttkit(d);
+    with_pass(&mut wrong, "nope");
+    fails_with(
+        &run(wrong.args(["pki", "issue", "d2"]), T),
+        "wrong passphrase",
+    );
+    assert!(!certs.join("d2.crt").exists());
+    for args in [
+        &["pki", "issue", "d2"][..],
+        &["pki", "renew", "device-001"],
+        &["pki", "revoke", "d2"],
+    ] {
+        let mut c = mqttkit(d);
+        with_pass(&mut c, "ca secret");
+        ok(&run(c.args(args), T));
+    }
+    openssl(
+        d,
+        &[
+            "verify",
+            "-CAfile",
+            s(&certs.join("ca.crt")),
+            s(&certs.join("d2.crt")),
+            s(&certs.join("device-001.crt")),
+        ],
+    );
+}

@@ -78,6 +78,8 @@ pub struct InitConfig {
     pub json: bool,
     /// Subject attributes of the CA and every certificate (default O=mqttkit).
     pub subject: Subject,
+    /// Write ca.key encrypted (passphrase from MQTTKIT_CA_PASSPHRASE or a prompt).
+    pub encrypt_ca_key: bool,
 }
 
 impl InitConfig {
@@ -93,6 +95,7 @@ impl InitConfig {
             force: false,
             json: false,
             subject: Subject::default(),
+            encrypt_ca_key: false,
         }
     }
 }
@@ -109,6 +112,7 @@ impl InitArgs {
             force: self.force,
             json: self.json,
             subject: self.subject.resolve()?.unwrap_or_default(),
+            encrypt_ca_key: self.encrypt_ca_key,
         })
     }
 }
@@ -135,6 +139,10 @@ pub struct InitArgs {
     pub ca_days: u32,
     #[command(flatten)]
     pub subject: SubjectArgs,
+    /// Store ca.key as encrypted PKCS#8 (scrypt, AES-256-CBC); the passphrase comes from
+    /// MQTTKIT_CA_PASSPHRASE or a terminal prompt, here and for every later issue/renew/revoke/bench.
+    #[arg(long)]
+    pub encrypt_ca_key: bool,
     /// Replace existing files.
     #[arg(long)]
     pub force: bool,
@@ -306,6 +314,9 @@ pub struct ImportCaArgs {
     /// Replace an existing CA (certificates it issued stop chaining).
     #[arg(long)]
     pub force: bool,
+    /// Store ca.key encrypted (see `pki init --encrypt-ca-key`).
+    #[arg(long)]
+    pub encrypt_ca_key: bool,
     /// Print the files written as one JSON object on stdout: {"written": [paths]}.
     #[arg(long)]
     pub json: bool,

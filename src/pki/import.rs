@@ -32,6 +32,35 @@ pub fn passphrase() -> Result<String, KeyError> {
         .map_err(|_| KeyError::NoPassphrase)
 }
 
+/// A passphrase to encrypt a new CA key with: `MQTTKIT_CA_PASSPHRASE`, or
+/// asked twice on the terminal.
+pub fn new_passphrase() -> Result<String> {
+    let p = match std::env::var_os(PASSPHRASE_ENV) {
+        Some(p) => p.to_string_lossy().into_owned(),
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            dialoguer::Password::new()
+                .with_prompt("New CA key passphrase")
+                .with_confirmation("Repeat it", "the passphrases differ")
+                .interact()
+                .map_err(|e| anyhow::anyhow!("reading the passphrase: {e}"))?
+        }
+        None => bail!("--encrypt-ca-key: needs a passphrase; set {PASSPHRASE_ENV} or run on a terminal to be asked"),
+    };
+    if p.is_empty() {
+        bail!("--encrypt-ca-key: the passphrase is empty; give one");
+    }
+    Ok(p)
+}
+
+/// `ca.key` as written: encrypted with a passphrase when asked to.
+pub fn ca_key_pem(key: &PrivateKey, encrypt: bool) -> Result<String> {
+    if encrypt {
+        key.to_encrypted_pem(&new_passphrase()?)
+    } else {
+        Ok(key.to_pem())
+    }
+}
+
 pub fn run(args: &ImportCaArgs) -> Result<()> {
     let cert_der = crate::identity::read_cert_der(&args.cert)
         .map_err(|e| anyhow::anyhow!("--cert {}: {e:#}", args.cert.display()))?;
@@ -57,15 +86,24 @@ pub fn run(args: &ImportCaArgs) -> Result<()> {
         pem_encode("CERTIFICATE", &cert_der),
         MODE_PUBLIC,
     );
-    files.add(dir.join("ca.key"), key.to_pem(), MODE_SECRET);
+    files.add(
+        dir.join("ca.key"),
+        ca_key_pem(&key, args.encrypt_ca_key)?,
+        MODE_SECRET,
+    );
     let written = files.commit(args.force)?;
     report_written(&written, args.json, |s| {
         s.push_str(&format!(
-            "imported CA '{}' ({} key, read as {}) into {}; ca.key is stored unencrypted (0600)\n",
+            "imported CA '{}' ({} key, read as {}) into {}; ca.key is stored {} (0600)\n",
             cert.subject(),
             key.alg.label(),
             form.label(),
-            dir.display()
+            dir.display(),
+            if args.encrypt_ca_key {
+                "encrypted"
+            } else {
+                "unencrypted"
+            }
         ))
     })
 }

@@ -165,6 +165,17 @@ impl PrivateKey {
         pem_encode("PRIVATE KEY", &self.pkcs8)
     }
 
+    /// Encrypted PKCS#8 PEM (PBES2: scrypt and AES-256-CBC, RustCrypto's
+    /// recommended parameters; OpenSSL 3 reads it too).
+    pub fn to_encrypted_pem(&self, passphrase: &str) -> anyhow::Result<String> {
+        let info = pkcs8::PrivateKeyInfoRef::from_der(&self.pkcs8)
+            .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+        let doc = info
+            .encrypt(passphrase.as_bytes())
+            .map_err(|e| anyhow::anyhow!("encrypting the key: {e}"))?;
+        Ok(pem_encode("ENCRYPTED PRIVATE KEY", doc.as_bytes()))
+    }
+
     /// The key for signing with rcgen.
     pub fn key_pair(&self) -> anyhow::Result<rcgen::KeyPair> {
         rcgen::KeyPair::try_from(self.pkcs8.as_slice())

@@ -204,7 +204,13 @@ pub fn init(args: &InitConfig) -> Result<()> {
     let ca_cert = ca.self_signed(&ca_key).context("creating CA certificate")?;
     let mut files = StagedFiles::new();
     files.add(dir.join("ca.crt"), ca_cert.pem(), MODE_PUBLIC);
-    files.add(dir.join("ca.key"), ca_key.serialize_pem(), MODE_SECRET);
+    let ca_key_pem = if args.encrypt_ca_key {
+        let plain = keys::PrivateKey::from_der(&ca_key.serialize_der())?;
+        import::ca_key_pem(&plain, true)?
+    } else {
+        ca_key.serialize_pem()
+    };
+    files.add(dir.join("ca.key"), ca_key_pem, MODE_SECRET);
     let issuer = Issuer::new(ca, ca_key);
 
     let broker = sign(
