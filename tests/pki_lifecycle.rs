@@ -689,7 +689,11 @@ fn revoke_writes_a_crl_that_the_restarted_broker_enforces() {
         stderr(&v)
     );
     broker.stop();
-    broker.up();
+    let up = broker.up();
+    assert!(
+        !stderr(&up).contains("re-issued"),
+        "a 30-day CRL was re-issued"
+    );
     let conf = fs::read_to_string(broker.out().join("mosquitto/mosquitto.conf")).unwrap();
     assert!(
         conf.contains("crlfile ../certs/crl.pem") || conf.contains("crl.pem"),
@@ -714,6 +718,37 @@ fn revoke_writes_a_crl_that_the_restarted_broker_enforces() {
         &run(broker.mqttkit().args(["pki", "renew", "device-002"]), T),
         "is revoked; a renewal would undo that",
     );
+}
+
+#[test]
+fn broker_up_reissues_a_crl_close_to_its_next_update() {
+    let broker = Broker::start_with(BrokerOptions {
+        clients: vec!["device-002".into()],
+        no_broker: true,
+        ..Default::default()
+    });
+    let crl = broker.certs().join("crl.pem");
+    ok(&run(
+        broker
+            .mqttkit()
+            .args(["pki", "revoke", "device-002", "--crl-days", "1"]),
+        T,
+    ));
+    let info = || {
+        openssl(
+            broker.path(),
+            &["crl", "-in", s(&crl), "-noout", "-crlnumber", "-nextupdate"],
+        )
+    };
+    let before = info();
+    assert!(before.contains("crlNumber=0x01"), "{before}");
+    // One day left (< 7): `broker up` signs a new one before mosquitto reads it.
+    let up = broker.up();
+    assert!(stderr(&up).contains("re-issued"), "{}", stderr(&up));
+    let after = info();
+    assert!(after.contains("crlNumber=0x02"), "{after}");
+    assert!(!publish(&broker, "device-002").status.success());
+    ok(&publish(&broker, "device-001"));
 }
 
 /// A Java TLS client with only the PKCS#12: its key and chain as the client

@@ -198,6 +198,7 @@ fn plan(cfg: &UpConfig, certs: PathBuf) -> Result<Plan<'_>> {
 /// gives the broker's user exactly the files it needs.
 fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
     let dir = &plan.dir;
+    crate::pki::revoke::refresh_crl_if_due(&plan.certs);
     let conf = render::mosquitto_conf(&render::ConfVars {
         port: cfg.port,
         bind: cfg.bind.as_deref(),

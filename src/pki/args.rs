@@ -346,4 +346,7 @@ pub struct RevokeArgs {
     /// The reason recorded in the CRL.
     #[arg(long, value_enum, default_value = "unspecified")]
     pub reason: RevokeReason,
+    /// How long the CRL is valid (its nextUpdate), in days; kept for re-issues. Default 30.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub crl_days: Option<u32>,
 }

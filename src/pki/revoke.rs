@@ -22,10 +22,15 @@ use crate::identity::{files, read_cert_der, validate_identity};
 /// How long a CRL is valid (its nextUpdate): mosquitto refuses every client
 /// once it has passed (eclipse-mosquitto/mosquitto#1826).
 pub const CRL_DAYS: i64 = 30;
+/// `broker up` re-issues a CRL with fewer days left than this (or past).
+pub const CRL_REFRESH_DAYS: i64 = 7;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Revoked {
     pub crl_number: u64,
+    /// The CRL's validity when not [`CRL_DAYS`] (`pki revoke --crl-days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_days: Option<i64>,
     pub entries: Vec<RevokedEntry>,
 }
 
@@ -87,24 +92,75 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
         reason: args.reason,
     });
     revoked.crl_number += 1;
+    if let Some(days) = args.crl_days {
+        revoked.crl_days = Some(i64::from(days));
+    }
     let crl = crl_params(&dir, &revoked, now)?
         .signed_by(&issuer)
         .map_err(|e| anyhow::anyhow!("signing the CRL: {e}"))?;
-    let mut staged = StagedFiles::new();
-    staged.add(dir.join("crl.pem"), crl.pem()?, MODE_PUBLIC);
-    staged.add(
-        dir.join("revoked.json"),
-        serde_json::to_vec_pretty(&revoked)?,
-        MODE_PUBLIC,
-    );
-    let written = staged.commit(true)?;
+    let written = write_crl(&dir, &crl.pem()?, &revoked)?;
     report_written(&written, false, |s| {
         s.push_str(&format!(
             "revoked '{}'; the CRL is valid until {} (restart the broker with `mqttkit broker up` to enforce it)\n",
             args.name,
-            (now + time::Duration::days(CRL_DAYS)).date()
+            (now + time::Duration::days(revoked.crl_days.unwrap_or(CRL_DAYS))).date()
         ))
     })
+}
+
+/// Re-signs `crl.pem` when its nextUpdate is less than [`CRL_REFRESH_DAYS`]
+/// away or past, so mosquitto never loads an expired CRL (which locks out
+/// every client). Best effort: a CA key that cannot be read (encrypted, no
+/// passphrase) is a warning with the date, not a failure of `broker up`.
+pub fn refresh_crl_if_due(certs_dir: &Path) {
+    let path = certs_dir.join("crl.pem");
+    let Ok(data) = std::fs::read(&path) else {
+        return;
+    };
+    let next = x509_parser::pem::parse_x509_pem(&data)
+        .ok()
+        .and_then(|(_, pem)| {
+            let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).ok()?;
+            crl.next_update().map(|t| t.to_datetime())
+        });
+    let now = OffsetDateTime::now_utc();
+    if next.is_some_and(|n| n - now > time::Duration::days(CRL_REFRESH_DAYS)) {
+        return;
+    }
+    if let Err(e) = reissue(certs_dir, now) {
+        crate::note!(
+            "warning: {} expires {} and could not be re-issued: {e:#}; mosquitto refuses every client after that date",
+            path.display(),
+            next.map(|n| n.date().to_string()).unwrap_or_else(|| "(unreadable)".into())
+        );
+    }
+}
+
+fn reissue(certs_dir: &Path, now: OffsetDateTime) -> Result<()> {
+    let issuer = load_issuer(certs_dir)?;
+    let mut revoked = read_revoked(certs_dir)?;
+    revoked.crl_number += 1;
+    let crl = crl_params(certs_dir, &revoked, now)?
+        .signed_by(&issuer)
+        .map_err(|e| anyhow::anyhow!("signing the CRL: {e}"))?;
+    write_crl(certs_dir, &crl.pem()?, &revoked)?;
+    crate::note!(
+        "re-issued {} (valid until {})",
+        certs_dir.join("crl.pem").display(),
+        (now + time::Duration::days(revoked.crl_days.unwrap_or(CRL_DAYS))).date()
+    );
+    Ok(())
+}
+
+fn write_crl(certs_dir: &Path, pem: &str, revoked: &Revoked) -> Result<Vec<std::path::PathBuf>> {
+    let mut staged = StagedFiles::new();
+    staged.add(certs_dir.join("crl.pem"), pem, MODE_PUBLIC);
+    staged.add(
+        certs_dir.join("revoked.json"),
+        serde_json::to_vec_pretty(revoked)?,
+        MODE_PUBLIC,
+    );
+    Ok(staged.commit(true)?)
 }
 
 fn crl_params(
@@ -133,7 +189,7 @@ fn crl_params(
     }
     Ok(CertificateRevocationListParams {
         this_update: now - time::Duration::minutes(5),
-        next_update: now + time::Duration::days(CRL_DAYS),
+        next_update: now + time::Duration::days(revoked.crl_days.unwrap_or(CRL_DAYS)),
         crl_number: SerialNumber::from(revoked.crl_number),
         issuing_distribution_point: None,
         revoked_certs: certs,
