@@ -583,6 +583,15 @@ fn import_ca_takes_an_openssl_rsa_ca_and_an_encrypted_ec_ca() {
         "ca.crt changed"
     );
 
+    // After a CA swap, an identity from the old CA is not exported with the new chain.
+    ok(&import("rsa.crt", "rsa.key", None));
+    let o = with_stdin(
+        broker
+            .mqttkit()
+            .args(["pki", "export", "device-001", "--p12", "--password-stdin"]),
+        "pw\n",
+    );
+    fails_with(&o, "device-001.crt is not signed by");
     for (cert, key, pass) in [
         ("rsa.crt", "rsa.key", None),
         ("ec.crt", "ec_enc.key", Some("ca pass")),

@@ -43,6 +43,18 @@ fn load(certs_dir: &Path, name: &str) -> Result<Identity> {
             crt.display()
         );
     }
+    let (_, ca_parsed) = x509_parser::parse_x509_certificate(&ca)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", certs_dir.join("ca.crt").display()))?;
+    if parsed
+        .verify_signature(Some(ca_parsed.public_key()))
+        .is_err()
+    {
+        bail!(
+            "{} is not signed by {} (issued by an earlier CA?); re-issue it with `mqttkit pki issue {name} --force`",
+            crt.display(),
+            certs_dir.join("ca.crt").display()
+        );
+    }
     Ok(Identity { cert, ca, key })
 }
 
