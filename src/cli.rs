@@ -112,14 +112,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pki(crate::pki::PkiArgs {
             command: crate::pki::PkiCommand::Init(a),
         }) => {
-            let cfg = a.config();
+            let cfg = a.config()?;
             crate::pki::init(&cfg)?;
             // The `local` profile points at the new certificates; `broker up`
             // fills in the real port.
             crate::mqtt::profile::ensure_local(&cfg.out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pki(args) => crate::pki::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Pki(args) => crate::pki::run(args),
         Command::Broker(args) => crate::broker::run(args).await,
         Command::Doctor(args) => crate::doctor::run(args).await,
         Command::Quickstart(args) => crate::quickstart::run(args).await,

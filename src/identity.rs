@@ -51,9 +51,12 @@ pub fn validate_identity(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses one PEM certificate file into DER.
+/// Parses one certificate file (PEM, or DER) into DER.
 pub fn read_cert_der(path: &Path) -> Result<Vec<u8>> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if data.first() == Some(&0x30) && x509_parser::parse_x509_certificate(&data).is_ok() {
+        return Ok(data);
+    }
     let (_, pem) = x509_parser::pem::parse_x509_pem(&data)
         .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate: {e}", path.display()))?;
     Ok(pem.contents)

@@ -148,17 +148,10 @@ fn ensure_certificates(out: &Path, say: Say) -> Result<()> {
             reused.push(name);
             continue;
         }
-        pki::issue(pki::IssueArgs {
-            name: name.to_string(),
-            out: pki::OutArg {
-                out: out.to_path_buf(),
-            },
+        pki::issue(pki::IssueConfig {
             server,
-            hosts: Vec::new(),
-            key_type: pki::KeyType::default(),
-            days: 825,
-            force: false,
             json: say.json,
+            ..pki::IssueConfig::new(out, name)
         })?;
     }
     say.line(

@@ -26,6 +26,8 @@ pub struct ConfVars<'a> {
     pub auth: &'a str,
     pub password_file: bool,
     pub certs: &'a str,
+    /// `certs/crl.pem` exists (`pki revoke`): render `crlfile`.
+    pub crl: bool,
     pub max_queued_messages: u64,
     pub queue_mib: u64,
     pub max_inflight_messages: u64,
@@ -129,6 +131,7 @@ mod tests {
             auth,
             password_file: auth != "cert",
             certs: "../certs",
+            crl: false,
             max_queued_messages: MAX_QUEUED_MESSAGES,
             queue_mib: 200,
             max_inflight_messages: MAX_INFLIGHT_MESSAGES,

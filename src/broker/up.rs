@@ -223,6 +223,7 @@ fn acl_tree(cfg: &UpConfig) -> Result<AclTree> {
 /// gives the broker's user exactly the files it needs.
 fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
     let dir = &plan.dir;
+    crate::pki::revoke::refresh_crl_if_due(&plan.certs);
     let conf = render::mosquitto_conf(&render::ConfVars {
         port: cfg.port,
         bind: cfg.bind.as_deref(),
@@ -231,6 +232,7 @@ fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
         auth: cfg.auth.as_str(),
         password_file: plan.password_file,
         certs: &relative_to(&plan.certs, dir).display().to_string(),
+        crl: plan.certs.join("crl.pem").exists(),
         max_queued_messages: MAX_QUEUED_MESSAGES,
         queue_mib: MAX_QUEUED_MESSAGES * 200 / (1024 * 1024),
         max_inflight_messages: MAX_INFLIGHT_MESSAGES,

@@ -18,12 +18,20 @@ pub struct CertInfo {
     pub key_type: String,
     pub is_ca: bool,
     pub extended_key_usage: Vec<String>,
+    /// keyUsage bits, in openssl's names (digitalSignature, keyEncipherment, ...).
+    pub key_usage: Vec<String>,
+    /// Subject Key Identifier, hex.
+    pub subject_key_id: Option<String>,
+    /// Authority Key Identifier (keyIdentifier), hex.
+    pub authority_key_id: Option<String>,
     pub serial: String,
     pub not_before: String,
     pub not_after: String,
     pub days_left: i64,
     /// Signed by `ca.crt` in the same directory.
     pub chains_to_ca: bool,
+    /// Listed in `revoked.json` beside it (`pki revoke`).
+    pub revoked: bool,
     /// `true`/`false` when a key file with the same stem exists; `null` when none.
     pub key_matches: Option<bool>,
 }
@@ -47,17 +55,23 @@ impl CertInfo {
             self.days_left,
             yes_no(self.chains_to_ca),
         );
+        if self.revoked {
+            s.push_str("  REVOKED   (pki revoke; in crl.pem)\n");
+        }
         if self.is_ca {
             s.push_str("  CA        yes\n");
         }
         if !self.sans.is_empty() {
             s.push_str(&format!("  names     {}\n", self.sans.join(", ")));
         }
-        if !self.extended_key_usage.is_empty() {
-            s.push_str(&format!(
-                "  usage     {}\n",
-                self.extended_key_usage.join(", ")
-            ));
+        let usage: Vec<&str> = self
+            .key_usage
+            .iter()
+            .chain(&self.extended_key_usage)
+            .map(String::as_str)
+            .collect();
+        if !usage.is_empty() {
+            s.push_str(&format!("  usage     {}\n", usage.join(", ")));
         }
         s
     }
@@ -93,18 +107,22 @@ pub fn key_type_of(spki: &SubjectPublicKeyInfo<'_>) -> String {
     }
 }
 
-/// The DER SubjectPublicKeyInfo of a PEM private key file (any format rcgen reads).
+/// The public key (as in a certificate's subjectPublicKey) of an
+/// unencrypted key file in any form `keys` reads.
 pub fn public_key_of_key_file(path: &Path) -> Result<Vec<u8>> {
-    let pem =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let key = rcgen::KeyPair::from_pem(&pem)
-        .map_err(|e| anyhow::anyhow!("{}: not a usable private key: {e}", path.display()))?;
-    Ok(rcgen::PublicKeyData::subject_public_key_info(&key))
+    let mut no_passphrase = || Err(super::keys::KeyError::NoPassphrase);
+    let (key, _) = super::keys::PrivateKey::read(path, &mut no_passphrase)?;
+    Ok(key.public)
 }
 
 pub fn inspect_file(path: &Path, ca_der: Option<&[u8]>) -> Result<CertInfo> {
     let der = read_cert_der(path)?;
-    let (_, cert) = parse_x509_certificate(&der)
+    inspect_der(path, &der, ca_der)
+}
+
+/// A certificate's details; `path` names it and locates its key file.
+pub fn inspect_der(path: &Path, der: &[u8], ca_der: Option<&[u8]>) -> Result<CertInfo> {
+    let (_, cert) = parse_x509_certificate(der)
         .map_err(|e| anyhow::anyhow!("{}: not an X.509 certificate: {e}", path.display()))?;
     let ca = ca_der.and_then(|d| parse_x509_certificate(d).ok().map(|(_, c)| c));
     let chains_to_ca = ca.as_ref().is_some_and(|ca| {
@@ -130,11 +148,12 @@ pub fn inspect_file(path: &Path, ca_der: Option<&[u8]>) -> Result<CertInfo> {
         }
     }
     let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    let (subject_key_id, authority_key_id) = key_ids(&cert);
     let key_file = path.with_extension("key");
     let key_matches = if key_file.exists() {
         Some(
             public_key_of_key_file(&key_file)
-                .map(|spki| spki == cert.public_key().raw)
+                .map(|public| public == cert.public_key().subject_public_key.data.as_ref())
                 .unwrap_or(false),
         )
     } else {
@@ -156,17 +175,63 @@ pub fn inspect_file(path: &Path, ca_der: Option<&[u8]>) -> Result<CertInfo> {
         key_type: key_type_of(cert.public_key()),
         is_ca,
         extended_key_usage: eku,
+        key_usage: key_usage(&cert),
+        subject_key_id,
+        authority_key_id,
         serial: cert.raw_serial_as_string(),
         not_before: fmt(cert.validity().not_before.to_datetime()),
         not_after: fmt(not_after),
         days_left,
         chains_to_ca,
+        revoked: false,
         key_matches,
     };
     Ok(info)
 }
 
-fn ip_from_bytes(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn key_ids(cert: &X509Certificate<'_>) -> (Option<String>, Option<String>) {
+    let mut ski = None;
+    let mut aki = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(hex(id.0)),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                aki = a.key_identifier.as_ref().map(|id| hex(id.0));
+            }
+            _ => {}
+        }
+    }
+    (ski, aki)
+}
+
+fn key_usage(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(ku)) = cert.key_usage() else {
+        return Vec::new();
+    };
+    let ku = ku.value;
+    [
+        (ku.digital_signature(), "digitalSignature"),
+        (ku.non_repudiation(), "nonRepudiation"),
+        (ku.key_encipherment(), "keyEncipherment"),
+        (ku.data_encipherment(), "dataEncipherment"),
+        (ku.key_agreement(), "keyAgreement"),
+        (ku.key_cert_sign(), "keyCertSign"),
+        (ku.crl_sign(), "cRLSign"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| n.to_string())
+    .collect()
+}
+
+pub(crate) fn ip_from_bytes(b: &[u8]) -> String {
     match b.len() {
         4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("len 4")).to_string(),
         16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("len 16")).to_string(),
@@ -188,8 +253,13 @@ pub fn inspect_dir(dir: &Path) -> Result<Vec<CertInfo>> {
         .filter(|p| p.extension().is_some_and(|e| e == "crt"))
         .collect();
     paths.sort_by_key(|p| (p != &ca_path, p.clone()));
-    paths
+    let revoked = super::revoke::read_revoked(dir)?;
+    let mut infos = paths
         .iter()
         .map(|p| inspect_file(p, ca_der.as_deref()))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    for i in &mut infos {
+        i.revoked = revoked.entries.iter().any(|e| e.serial == i.serial);
+    }
+    Ok(infos)
 }

@@ -1,47 +1,44 @@
 //! `mqttkit pki`: a private CA, broker and client certificates (rcgen).
 //!
 //! Layout under `OUT/certs/`: `ca.crt`, `ca.key`, `broker.crt`, `broker.key`,
-//! and for each client `NAME.crt`, `NAME.key` (PKCS#8 PEM) and
-//! `NAME_pkcs8.key` (PKCS#8 DER, for Java's `PKCS8EncodedKeySpec`).
+//! and for each client `NAME.crt`, `NAME.key` (PKCS#8 v1 PEM) and
+//! `NAME_pkcs8.key` (PKCS#8 v1 DER, for Java's `PKCS8EncodedKeySpec`).
+//! One module per subcommand family: `renew`, `export`, `import` (the CA
+//! from elsewhere), `inspect` (list and inspect); `profile` says what goes
+//! into a certificate, `keys` how keys are read and written.
 
+mod args;
+mod export;
+mod import;
 pub mod inspect;
+mod inventory;
+pub mod keys;
 mod names;
+pub mod profile;
+mod renew;
+pub mod revoke;
+pub mod subject;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
-};
-use time::{Duration, OffsetDateTime};
+use clap::ValueEnum;
+use rcgen::{Issuer, KeyPair};
 
 use crate::fsutil::{StagedFiles, MODE_PUBLIC, MODE_SECRET};
 use crate::output;
 
 pub use crate::identity::{certs_dir, validate_identity, DEFAULT_DEVICE, DEFAULT_SERVER};
+pub use args::*;
 pub use inspect::{inspect_dir, CertInfo};
 pub use names::HostName;
+pub use profile::{ca_params, client_params, server_params, Issued};
+use profile::{ca_params_for, client_params_for, server_params_for, sign};
+use subject::Subject;
 
 /// File stems `pki init` uses itself: a client named so would replace them.
 const RESERVED_NAMES: &[&str] = &["ca", "broker"];
-
-#[derive(Debug, Args)]
-pub struct PkiArgs {
-    #[command(subcommand)]
-    pub command: PkiCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PkiCommand {
-    /// Create a CA, a broker certificate and client certificates.
-    Init(InitArgs),
-    /// Issue one more client (or server) certificate from the existing CA.
-    Issue(IssueArgs),
-    /// List the certificates with their names, expiry and whether they chain to the CA.
-    List(ListArgs),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -53,7 +50,7 @@ pub enum KeyType {
     /// ECDSA on P-384 with SHA-384.
     #[value(alias = "p384")]
     EcdsaP384,
-    /// Ed25519 (OpenSSL 1.1.1+/mosquitto, rustls; not Java 8 or AWS IoT).
+    /// Ed25519 (OpenSSL 1.1.1+/mosquitto, Java 15+, rustls; not AWS IoT).
     Ed25519,
     /// RSA 2048 with SHA-256, for older stacks.
     #[value(alias = "rsa")]
@@ -63,6 +60,7 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// A new key, in the PKCS#8 v1 form every stack reads.
     pub fn generate(self) -> Result<KeyPair> {
         use rcgen::RsaKeySize;
         let key = match self {
@@ -76,7 +74,8 @@ impl KeyType {
                 KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072)
             }
         };
-        key.with_context(|| format!("generating a {} key", self.label()))
+        let key = key.with_context(|| format!("generating a {} key", self.label()))?;
+        keys::normalize(key)
     }
 
     pub fn label(self) -> &'static str {
@@ -88,18 +87,17 @@ impl KeyType {
             KeyType::Rsa3072 => "RSA 3072",
         }
     }
-}
 
-#[derive(Debug, Args)]
-pub struct OutArg {
-    /// The global `--out DIR` (declared once, in cli.rs).
-    #[arg(from_global)]
-    pub out: PathBuf,
-}
-
-impl OutArg {
-    pub fn certs_dir(&self) -> PathBuf {
-        certs_dir(&self.out)
+    /// The key type of an existing key, for `renew --new-key`.
+    pub fn of(alg: keys::KeyAlg) -> Option<Self> {
+        match alg {
+            keys::KeyAlg::EcP256 => Some(KeyType::EcdsaP256),
+            keys::KeyAlg::EcP384 => Some(KeyType::EcdsaP384),
+            keys::KeyAlg::Ed25519 => Some(KeyType::Ed25519),
+            keys::KeyAlg::Rsa(2048) => Some(KeyType::Rsa2048),
+            keys::KeyAlg::Rsa(3072) => Some(KeyType::Rsa3072),
+            _ => None,
+        }
     }
 }
 
@@ -109,199 +107,18 @@ pub const DEFAULT_DAYS: u32 = 825;
 /// Default validity of the CA certificate, in days.
 pub const DEFAULT_CA_DAYS: u32 = 3650;
 
-/// What `pki init` is asked to create, from flags or built by a caller.
-#[derive(Debug, Clone)]
-pub struct InitConfig {
-    pub out: PathBuf,
-    pub clients: Vec<String>,
-    pub hosts: Vec<String>,
-    pub key_type: KeyType,
-    pub days: u32,
-    pub ca_days: u32,
-    pub force: bool,
-    pub json: bool,
-}
-
-impl InitConfig {
-    /// The defaults of `pki init` for output root `out`.
-    pub fn new(out: &Path) -> Self {
-        InitConfig {
-            out: out.to_path_buf(),
-            clients: Vec::new(),
-            hosts: Vec::new(),
-            key_type: KeyType::default(),
-            days: DEFAULT_DAYS,
-            ca_days: DEFAULT_CA_DAYS,
-            force: false,
-            json: false,
-        }
-    }
-}
-
-impl InitArgs {
-    pub fn config(&self) -> InitConfig {
-        InitConfig {
-            out: self.out.out.clone(),
-            clients: self.clients.clone(),
-            hosts: self.hosts.clone(),
-            key_type: self.key_type,
-            days: self.days,
-            ca_days: self.ca_days,
-            force: self.force,
-            json: self.json,
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct InitArgs {
-    #[command(flatten)]
-    pub out: OutArg,
-    /// A client identity (certificate CN) to issue; repeatable.
-    /// Default: device-001 and server.
-    #[arg(long = "client", value_name = "NAME")]
-    pub clients: Vec<String>,
-    /// A DNS name or IP address the broker is reached by; repeatable.
-    /// Default: localhost, 127.0.0.1, ::1 and this machine's hostname.
-    #[arg(long = "host", value_name = "NAME_OR_IP")]
-    pub hosts: Vec<String>,
-    #[arg(long, value_enum, default_value_t)]
-    pub key_type: KeyType,
-    /// Validity of broker and client certificates, in days.
-    #[arg(long, default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
-    pub days: u32,
-    /// Validity of the CA certificate, in days.
-    #[arg(long, default_value_t = DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
-    pub ca_days: u32,
-    /// Replace existing files.
-    #[arg(long)]
-    pub force: bool,
-    /// Print the files written as one JSON object on stdout: {"written": [paths]}.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct IssueArgs {
-    /// The identity (certificate CN and file name).
-    pub name: String,
-    #[command(flatten)]
-    pub out: OutArg,
-    /// Issue a server certificate (EKU serverAuth, SANs from --host) instead of a client one.
-    #[arg(long)]
-    pub server: bool,
-    /// With --server: a DNS name or IP address for the certificate; repeatable.
-    #[arg(long = "host", value_name = "NAME_OR_IP")]
-    pub hosts: Vec<String>,
-    #[arg(long, value_enum, default_value_t)]
-    pub key_type: KeyType,
-    #[arg(long, default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
-    pub days: u32,
-    /// Replace existing files for NAME.
-    #[arg(long)]
-    pub force: bool,
-    /// Print the files written as one JSON object on stdout: {"written": [paths]}.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub out: OutArg,
-    /// Print the certificates (subject, issuer, validity, SANs, ...) as one JSON array on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn run(args: PkiArgs) -> Result<()> {
+pub fn run(args: PkiArgs) -> Result<ExitCode> {
+    let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     match args.command {
-        PkiCommand::Init(a) => init(&a.config()),
-        PkiCommand::Issue(a) => issue(a),
-        PkiCommand::List(a) => list(a),
+        PkiCommand::Init(a) => done(init(&a.config()?)),
+        PkiCommand::Issue(a) => done(issue(a.config()?)),
+        PkiCommand::List(a) => inventory::list(a),
+        PkiCommand::Renew(a) => done(renew::run(&a)),
+        PkiCommand::Inspect(a) => done(inventory::inspect_cmd(&a)),
+        PkiCommand::Export(a) => done(export::run(&a)),
+        PkiCommand::ImportCa(a) => done(import::run(&a)),
+        PkiCommand::Revoke(a) => done(revoke::run(&a)),
     }
-}
-
-/// A certificate and its key, PEM encoded, ready to be written.
-pub struct Issued {
-    pub cert_pem: String,
-    pub key: KeyPair,
-}
-
-fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[0] &= 0x7f; // positive, per RFC 5280
-    bytes[0] |= 0x01; // never a leading zero byte
-    SerialNumber::from_slice(&bytes)
-}
-
-fn validity(params: &mut CertificateParams, days: u32) {
-    let now = OffsetDateTime::now_utc();
-    // A little slack for peers whose clocks run behind.
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(i64::from(days));
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "mqttkit");
-    dn.push(DnType::CommonName, cn);
-    dn
-}
-
-pub fn ca_params(days: u32) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn("mqttkit Root CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.serial_number = Some(random_serial());
-    params.use_authority_key_identifier_extension = false;
-    validity(&mut params, days);
-    params
-}
-
-/// An end-entity certificate for `cn` with one extended key usage.
-fn leaf_params(cn: &str, usage: ExtendedKeyUsagePurpose, days: u32) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(cn);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![usage];
-    params.serial_number = Some(random_serial());
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days);
-    params
-}
-
-pub fn server_params(cn: &str, hosts: &[HostName], days: u32) -> CertificateParams {
-    let mut params = leaf_params(cn, ExtendedKeyUsagePurpose::ServerAuth, days);
-    params.subject_alt_names = hosts.iter().map(HostName::to_san).collect();
-    params
-}
-
-pub fn client_params(name: &str, days: u32) -> CertificateParams {
-    leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth, days)
-}
-
-fn sign(
-    params: CertificateParams,
-    key_type: KeyType,
-    issuer: &Issuer<'_, KeyPair>,
-) -> Result<Issued> {
-    let key = key_type.generate()?;
-    let cert = params
-        .signed_by(&key, issuer)
-        .context("signing certificate")?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        key,
-    })
 }
 
 /// The broker's default names: loopback plus this machine's hostname.
@@ -332,7 +149,13 @@ fn parse_hosts(raw: &[String]) -> Result<Vec<HostName>> {
     Ok(hosts)
 }
 
-fn stage_identity(files: &mut StagedFiles, dir: &Path, name: &str, issued: &Issued, der: bool) {
+pub(crate) fn stage_identity(
+    files: &mut StagedFiles,
+    dir: &Path,
+    name: &str,
+    issued: &Issued,
+    der: bool,
+) {
     files.add(
         dir.join(format!("{name}.crt")),
         issued.cert_pem.clone(),
@@ -377,22 +200,28 @@ pub fn init(args: &InitConfig) -> Result<()> {
     check_out_dir(&args.out)?;
 
     let ca_key = args.key_type.generate()?;
-    let ca_cert = ca_params(args.ca_days)
-        .self_signed(&ca_key)
-        .context("creating CA certificate")?;
+    let ca = ca_params_for(&args.subject, args.ca_days);
+    let ca_cert = ca.self_signed(&ca_key).context("creating CA certificate")?;
     let mut files = StagedFiles::new();
     files.add(dir.join("ca.crt"), ca_cert.pem(), MODE_PUBLIC);
-    files.add(dir.join("ca.key"), ca_key.serialize_pem(), MODE_SECRET);
-    let issuer = Issuer::new(ca_params(args.ca_days), ca_key);
+    let ca_key_pem = if args.encrypt_ca_key {
+        let plain = keys::PrivateKey::from_der(&ca_key.serialize_der())?;
+        import::ca_key_pem(&plain, true)?
+    } else {
+        ca_key.serialize_pem()
+    };
+    files.add(dir.join("ca.key"), ca_key_pem, MODE_SECRET);
+    let issuer = Issuer::new(ca, ca_key);
 
     let broker = sign(
-        server_params("mqttkit broker", &hosts, args.days),
+        server_params_for(&args.subject, "mqttkit broker", &hosts, args.days),
         args.key_type,
         &issuer,
     )?;
     stage_identity(&mut files, &dir, "broker", &broker, false);
     for c in &clients {
-        let issued = sign(client_params(c, args.days), args.key_type, &issuer)?;
+        let params = client_params_for(&args.subject, c, args.days);
+        let issued = sign(params, args.key_type, &issuer)?;
         stage_identity(&mut files, &dir, c, &issued, true);
     }
     let written = files.commit(args.force).map_err(anyhow::Error::from)?;
@@ -408,7 +237,11 @@ pub fn init(args: &InitConfig) -> Result<()> {
     })
 }
 
-fn report_written(written: &[PathBuf], json: bool, header: impl FnOnce(&mut String)) -> Result<()> {
+pub(crate) fn report_written(
+    written: &[PathBuf],
+    json: bool,
+    header: impl FnOnce(&mut String),
+) -> Result<()> {
     if json {
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         output::print_json(&serde_json::json!({ "written": files }))
@@ -465,17 +298,15 @@ pub fn load_issuer(certs_dir: &Path) -> Result<Issuer<'static, KeyPair>> {
             certs_dir.parent().unwrap_or(certs_dir).display()
         );
     }
-    let key_pem = std::fs::read_to_string(&ca_key)
-        .with_context(|| format!("reading {}", ca_key.display()))?;
-    let key = KeyPair::from_pem(&key_pem)
-        .map_err(|e| anyhow::anyhow!("{}: not a usable private key: {e}", ca_key.display()))?;
+    let (key, _) = keys::PrivateKey::read(&ca_key, &mut import::passphrase)?;
+    let key = key.key_pair()?;
     let cert_pem = std::fs::read_to_string(&ca_crt)
         .with_context(|| format!("reading {}", ca_crt.display()))?;
     Issuer::from_ca_cert_pem(&cert_pem, key)
         .map_err(|e| anyhow::anyhow!("{}: not a usable CA certificate: {e}", ca_crt.display()))
 }
 
-pub fn issue(args: IssueArgs) -> Result<()> {
+pub fn issue(args: IssueConfig) -> Result<()> {
     validate_identity(&args.name).map_err(|e| anyhow::anyhow!("NAME '{}': {e}", args.name))?;
     if RESERVED_NAMES.contains(&args.name.as_str()) && !(args.server && args.name == "broker") {
         bail!(
@@ -487,24 +318,25 @@ pub fn issue(args: IssueArgs) -> Result<()> {
     if !args.server && !args.hosts.is_empty() {
         bail!("--host only applies to server certificates; add --server or drop --host");
     }
-    let dir = args.out.certs_dir();
+    let dir = certs_dir(&args.out);
     let issuer = load_issuer(&dir)?;
     warn_if_outliving_the_ca(&dir, args.days);
+    let subject = match &args.subject {
+        Some(s) => s.clone(),
+        None => ca_subject(&dir)?,
+    };
     let mut files = StagedFiles::new();
-    let issued = if args.server {
+    let params = if args.server {
         let hosts = if args.hosts.is_empty() {
             default_hosts()
         } else {
             parse_hosts(&args.hosts)?
         };
-        sign(
-            server_params(&args.name, &hosts, args.days),
-            args.key_type,
-            &issuer,
-        )?
+        server_params_for(&subject, &args.name, &hosts, args.days)
     } else {
-        sign(client_params(&args.name, args.days), args.key_type, &issuer)?
+        client_params_for(&subject, &args.name, args.days)
     };
+    let issued = sign(params, args.key_type, &issuer)?;
     stage_identity(&mut files, &dir, &args.name, &issued, true);
     let written = files.commit(args.force)?;
     let kind = if args.server { "server" } else { "client" };
@@ -516,6 +348,14 @@ pub fn issue(args: IssueArgs) -> Result<()> {
             dir.join("ca.crt").display()
         ))
     })
+}
+
+/// The CA's subject attributes other than CN: what leaves inherit.
+fn ca_subject(certs_dir: &Path) -> Result<Subject> {
+    let der = crate::identity::read_cert_der(&certs_dir.join("ca.crt"))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", certs_dir.join("ca.crt").display()))?;
+    Ok(Subject::of_cert(&ca))
 }
 
 /// A leaf that expires after its CA stops verifying when the CA does, not
@@ -538,28 +378,4 @@ fn warn_if_outliving_the_ca(certs_dir: &Path, days: u32) {
             ca_end.date()
         );
     }
-}
-
-fn list(args: ListArgs) -> Result<()> {
-    let dir = args.out.certs_dir();
-    if !dir.is_dir() {
-        bail!(
-            "no certificates in {}; create them with `mqttkit pki init --out {}`",
-            dir.display(),
-            args.out.out.display()
-        );
-    }
-    crate::fsutil::recover_dir(&dir)?;
-    let infos = inspect_dir(&dir)?;
-    if args.json {
-        return output::print_json(&infos);
-    }
-    let mut s = String::new();
-    for i in &infos {
-        s.push_str(&i.render_text());
-    }
-    if infos.is_empty() {
-        s.push_str(&format!("no certificates in {}\n", dir.display()));
-    }
-    output::print_stdout(&s)
 }

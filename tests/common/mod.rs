@@ -125,6 +125,8 @@ pub struct BrokerOptions {
     pub no_broker: bool,
     /// Listen address (default 127.0.0.1).
     pub bind: Option<String>,
+    /// Extra arguments for `pki init` (e.g. `--key-type ed25519`).
+    pub init_args: Vec<String>,
 }
 
 /// A temp dir with certificates and a running mosquitto.
@@ -154,6 +156,7 @@ impl Broker {
         for c in &clients {
             init.args(["--client", c]);
         }
+        init.args(&opts.init_args);
         ok(&run(&mut init, Duration::from_secs(60)));
         let port = free_port();
         let ws_port = opts.websockets.then(free_port);

@@ -1,0 +1,226 @@
+//! `pki revoke NAME [--reason R]`: records the certificate's serial in
+//! `OUT/certs/revoked.json` and writes `OUT/certs/crl.pem`, signed by the
+//! CA, valid for [`CRL_DAYS`] days; `broker up` then renders `crlfile`, so
+//! mosquitto refuses the revoked certificate at its next TLS handshake.
+//! Both files are one transaction. Not done here: re-reading the CRL in a
+//! running broker (restart it with `broker up`) and re-issuing the CRL
+//! before its nextUpdate (revoke again or rerun to renew it).
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{load_issuer, report_written, RevokeArgs, RevokeReason};
+use crate::fsutil::{StagedFiles, MODE_PUBLIC};
+use crate::identity::{files, read_cert_der, validate_identity};
+
+/// How long a CRL is valid (its nextUpdate): mosquitto refuses every client
+/// once it has passed (eclipse-mosquitto/mosquitto#1826).
+pub const CRL_DAYS: i64 = 30;
+/// `broker up` re-issues a CRL with fewer days left than this (or past).
+pub const CRL_REFRESH_DAYS: i64 = 7;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Revoked {
+    pub crl_number: u64,
+    /// The CRL's validity when not [`CRL_DAYS`] (`pki revoke --crl-days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_days: Option<i64>,
+    pub entries: Vec<RevokedEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedEntry {
+    pub name: String,
+    /// Hex, as `pki list` shows it (aa:bb:...).
+    pub serial: String,
+    pub revoked_at: String,
+    pub reason: RevokeReason,
+}
+
+/// The revocations recorded in `certs_dir` (none when there is no file).
+pub fn read_revoked(certs_dir: &Path) -> Result<Revoked> {
+    let path = certs_dir.join("revoked.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a revocation record: {e}; restore it from a backup",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Revoked::default()),
+        Err(e) => bail!("{}: {e}", path.display()),
+    }
+}
+
+pub fn run(args: &RevokeArgs) -> Result<()> {
+    validate_identity(&args.name).map_err(|e| anyhow::anyhow!("NAME '{}': {e}", args.name))?;
+    if args.name == "ca" {
+        bail!("NAME 'ca': a CA cannot revoke itself; replace it with `mqttkit pki init --force`");
+    }
+    let dir = args.out.certs_dir();
+    let issuer = load_issuer(&dir)?;
+    let (crt, _) = files(&dir, &args.name);
+    if !crt.exists() {
+        bail!(
+            "NAME '{}': there is no {}; see `mqttkit pki list`",
+            args.name,
+            crt.display()
+        );
+    }
+    let der = read_cert_der(&crt)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", crt.display()))?;
+    let serial = cert.raw_serial_as_string();
+    let mut revoked = read_revoked(&dir)?;
+    if revoked.entries.iter().any(|e| e.serial == serial) {
+        bail!(
+            "{} (serial {serial}) is already revoked; nothing to do",
+            crt.display()
+        );
+    }
+    let now = OffsetDateTime::now_utc();
+    revoked.entries.push(RevokedEntry {
+        name: args.name.clone(),
+        serial,
+        revoked_at: now.format(&time::format_description::well_known::Rfc3339)?,
+        reason: args.reason,
+    });
+    revoked.crl_number += 1;
+    if let Some(days) = args.crl_days {
+        revoked.crl_days = Some(i64::from(days));
+    }
+    let crl = crl_params(&dir, &revoked, now)?
+        .signed_by(&issuer)
+        .map_err(|e| anyhow::anyhow!("signing the CRL: {e}"))?;
+    let written = write_crl(&dir, &crl.pem()?, &revoked)?;
+    report_written(&written, false, |s| {
+        s.push_str(&format!(
+            "revoked '{}'; the CRL is valid until {} (restart the broker with `mqttkit broker up` to enforce it)\n",
+            args.name,
+            (now + time::Duration::days(revoked.crl_days.unwrap_or(CRL_DAYS))).date()
+        ))
+    })
+}
+
+/// Re-signs `crl.pem` when its nextUpdate is less than [`CRL_REFRESH_DAYS`]
+/// away or past, so mosquitto never loads an expired CRL (which locks out
+/// every client). Best effort: a CA key that cannot be read (encrypted, no
+/// passphrase) is a warning with the date, not a failure of `broker up`.
+pub fn refresh_crl_if_due(certs_dir: &Path) {
+    let path = certs_dir.join("crl.pem");
+    let Ok(data) = std::fs::read(&path) else {
+        return;
+    };
+    let next = x509_parser::pem::parse_x509_pem(&data)
+        .ok()
+        .and_then(|(_, pem)| {
+            let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).ok()?;
+            crl.next_update().map(|t| t.to_datetime())
+        });
+    let now = OffsetDateTime::now_utc();
+    if next.is_some_and(|n| n - now > time::Duration::days(CRL_REFRESH_DAYS)) {
+        return;
+    }
+    if let Err(e) = reissue(certs_dir, now) {
+        crate::note!(
+            "warning: {} expires {} and could not be re-issued: {e:#}; mosquitto refuses every client after that date",
+            path.display(),
+            next.map(|n| n.date().to_string()).unwrap_or_else(|| "(unreadable)".into())
+        );
+    }
+}
+
+fn reissue(certs_dir: &Path, now: OffsetDateTime) -> Result<()> {
+    let issuer = load_issuer(certs_dir)?;
+    let mut revoked = read_revoked(certs_dir)?;
+    revoked.crl_number += 1;
+    let crl = crl_params(certs_dir, &revoked, now)?
+        .signed_by(&issuer)
+        .map_err(|e| anyhow::anyhow!("signing the CRL: {e}"))?;
+    write_crl(certs_dir, &crl.pem()?, &revoked)?;
+    crate::note!(
+        "re-issued {} (valid until {})",
+        certs_dir.join("crl.pem").display(),
+        (now + time::Duration::days(revoked.crl_days.unwrap_or(CRL_DAYS))).date()
+    );
+    Ok(())
+}
+
+fn write_crl(certs_dir: &Path, pem: &str, revoked: &Revoked) -> Result<Vec<std::path::PathBuf>> {
+    let mut staged = StagedFiles::new();
+    staged.add(certs_dir.join("crl.pem"), pem, MODE_PUBLIC);
+    staged.add(
+        certs_dir.join("revoked.json"),
+        serde_json::to_vec_pretty(revoked)?,
+        MODE_PUBLIC,
+    );
+    Ok(staged.commit(true)?)
+}
+
+fn crl_params(
+    dir: &Path,
+    revoked: &Revoked,
+    now: OffsetDateTime,
+) -> Result<CertificateRevocationListParams> {
+    let mut certs = Vec::new();
+    for e in &revoked.entries {
+        let bytes: Vec<u8> = e
+            .serial
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("revoked.json: serial '{}' is not hex", e.serial))?;
+        certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&bytes),
+            revocation_time: time::OffsetDateTime::parse(
+                &e.revoked_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap_or(now),
+            reason_code: Some(e.reason.into()),
+            invalidity_date: None,
+        });
+    }
+    Ok(CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(revoked.crl_days.unwrap_or(CRL_DAYS)),
+        crl_number: SerialNumber::from(revoked.crl_number),
+        issuing_distribution_point: None,
+        revoked_certs: certs,
+        key_identifier_method: ca_key_id(dir),
+    })
+}
+
+/// The CA's own Subject Key Identifier, so the CRL's AKI matches it.
+fn ca_key_id(dir: &Path) -> KeyIdMethod {
+    let ski = read_cert_der(&dir.join("ca.crt")).ok().and_then(|der| {
+        let (_, ca) = x509_parser::parse_x509_certificate(&der).ok()?;
+        ca.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            })
+    });
+    ski.map_or(KeyIdMethod::Sha256, KeyIdMethod::PreSpecified)
+}
+
+impl From<RevokeReason> for RevocationReason {
+    fn from(r: RevokeReason) -> Self {
+        match r {
+            RevokeReason::Unspecified => RevocationReason::Unspecified,
+            RevokeReason::KeyCompromise => RevocationReason::KeyCompromise,
+            RevokeReason::AffiliationChanged => RevocationReason::AffiliationChanged,
+            RevokeReason::Superseded => RevocationReason::Superseded,
+            RevokeReason::CessationOfOperation => RevocationReason::CessationOfOperation,
+        }
+    }
+}
