@@ -36,6 +36,9 @@ pub struct ConfVars<'a> {
 #[derive(Debug, Serialize)]
 pub struct ComposeVars<'a> {
     pub container_name: &'a str,
+    pub image: &'a str,
+    /// `UID:GID` the container runs as.
+    pub user: &'a str,
     pub port: u16,
     pub publish_port: String,
     pub websockets_port: Option<u16>,
