@@ -164,7 +164,18 @@ fn docker_runtime_end_to_end() {
 fn lifecycle(engine: &Engine, compose: &'static str) {
     let d = Docker::new(engine, compose);
     let up = d.up();
-    assert!(stdout(&up).contains("docker runtime"), "{}", stdout(&up));
+    let tool = if compose == "v1" {
+        "docker-compose"
+    } else {
+        "docker compose"
+    };
+    assert!(
+        stdout(&up).contains(&format!(
+            "(docker runtime via {tool}, container {CONTAINER})"
+        )),
+        "{}",
+        stdout(&up)
+    );
     let text = std::fs::read_to_string(d.broker.path().join("compose.yaml")).unwrap();
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let svc = &doc["services"]["mosquitto"];
@@ -239,6 +250,7 @@ fn lifecycle(engine: &Engine, compose: &'static str) {
     );
     assert!(log.contains("Opening ipv4 listen socket on port"), "{log}");
 
+    follow_logs(&d);
     persistence(&d);
 
     ok(&d.mqttkit_run(&["broker", "down"]));
@@ -251,6 +263,24 @@ fn lifecycle(engine: &Engine, compose: &'static str) {
     let o = d.mqttkit_run(&["broker", "status"]);
     assert!(!o.status.success());
     assert!(stdout(&o).starts_with("down"), "{}", stdout(&o));
+}
+
+/// `broker logs -f --json` prints the container's new lines as they come, until SIGINT.
+fn follow_logs(d: &Docker<'_>) {
+    let mut c = d.mqttkit();
+    c.args(["broker", "logs", "-f", "--json", "-n", "1"]);
+    let mut follow = Proc::spawn(c);
+    follow.wait_for(T, "the last line", |p| p.lines().len() == 1);
+    pub_telemetry(d, 1);
+    follow.wait_for(T, "device-001's connection", |p| {
+        p.lines().iter().any(|l| l.contains("as device-001"))
+    });
+    follow.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, lines, err) = follow.finish(T);
+    assert!(status.success(), "{err}");
+    for v in json_lines(&lines) {
+        assert!(v["time"].is_string() && v["line"].is_string(), "{v}");
+    }
 }
 
 /// A persistent subscriber's queued QoS 1 messages survive `broker down` + `up`.

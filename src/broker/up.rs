@@ -121,6 +121,8 @@ pub async fn up(cfg: &UpConfig) -> Result<ExitCode> {
     let report = UpReport {
         runtime: plan.runtime,
         pid: state.pid,
+        container: plan.compose.map(|_| docker::CONTAINER),
+        compose_command: plan.compose.map(Compose::name),
         port: cfg.port,
         websockets_url: cfg
             .websockets_port
@@ -373,7 +375,10 @@ async fn wait(cfg: &UpConfig, state: &BrokerState) -> Result<()> {
     let _ = std::fs::remove_file(state_path(&cfg.out));
     bail!(
         "the broker did not become healthy: {e:#}\n--- {} (last lines) ---\n{tail}",
-        state.log.display()
+        match state.runtime {
+            Runtime::Docker => format!("docker logs {}", docker::CONTAINER),
+            _ => state.log.display().to_string(),
+        }
     );
 }
 
@@ -399,6 +404,9 @@ fn compose_target<'a>(path: &'a Path, runtime: Runtime, out: &Path) -> Result<Op
 struct UpReport {
     runtime: Runtime,
     pid: Option<i32>,
+    /// Docker: the container and the compose command that started it.
+    container: Option<&'static str>,
+    compose_command: Option<&'static str>,
     port: u16,
     websockets_url: Option<String>,
     auth: &'static str,
@@ -413,15 +421,13 @@ struct UpReport {
 
 impl UpReport {
     fn human(&self) -> String {
+        let what = match (self.container, self.compose_command, self.pid) {
+            (Some(c), Some(cmd), _) => format!("docker runtime via {cmd}, container {c}"),
+            (_, _, Some(pid)) => format!("native runtime, pid {pid}"),
+            _ => "native runtime".into(),
+        };
         let mut s = format!(
-            "mosquitto is up ({} runtime, pid {}) on port {} with {}, healthy after {:.1?}\n",
-            match self.runtime {
-                Runtime::Native => "native",
-                _ => "docker",
-            },
-            self.pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
+            "mosquitto is up ({what}) on port {} with {}, healthy after {:.1?}\n",
             self.port,
             match self.auth {
                 "password" => "TLS and passwords (password auth; no client certificate required)",
@@ -442,9 +448,12 @@ impl UpReport {
         if let Some(compose) = &self.compose {
             s.push_str(&format!("  compose     {}\n", compose.display()));
         }
+        let log = match self.container {
+            Some(c) => format!("`mqttkit broker logs` (docker logs {c})"),
+            None => self.log.display().to_string(),
+        };
         s.push_str(&format!(
-            "  log         {}\n  profile     {} (use --profile local)\n",
-            self.log.display(),
+            "  log         {log}\n  profile     {} (use --profile local)\n",
             self.profile.display()
         ));
         s
