@@ -49,9 +49,9 @@ impl Docker<'_> {
         run(self.mqttkit().args(args), T)
     }
 
-    fn up(&self) -> Output {
+    fn up(&self, extra: &[&str]) -> Output {
         let port = self.broker.port.to_string();
-        let o = self.mqttkit_run(&[
+        let mut args = vec![
             "broker",
             "up",
             "--runtime",
@@ -62,7 +62,9 @@ impl Docker<'_> {
             "127.0.0.1",
             "--port",
             &port,
-        ]);
+        ];
+        args.extend(extra);
+        let o = self.mqttkit_run(&args);
         ok(&o).clone()
     }
 
@@ -163,7 +165,7 @@ fn docker_runtime_end_to_end() {
 /// persistence across down/up, down.
 fn lifecycle(engine: &Engine, compose: &'static str) {
     let d = Docker::new(engine, compose);
-    let up = d.up();
+    let up = d.up(&[]);
     let tool = if compose == "v1" {
         "docker-compose"
     } else {
@@ -300,7 +302,14 @@ fn persistence(d: &Docker<'_>) {
     assert!(d.port_is_free(), "port still taken after down");
     let db = d.broker.out().join("mosquitto/data/mosquitto.db");
     assert!(db.exists(), "no {} after down", db.display());
-    d.up();
+    // Again, with --json: stdout holds only the report (compose talks on stderr).
+    let up = d.up(&["--json"]);
+    let v: Value = serde_json::from_str(stdout(&up).trim()).expect("one JSON object");
+    assert_eq!(
+        (v["runtime"].as_str(), v["container"].as_str()),
+        (Some("docker"), Some(CONTAINER)),
+        "{v}"
+    );
 
     let mut c = d.mqttkit();
     c.args([

@@ -82,7 +82,8 @@ impl Compose {
         })
     }
 
-    /// `COMPOSE -f FILE ARGS...`, output passed through; fails naming the command.
+    /// `COMPOSE -f FILE ARGS...`, its output on our stderr (stdout is for
+    /// data: `up --json`); fails naming the command.
     fn run(self, file: &Path, args: &[&str]) -> Result<()> {
         let shown = format!("{} -f {} {}", self.name(), file.display(), args.join(" "));
         let status = self
@@ -91,6 +92,7 @@ impl Compose {
             .arg(file)
             .args(args)
             .stdin(Stdio::null())
+            .stdout(std::io::stderr())
             .status()
             .with_context(|| format!("running `{shown}`"))?;
         if !status.success() {
