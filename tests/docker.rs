@@ -109,19 +109,17 @@ fn compose_versions() -> Vec<&'static str> {
 }
 
 fn json_lines(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    let parse = |l: &String| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    lines.iter().map(parse).collect()
 }
 
-/// `sub telemetry --json ARGS`, subscribed.
+/// `sub telemetry --json ARGS`, once subscribed.
 fn start_sub(d: &Docker<'_>, args: &[&str]) -> Proc {
     let mut c = d.mqttkit();
     c.args(["sub", "telemetry", "--json"]).args(args);
-    let mut p = Proc::spawn(c);
-    p.wait_stderr("subscribed to");
-    p
+    let mut sub = Proc::spawn(c);
+    sub.wait_stderr("subscribed to");
+    sub
 }
 
 fn seqs_of(p: Proc) -> Vec<u64> {
