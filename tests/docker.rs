@@ -202,6 +202,14 @@ fn lifecycle(engine: &Engine, compose: &'static str) {
         .unwrap();
     assert!(bindings.contains(r#""HostIp":"127.0.0.1""#), "{bindings}");
 
+    let again = d.up(&[]);
+    assert!(
+        stderr(&again).contains(&format!(
+            "broker already running (container {CONTAINER}, port {port})"
+        )),
+        "{}",
+        stderr(&again)
+    );
     let status = ok(&d.mqttkit_run(&["broker", "status", "--json"])).clone();
     let s: Value = serde_json::from_str(&stdout(&status)).unwrap();
     assert_eq!(

@@ -157,6 +157,25 @@ mod tests {
     }
 
     #[test]
+    fn compose_records_the_image_user_and_loopback_ports() {
+        let c = compose(&ComposeVars {
+            container_name: "mqttkit-mosquitto",
+            image: "registry.local:5000/eclipse-mosquitto:2.0.18",
+            user: "1883:1883",
+            port: 8883,
+            publish_port: "127.0.0.1:8883".into(),
+            websockets_port: None,
+            publish_websockets_port: String::new(),
+            mosquitto_dir: "./out/mosquitto",
+            certs_dir: "./out/certs",
+        })
+        .unwrap();
+        assert!(c.contains("    image: \"registry.local:5000/eclipse-mosquitto:2.0.18\"\n"));
+        assert!(c.contains("    user: \"1883:1883\"\n"));
+        assert!(c.contains("      - \"127.0.0.1:8883:8883\"\n"));
+    }
+
+    #[test]
     fn acl_scopes_devices_and_servers() {
         let a = acl(&["server".into(), "ops".into()], &AclTree::builtin(), None).unwrap();
         assert!(a.contains("pattern write devices/%u/telemetry"));

@@ -24,6 +24,8 @@ pub struct Engine {
     pub host: Option<String>,
     daemon: Option<Child>,
     root: Option<tempfile::TempDir>,
+    /// Our dockerd made the docker0 bridge (none was there): removed on drop.
+    made_bridge: bool,
     /// Held while the engine is ours: docker tests share a container name.
     _lock: std::fs::File,
 }
@@ -47,6 +49,7 @@ impl Engine {
                 host: None,
                 daemon: None,
                 root: None,
+                made_bridge: false,
                 _lock: lock,
             }
         } else {
@@ -169,6 +172,12 @@ impl Drop for Engine {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        if self.made_bridge {
+            let _ = Command::new("ip")
+                .args(["link", "delete", "docker0"])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -237,6 +246,7 @@ fn start_dockerd(lock: std::fs::File) -> Result<Engine, String> {
     let Some(dockerd) = which("dockerd") else {
         return Err("no `dockerd` (Debian: apt-get install docker.io)".into());
     };
+    let no_bridge_before = !Path::new("/sys/class/net/docker0").exists();
     // Short: the socket path must fit in sockaddr_un (108 bytes).
     let root = tempfile::Builder::new()
         .prefix("dockerd.")
@@ -262,6 +272,7 @@ fn start_dockerd(lock: std::fs::File) -> Result<Engine, String> {
         host: Some(host.clone()),
         daemon: Some(daemon),
         root: Some(root),
+        made_bridge: no_bridge_before,
         _lock: lock,
     };
     let started = Instant::now();
