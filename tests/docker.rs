@@ -153,6 +153,9 @@ fn docker_runtime_end_to_end() {
         eprintln!("compose {v}: lifecycle in {:.1?}", t.elapsed());
     }
     let t = Instant::now();
+    passwords(&engine, versions[0]);
+    eprintln!("password users in {:.1?}", t.elapsed());
+    let t = Instant::now();
     quickstart(&engine, versions[0]);
     eprintln!("quickstart in {:.1?}", t.elapsed());
     a_missing_compose_tool_is_named(&engine);
@@ -329,6 +332,53 @@ fn persistence(d: &Docker<'_>) {
         "10",
     ]);
     assert_eq!(seqs_of(Proc::spawn(c)), (0..10).collect::<Vec<u64>>());
+}
+
+/// `user add` for a running container: the file goes to uid 1883 and the
+/// container's mosquitto reloads it (SIGHUP through docker).
+fn passwords(engine: &Engine, compose: &'static str) {
+    let d = Docker::new(engine, compose);
+    let add = |user: &str, pass: &str| {
+        let mut c = d.mqttkit();
+        c.args(["broker", "user", "add", user, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{pass}").unwrap();
+        stderr(ok(&common::wait_output(child, T, "user add")))
+    };
+    add("alice", "first pass");
+    d.up(&["--auth", "password"]);
+    let connects = |user: &str, pass: &str| {
+        let mut c = Command::new("mosquitto_pub");
+        c.args(common::mosquitto_tls_args(&d.broker, None)).args([
+            "-u",
+            user,
+            "-P",
+            pass,
+            "-t",
+            &format!("devices/{user}/telemetry"),
+            "-m",
+            "x",
+        ]);
+        run(&mut c, T).status.success()
+    };
+    assert!(connects("alice", "first pass"));
+    assert!(!connects("alice", "wrong"), "a wrong password was accepted");
+    let note = add("bob", "second pass");
+    assert!(note.contains("the running broker reloaded it"), "{note}");
+    let passwd = d.broker.out().join("mosquitto/passwd");
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&passwd).unwrap().uid(), 1883);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        connects("bob", "second pass"),
+        "the container did not reload the new user"
+    );
 }
 
 fn quickstart(engine: &Engine, compose: &'static str) {

@@ -216,6 +216,17 @@ pub fn container_running() -> bool {
         .unwrap_or(false)
 }
 
+/// SIGHUP to the container's mosquitto: it re-reads its password file.
+pub fn reload() -> bool {
+    Command::new("docker")
+        .args(["kill", "--signal", "HUP", CONTAINER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// One `docker logs --timestamps` line: docker's time and mosquitto's line.
 #[derive(Debug, PartialEq)]
 pub struct Stamped {

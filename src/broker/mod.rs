@@ -627,10 +627,7 @@ fn user_add(args: UserAddArgs) -> Result<ExitCode> {
         &args.name,
         &passwd::new_entry(&args.name, &password),
     );
-    write_atomic(&path, text.as_bytes(), MODE_SECRET)?;
-    if let Some(user) = native::privilege_drop_user(Runtime::Native) {
-        native::grant(&user, &path)?;
-    }
+    write_passwd(&args.out.out, &path, &text)?;
     note!(
         "{} user '{}' in {}{}",
         if replaced { "updated" } else { "added" },
@@ -648,10 +645,7 @@ fn user_remove(args: UserRemoveArgs) -> Result<ExitCode> {
     let Some(text) = passwd::remove(&existing, &args.name) else {
         bail!("no user '{}' in {}", args.name, path.display());
     };
-    write_atomic(&path, text.as_bytes(), MODE_SECRET)?;
-    if let Some(user) = native::privilege_drop_user(Runtime::Native) {
-        native::grant(&user, &path)?;
-    }
+    write_passwd(&args.out.out, &path, &text)?;
     note!(
         "removed user '{}' from {}{}",
         args.name,
@@ -661,10 +655,29 @@ fn user_remove(args: UserRemoveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A running native broker re-reads its password file on SIGHUP.
+/// Writes the password file for the broker's user: the runtime that last
+/// ran from `out` says who that is (`mosquitto` natively, uid 1883 in Docker).
+fn write_passwd(out: &Path, path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, text.as_bytes(), MODE_SECRET)?;
+    let runtime = load_state(out)
+        .ok()
+        .flatten()
+        .map_or(Runtime::Native, |s| s.runtime);
+    if let Some(user) = native::privilege_drop_user(runtime) {
+        native::grant(&user, path)?;
+    }
+    Ok(())
+}
+
+/// A running broker re-reads its password file on SIGHUP (in Docker, sent
+/// to the container).
 fn reload_hint(out: &Path) -> String {
+    let reload = |s: &BrokerState| match s.runtime {
+        Runtime::Docker => docker::reload(),
+        _ => native::reload(s),
+    };
     match load_state(out).ok().flatten() {
-        Some(s) if native::is_running(&s) && native::reload(&s) => {
+        Some(s) if native::is_running(&s) && reload(&s) => {
             "; the running broker reloaded it".into()
         }
         _ => String::new(),
