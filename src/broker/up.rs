@@ -14,8 +14,7 @@ use super::render::AclTree;
 use super::{
     broker_cert_names, compose_path_str, load_state, mosquitto_dir, now_rfc3339, publish,
     relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Compose,
-    Durability,
-    Runtime, UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
+    Durability, Runtime, UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
 };
 use super::{docker, native};
 use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC};
