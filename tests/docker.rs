@@ -281,7 +281,7 @@ fn follow_logs(d: &Docker<'_>) {
     let mut c = d.mqttkit();
     c.args(["broker", "logs", "-f", "--json", "-n", "1"]);
     let mut follow = Proc::spawn(c);
-    follow.wait_for(T, "the last line", |p| p.lines().len() == 1);
+    follow.wait_for(T, "the last line", |p| !p.lines().is_empty());
     pub_telemetry(d, 1);
     follow.wait_for(T, "device-001's connection", |p| {
         p.lines().iter().any(|l| l.contains("as device-001"))
