@@ -9,7 +9,8 @@ SUDO=""
 
 need_pkgs=()
 for pair in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl \
-            javac:default-jdk-headless script:bsdutils strace:strace man:man-db groff:groff-base; do
+            javac:default-jdk-headless script:bsdutils strace:strace man:man-db groff:groff-base \
+            dockerd:docker.io docker-compose:docker-compose; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
@@ -21,6 +22,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
+# tests/docker.rs starts a dockerd of its own when none answers (and skips,
+# saying why, where dockerd cannot run), so docker.io needs no service here.
 # The distribution's service must not hold port 1883/8883 during tests.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop mosquitto >/dev/null 2>&1 || true; fi
 

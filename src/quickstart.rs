@@ -31,6 +31,9 @@ pub struct QuickstartArgs {
     pub bind: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     pub runtime: Runtime,
+    /// The mosquitto image for the Docker runtime.
+    #[arg(long, value_name = "IMAGE", default_value = broker::DEFAULT_IMAGE)]
+    pub image: String,
     /// Telemetry messages the demo device sends.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub messages: u64,
@@ -87,6 +90,7 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
         port,
         bind: args.bind.clone(),
         runtime: args.runtime,
+        image: args.image.clone(),
         json: args.json,
         ..broker::UpConfig::new(out)
     })

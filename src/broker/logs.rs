@@ -4,14 +4,16 @@
 //! as its start-up and shutdown lines, so the config cannot drop one without
 //! the others; they are left out here instead, and `-n` counts only the
 //! lines kept. A mosquitto that words the notice differently only brings the
-//! noise back.
+//! noise back. With the Docker runtime the lines come from `docker logs`.
 
-use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+
+use super::docker;
 
 /// The message mosquitto writes on every autosave (src/persist_write.c).
 const AUTOSAVE_NOTICE: &str = "Saving in-memory database to ";
@@ -77,20 +79,24 @@ pub async fn print_log(log: &Path, tail: Option<usize>, follow: bool, json: bool
     let mut file =
         std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
     let mut text = String::new();
-    std::io::BufReader::new(&mut file).read_to_string(&mut text)?;
-    let kept: Vec<&str> = kept_lines(&text).collect();
-    let start = tail.map_or(0, |n| kept.len().saturating_sub(n));
+    BufReader::new(&mut file).read_to_string(&mut text)?;
     let printer = Printer { json };
-    {
-        let mut out = std::io::stdout().lock();
-        for l in &kept[start..] {
-            printer.print(&mut out, l)?;
-        }
-        out.flush()?;
-    }
+    print_kept(&text, tail, &printer)?;
     if follow {
         follow_log(log, file, &printer).await?;
     }
+    Ok(())
+}
+
+/// Prints the kept lines of `text`, only the last `tail` of them when given.
+fn print_kept(text: &str, tail: Option<usize>, printer: &Printer) -> Result<()> {
+    let kept: Vec<&str> = kept_lines(text).collect();
+    let start = tail.map_or(0, |n| kept.len().saturating_sub(n));
+    let mut out = std::io::stdout().lock();
+    for l in &kept[start..] {
+        printer.print(&mut out, l)?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -128,6 +134,51 @@ async fn follow_log(log: &Path, mut file: std::fs::File, printer: &Printer) -> R
             pending.drain(..complete);
         }
     }
+}
+
+/// `broker logs` of the Docker runtime: the container's log (`docker logs`),
+/// filtered, tailed and printed like the native log file.
+pub async fn print_container_log(tail: Option<usize>, follow: bool, json: bool) -> Result<()> {
+    let lines = docker::read_logs(&[])?;
+    let last = lines.iter().filter_map(|l| l.time).max();
+    let text: String = lines.iter().map(|l| format!("{}\n", l.line)).collect();
+    let printer = Printer { json };
+    print_kept(&text, tail, &printer)?;
+    if follow {
+        follow_container(last, &printer).await?;
+    }
+    Ok(())
+}
+
+/// Prints the container's new lines (`docker logs -f` from the last one
+/// shown) until SIGINT/SIGTERM or the container's end.
+async fn follow_container(after: Option<time::OffsetDateTime>, printer: &Printer) -> Result<()> {
+    let since = after
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "0".into());
+    let (mut child, mut rx) = docker::follow_logs(&["--since", &since])?;
+    let mut shutdown = crate::pipeline::Shutdown::install();
+    loop {
+        let l = tokio::select! {
+            _ = shutdown.wait() => break,
+            l = rx.recv() => match l { Some(l) => l, None => break },
+        };
+        // --since is inclusive: the last line already shown comes again.
+        if after.is_some_and(|a| l.time.is_some_and(|t| t <= a)) {
+            continue;
+        }
+        if !LogLine::parse(&l.line).is_autosave() {
+            let mut out = std::io::stdout().lock();
+            printer.print(&mut out, &l.line)?;
+            out.flush()?;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! `mqttkit broker`: a Mosquitto broker with mutual TLS and per-device ACLs,
-//! rendered from `templates/` and run natively or with docker compose.
+//! rendered from `templates/` and run natively or with docker compose
+//! (`docker compose` v2 or `docker-compose` v1, see docker.rs).
 //!
 //! Layout under `OUT/mosquitto/`: `mosquitto.conf`, `acl`, `passwd`, `data/`,
 //! `mosquitto.log` and `state.json` (what `up` started, for `status`/`down`).
 
+mod docker;
 mod logs;
 mod native;
 pub mod passwd;
@@ -22,6 +24,7 @@ use crate::fsutil::{write_atomic, MODE_SECRET};
 use crate::mqtt::{self, profile, ConnectSpec, Role};
 use crate::note;
 use crate::output;
+pub use docker::{Compose, DEFAULT_IMAGE};
 pub use up::{up, UpConfig};
 
 pub use render::{MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES};
@@ -55,7 +58,7 @@ pub enum Runtime {
     /// Docker when an engine answers, else the native mosquitto binary.
     #[default]
     Auto,
-    /// `docker compose -f COMPOSE up -d`.
+    /// `docker compose -f COMPOSE up -d` (or `docker-compose` v1 without the plugin).
     Docker,
     /// The `mosquitto` binary, in the background.
     Native,
@@ -148,6 +151,9 @@ pub struct UpArgs {
     /// Where to write the compose file.
     #[arg(long, value_name = "PATH", default_value = "compose.yaml")]
     pub compose_file: PathBuf,
+    /// The mosquitto image compose.yaml runs (a pinned version, a private mirror).
+    #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
+    pub image: String,
     /// Also listen for MQTT over TLS WebSocket on this port.
     #[arg(long, value_name = "N")]
     pub websockets_port: Option<u16>,
@@ -245,6 +251,9 @@ pub struct BrokerState {
     pub pid: Option<i32>,
     pub conf: PathBuf,
     pub compose_file: Option<PathBuf>,
+    /// Docker: the compose tool that started it (absent in older state files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<Compose>,
     pub log: PathBuf,
     pub started_at: String,
 }
@@ -347,25 +356,21 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-fn resolve_runtime(requested: Runtime) -> Result<Runtime> {
+/// The runtime to use and, for Docker, the compose tool that runs the file.
+fn resolve_runtime(requested: Runtime) -> Result<(Runtime, Option<Compose>)> {
     match requested {
         Runtime::Native => {
             native::mosquitto_binary()?;
-            Ok(Runtime::Native)
+            Ok((Runtime::Native, None))
         }
-        Runtime::Docker => {
-            if !native::docker_engine_answers() {
-                bail!("--runtime docker: no Docker engine answers (`docker info` failed); start Docker or use --runtime native (needs the mosquitto package)");
-            }
-            Ok(Runtime::Docker)
-        }
+        Runtime::Docker => Ok((Runtime::Docker, Some(docker::Engine::probe().require()?))),
         Runtime::Auto => {
-            if native::docker_engine_answers() {
-                Ok(Runtime::Docker)
+            if let Ok(compose) = docker::Engine::probe().require() {
+                Ok((Runtime::Docker, Some(compose)))
             } else if native::mosquitto_binary().is_ok() {
-                Ok(Runtime::Native)
+                Ok((Runtime::Native, None))
             } else {
-                bail!("no broker runtime: no Docker engine answers and no `mosquitto` binary was found; install mosquitto (Debian/Ubuntu: `apt-get install mosquitto`, macOS: `brew install mosquitto`) or start Docker")
+                bail!("no broker runtime: no Docker engine with compose answers and no `mosquitto` binary was found; install mosquitto (Debian/Ubuntu: `apt-get install mosquitto`, macOS: `brew install mosquitto`) or start Docker")
             }
         }
     }
@@ -484,7 +489,10 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
         Some(s) => {
             report.running = native::is_running(s);
             if !report.running {
-                report.error = Some("the broker process is not running".into());
+                report.error = Some(match s.runtime {
+                    Runtime::Docker => format!("container {} is not running", docker::CONTAINER),
+                    _ => "the broker process is not running".into(),
+                });
             } else {
                 match probe(out, s, s.auth).await {
                     Ok(d) => {
@@ -499,12 +507,12 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
     if args.json {
         output::print_json(&report)?;
     } else if report.healthy {
+        let who = match report.pid {
+            Some(p) => format!("pid {p}"),
+            None => format!("container {}", docker::CONTAINER),
+        };
         output::print_stdout(&format!(
-            "running and healthy: pid {}, port {}, CONNACK in {:.1} ms\n",
-            report
-                .pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
+            "running and healthy: {who}, port {}, CONNACK in {:.1} ms\n",
             report.port.unwrap_or_default(),
             report.connect_ms.unwrap_or_default()
         ))?;
@@ -538,7 +546,12 @@ async fn down(args: DownArgs) -> Result<ExitCode> {
     match state.runtime {
         Runtime::Docker => {
             if let Some(f) = &state.compose_file {
-                native::compose_down(f)?;
+                let compose = match state.compose {
+                    Some(c) => c,
+                    None => docker::Compose::detect()?,
+                };
+                compose.down(f)?;
+                note!("removed container {}", docker::CONTAINER);
             }
         }
         _ => {
@@ -557,7 +570,12 @@ async fn down(args: DownArgs) -> Result<ExitCode> {
 
 async fn logs(args: LogsArgs) -> Result<ExitCode> {
     let out = &args.out.out;
-    let log = load_state(out)?
+    let state = load_state(out)?;
+    if state.as_ref().is_some_and(|s| s.runtime == Runtime::Docker) {
+        logs::print_container_log(args.tail, args.follow, args.json).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let log = state
         .map(|s| s.log)
         .unwrap_or_else(|| mosquitto_dir(out).join("mosquitto.log"));
     if !log.exists() {
@@ -609,10 +627,7 @@ fn user_add(args: UserAddArgs) -> Result<ExitCode> {
         &args.name,
         &passwd::new_entry(&args.name, &password),
     );
-    write_atomic(&path, text.as_bytes(), MODE_SECRET)?;
-    if let Some(user) = native::privilege_drop_user(Runtime::Native) {
-        native::grant(&user, &path)?;
-    }
+    write_passwd(&args.out.out, &path, &text)?;
     note!(
         "{} user '{}' in {}{}",
         if replaced { "updated" } else { "added" },
@@ -630,10 +645,7 @@ fn user_remove(args: UserRemoveArgs) -> Result<ExitCode> {
     let Some(text) = passwd::remove(&existing, &args.name) else {
         bail!("no user '{}' in {}", args.name, path.display());
     };
-    write_atomic(&path, text.as_bytes(), MODE_SECRET)?;
-    if let Some(user) = native::privilege_drop_user(Runtime::Native) {
-        native::grant(&user, &path)?;
-    }
+    write_passwd(&args.out.out, &path, &text)?;
     note!(
         "removed user '{}' from {}{}",
         args.name,
@@ -643,10 +655,29 @@ fn user_remove(args: UserRemoveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A running native broker re-reads its password file on SIGHUP.
+/// Writes the password file for the broker's user: the runtime that last
+/// ran from `out` says who that is (`mosquitto` natively, uid 1883 in Docker).
+fn write_passwd(out: &Path, path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, text.as_bytes(), MODE_SECRET)?;
+    let runtime = load_state(out)
+        .ok()
+        .flatten()
+        .map_or(Runtime::Native, |s| s.runtime);
+    if let Some(user) = native::privilege_drop_user(runtime) {
+        native::grant(&user, path)?;
+    }
+    Ok(())
+}
+
+/// A running broker re-reads its password file on SIGHUP (in Docker, sent
+/// to the container).
 fn reload_hint(out: &Path) -> String {
+    let reload = |s: &BrokerState| match s.runtime {
+        Runtime::Docker => docker::reload(),
+        _ => native::reload(s),
+    };
     match load_state(out).ok().flatten() {
-        Some(s) if native::is_running(&s) && native::reload(&s) => {
+        Some(s) if native::is_running(&s) && reload(&s) => {
             "; the running broker reloaded it".into()
         }
         _ => String::new(),

@@ -1,4 +1,5 @@
-//! Running mosquitto: the native binary in the background, or docker compose.
+//! Running the native mosquitto binary in the background (docker.rs has the
+//! Docker runtime), and the checks both runtimes share (ports, users).
 
 use std::fs::OpenOptions;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -37,30 +38,6 @@ pub fn mosquitto_binary() -> Result<PathBuf> {
     bail!("--runtime native: no `mosquitto` binary found; install it (Debian/Ubuntu: `apt-get install mosquitto`, macOS: `brew install mosquitto`)")
 }
 
-pub fn docker_engine_answers() -> bool {
-    let Ok(mut child) = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
-}
-
 pub fn check_port_free(bind: Option<&str>, port: u16) -> Result<()> {
     let ip: IpAddr = match bind {
         Some(b) => b.parse().map_err(|_| {
@@ -83,14 +60,7 @@ pub fn privilege_drop_user(runtime: Runtime) -> Option<User> {
         return None;
     }
     match runtime {
-        Runtime::Docker => Some(User {
-            // The eclipse-mosquitto image's user.
-            uid: nix::unistd::Uid::from_raw(1883),
-            gid: nix::unistd::Gid::from_raw(1883),
-            ..User::from_uid(nix::unistd::Uid::from_raw(0))
-                .ok()
-                .flatten()?
-        }),
+        Runtime::Docker => Some(super::docker::image_user()),
         _ => User::from_name("mosquitto").ok().flatten(),
     }
 }
@@ -141,7 +111,7 @@ pub fn spawn(dir: &Path, log: &Path) -> Result<i32> {
 /// Is the process `up` started still alive, and still mosquitto with our config?
 pub fn is_running(state: &BrokerState) -> bool {
     match state.runtime {
-        Runtime::Docker => docker_container_running(),
+        Runtime::Docker => super::docker::container_running(),
         _ => state
             .pid
             .is_some_and(|pid| is_our_mosquitto(pid, &state.conf)),
@@ -234,53 +204,9 @@ pub fn reload(state: &BrokerState) -> bool {
             .is_some_and(|pid| kill(Pid::from_raw(pid), Signal::SIGHUP).is_ok())
 }
 
-fn docker_container_running() -> bool {
-    Command::new("docker")
-        .args(["inspect", "-f", "{{.State.Running}}", "mqttkit-mosquitto"])
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true")
-        .unwrap_or(false)
-}
-
-pub fn compose_up(file: &Path) -> Result<()> {
-    let status = Command::new("docker")
-        .args(["compose", "-f"])
-        .arg(file)
-        .args(["up", "-d"])
-        .status()
-        .context("running `docker compose up -d`")?;
-    if !status.success() {
-        bail!(
-            "`docker compose -f {} up -d` failed ({status})",
-            file.display()
-        );
-    }
-    Ok(())
-}
-
-pub fn compose_down(file: &Path) -> Result<()> {
-    let status = Command::new("docker")
-        .args(["compose", "-f"])
-        .arg(file)
-        .arg("down")
-        .status()
-        .context("running `docker compose down`")?;
-    if !status.success() {
-        bail!(
-            "`docker compose -f {} down` failed ({status})",
-            file.display()
-        );
-    }
-    Ok(())
-}
-
 pub fn log_tail(state: &BrokerState, lines: usize) -> String {
     if state.runtime == Runtime::Docker {
-        return Command::new("docker")
-            .args(["logs", "--tail", &lines.to_string(), "mqttkit-mosquitto"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-            .unwrap_or_default();
+        return super::docker::log_tail(lines);
     }
     let text = std::fs::read_to_string(&state.log).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

@@ -38,6 +38,9 @@ pub struct ConfVars<'a> {
 #[derive(Debug, Serialize)]
 pub struct ComposeVars<'a> {
     pub container_name: &'a str,
+    pub image: &'a str,
+    /// `UID:GID` the container runs as.
+    pub user: &'a str,
     pub port: u16,
     pub publish_port: String,
     pub websockets_port: Option<u16>,
@@ -154,6 +157,25 @@ mod tests {
         let p = mosquitto_conf(&vars("password")).unwrap();
         assert!(p.contains("password_file passwd"));
         assert!(p.contains("require_certificate false"));
+    }
+
+    #[test]
+    fn compose_records_the_image_user_and_loopback_ports() {
+        let c = compose(&ComposeVars {
+            container_name: "mqttkit-mosquitto",
+            image: "registry.local:5000/eclipse-mosquitto:2.0.18",
+            user: "1883:1883",
+            port: 8883,
+            publish_port: "127.0.0.1:8883".into(),
+            websockets_port: None,
+            publish_websockets_port: String::new(),
+            mosquitto_dir: "./out/mosquitto",
+            certs_dir: "./out/certs",
+        })
+        .unwrap();
+        assert!(c.contains("    image: \"registry.local:5000/eclipse-mosquitto:2.0.18\"\n"));
+        assert!(c.contains("    user: \"1883:1883\"\n"));
+        assert!(c.contains("      - \"127.0.0.1:8883:8883\"\n"));
     }
 
     #[test]

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::native;
 use super::render::AclTree;
 use super::{
     broker_cert_names, compose_path_str, load_state, mosquitto_dir, now_rfc3339, publish,
-    relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Durability,
-    Runtime, UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
+    relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Compose,
+    Durability, Runtime, UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
 };
+use super::{docker, native};
 use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC};
 use crate::mqtt::{self, profile};
 use crate::schema::{Schema, SchemaSource};
@@ -35,6 +35,8 @@ pub struct UpConfig {
     pub bind: Option<String>,
     pub runtime: Runtime,
     pub compose_file: PathBuf,
+    /// The image compose.yaml runs (Docker runtime).
+    pub image: String,
     pub websockets_port: Option<u16>,
     pub auth: Auth,
     pub durability: Durability,
@@ -54,6 +56,7 @@ impl UpConfig {
             bind: None,
             runtime: Runtime::default(),
             compose_file: PathBuf::from("compose.yaml"),
+            image: super::DEFAULT_IMAGE.to_string(),
             websockets_port: None,
             auth: Auth::default(),
             durability: Durability::default(),
@@ -73,6 +76,7 @@ impl UpArgs {
             bind: self.bind.clone(),
             runtime: self.runtime,
             compose_file: self.compose_file.clone(),
+            image: self.image.clone(),
             websockets_port: self.websockets_port,
             auth: self.auth,
             durability: self.durability,
@@ -89,6 +93,8 @@ struct Plan<'a> {
     certs: PathBuf,
     dir: PathBuf,
     runtime: Runtime,
+    /// Docker: the compose tool that runs the file.
+    compose: Option<Compose>,
     /// None when `--runtime native` leaves a foreign compose file alone.
     compose_file: Option<&'a Path>,
     password_file: bool,
@@ -114,6 +120,8 @@ pub async fn up(cfg: &UpConfig) -> Result<ExitCode> {
     let report = UpReport {
         runtime: plan.runtime,
         pid: state.pid,
+        container: plan.compose.map(|_| docker::CONTAINER),
+        compose_command: plan.compose.map(Compose::name),
         port: cfg.port,
         websockets_url: cfg
             .websockets_port
@@ -144,6 +152,7 @@ fn validate(cfg: &UpConfig) -> Result<PathBuf> {
     if cfg.websockets_port == Some(cfg.port) {
         bail!("--websockets-port must differ from --port ({})", cfg.port);
     }
+    docker::validate_image(&cfg.image)?;
     Ok(certs)
 }
 
@@ -162,8 +171,12 @@ fn already_running(cfg: &UpConfig) -> Result<Option<ExitCode>> {
         );
     }
     note!(
-        "broker already running (pid {}, port {}); nothing to do",
-        state.pid.unwrap_or_default(),
+        "broker already running ({}, port {}); nothing to do",
+        state
+            .pid
+            .map_or(format!("container {}", docker::CONTAINER), |p| format!(
+                "pid {p}"
+            )),
         state.port
     );
     profile::write_local(out, "localhost", state.port)?;
@@ -181,7 +194,7 @@ fn already_running(cfg: &UpConfig) -> Result<Option<ExitCode>> {
 /// The runtime, the files to write and who must read them; fails before
 /// anything is written when users or ports are missing.
 fn plan(cfg: &UpConfig, certs: PathBuf) -> Result<Plan<'_>> {
-    let runtime = super::resolve_runtime(cfg.runtime)?;
+    let (runtime, compose) = super::resolve_runtime(cfg.runtime)?;
     let compose_file = compose_target(&cfg.compose_file, runtime, &cfg.out)?;
     let dir = mosquitto_dir(&cfg.out);
     let password_file = cfg.auth != Auth::Cert;
@@ -201,6 +214,7 @@ fn plan(cfg: &UpConfig, certs: PathBuf) -> Result<Plan<'_>> {
         certs,
         dir,
         runtime,
+        compose,
         compose_file,
         password_file,
         drop_to: native::privilege_drop_user(runtime),
@@ -224,11 +238,18 @@ fn acl_tree(cfg: &UpConfig) -> Result<AclTree> {
 fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
     let dir = &plan.dir;
     crate::pki::revoke::refresh_crl_if_due(&plan.certs);
+    // In a container mosquitto listens on all of the container's addresses
+    // (docker publishes the ports on --bind) and already runs as its user.
+    let native = plan.runtime == Runtime::Native;
     let conf = render::mosquitto_conf(&render::ConfVars {
         port: cfg.port,
-        bind: cfg.bind.as_deref(),
+        bind: cfg.bind.as_deref().filter(|_| native),
         websockets_port: cfg.websockets_port,
-        user: plan.drop_to.as_ref().map(|u| u.name.as_str()),
+        user: plan
+            .drop_to
+            .as_ref()
+            .filter(|_| native)
+            .map(|u| u.name.as_str()),
         auth: cfg.auth.as_str(),
         password_file: plan.password_file,
         certs: &relative_to(&plan.certs, dir).display().to_string(),
@@ -274,7 +295,9 @@ fn render_compose(cfg: &UpConfig, plan: &Plan<'_>) -> Result<String> {
     };
     let bind = cfg.bind.as_deref();
     render::compose(&render::ComposeVars {
-        container_name: "mqttkit-mosquitto",
+        container_name: docker::CONTAINER,
+        image: &cfg.image,
+        user: &docker::container_user(),
         port: cfg.port,
         publish_port: publish(bind, cfg.port),
         websockets_port: cfg.websockets_port,
@@ -298,12 +321,16 @@ fn start(cfg: &UpConfig, plan: &Plan<'_>) -> Result<BrokerState> {
         pid: None,
         conf: profile::absolute(&plan.dir.join("mosquitto.conf")),
         compose_file: plan.compose_file.map(profile::absolute),
+        compose: plan.compose,
         log: profile::absolute(&log),
         started_at: now_rfc3339(),
     };
     match plan.runtime {
         Runtime::Native => state.pid = Some(native::spawn(&plan.dir, &log)?),
-        Runtime::Docker => native::compose_up(&cfg.compose_file)?,
+        Runtime::Docker => {
+            let compose = plan.compose.expect("resolved with the runtime");
+            compose.up(&cfg.compose_file)?
+        }
         Runtime::Auto => unreachable!("resolved by plan()"),
     }
     write_atomic(
@@ -340,13 +367,19 @@ async fn wait(cfg: &UpConfig, state: &BrokerState) -> Result<()> {
     spinner.finish_and_clear();
     let Err(e) = health else { return Ok(()) };
     let tail = native::log_tail(state, 15);
-    if state.runtime == Runtime::Native {
-        native::stop(state, Duration::from_secs(5));
+    match (state.runtime, state.compose, &state.compose_file) {
+        (Runtime::Docker, Some(compose), Some(file)) => {
+            let _ = compose.down(file);
+        }
+        _ => native::stop(state, Duration::from_secs(5)),
     }
     let _ = std::fs::remove_file(state_path(&cfg.out));
     bail!(
         "the broker did not become healthy: {e:#}\n--- {} (last lines) ---\n{tail}",
-        state.log.display()
+        match state.runtime {
+            Runtime::Docker => format!("docker logs {}", docker::CONTAINER),
+            _ => state.log.display().to_string(),
+        }
     );
 }
 
@@ -372,6 +405,9 @@ fn compose_target<'a>(path: &'a Path, runtime: Runtime, out: &Path) -> Result<Op
 struct UpReport {
     runtime: Runtime,
     pid: Option<i32>,
+    /// Docker: the container and the compose command that started it.
+    container: Option<&'static str>,
+    compose_command: Option<&'static str>,
     port: u16,
     websockets_url: Option<String>,
     auth: &'static str,
@@ -386,15 +422,13 @@ struct UpReport {
 
 impl UpReport {
     fn human(&self) -> String {
+        let what = match (self.container, self.compose_command, self.pid) {
+            (Some(c), Some(cmd), _) => format!("docker runtime via {cmd}, container {c}"),
+            (_, _, Some(pid)) => format!("native runtime, pid {pid}"),
+            _ => "native runtime".into(),
+        };
         let mut s = format!(
-            "mosquitto is up ({} runtime, pid {}) on port {} with {}, healthy after {:.1?}\n",
-            match self.runtime {
-                Runtime::Native => "native",
-                _ => "docker",
-            },
-            self.pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
+            "mosquitto is up ({what}) on port {} with {}, healthy after {:.1?}\n",
             self.port,
             match self.auth {
                 "password" => "TLS and passwords (password auth; no client certificate required)",
@@ -415,9 +449,12 @@ impl UpReport {
         if let Some(compose) = &self.compose {
             s.push_str(&format!("  compose     {}\n", compose.display()));
         }
+        let log = match self.container {
+            Some(c) => format!("`mqttkit broker logs` (docker logs {c})"),
+            None => self.log.display().to_string(),
+        };
         s.push_str(&format!(
-            "  log         {}\n  profile     {} (use --profile local)\n",
-            self.log.display(),
+            "  log         {log}\n  profile     {} (use --profile local)\n",
             self.profile.display()
         ));
         s

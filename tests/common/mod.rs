@@ -322,6 +322,83 @@ pub fn mosquitto_tls_args(broker: &Broker, name: Option<&str>) -> Vec<String> {
     v
 }
 
+/// Starts mosquitto_sub in the background for `topic` as `identity`, expecting `count` messages.
+pub fn mosquitto_sub(
+    broker: &Broker,
+    identity: &str,
+    topic: &str,
+    count: usize,
+    secs: u32,
+) -> Child {
+    let child = Command::new("mosquitto_sub")
+        .args(mosquitto_tls_args(broker, Some(identity)))
+        .args([
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-v",
+            "-C",
+            &count.to_string(),
+            "-W",
+            &secs.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // mosquitto_sub has no "subscribed" signal; give it time to SUBSCRIBE.
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
+pub fn mosquitto_pub(broker: &Broker, identity: &str, topic: &str, msg: &str) {
+    ok(&run(
+        Command::new("mosquitto_pub")
+            .args(mosquitto_tls_args(broker, Some(identity)))
+            .args(["-t", topic, "-m", msg, "-q", "1"]),
+        Duration::from_secs(60),
+    ));
+}
+
+/// With device-001 and device-002 issued: the server reads all telemetry,
+/// a device publishes only its own, reads only its own commands, sends none.
+pub fn assert_acls_confine_devices(broker: &Broker) {
+    // The server receives every device's telemetry by wildcard.
+    let server = mosquitto_sub(broker, "server", "devices/+/telemetry", 2, 10);
+    mosquitto_pub(broker, "device-001", "devices/device-001/telemetry", "one");
+    // device-001 publishing as device-002: the broker drops it.
+    mosquitto_pub(
+        broker,
+        "device-001",
+        "devices/device-002/telemetry",
+        "forged",
+    );
+    mosquitto_pub(broker, "device-002", "devices/device-002/telemetry", "two");
+    let o = wait_output(server, Duration::from_secs(60), "mosquitto_sub server");
+    let got = stdout(&o);
+    assert!(got.contains("devices/device-001/telemetry one"), "{got}");
+    assert!(got.contains("devices/device-002/telemetry two"), "{got}");
+    assert!(!got.contains("forged"), "{got}");
+
+    // device-001 cannot read device-002's commands, device-002 can.
+    let spy = mosquitto_sub(broker, "device-001", "devices/device-002/commands", 1, 3);
+    let own = mosquitto_sub(broker, "device-002", "devices/device-002/commands", 1, 10);
+    mosquitto_pub(broker, "server", "devices/device-002/commands", "reboot");
+    let o = wait_output(own, Duration::from_secs(60), "mosquitto_sub device-002");
+    assert!(stdout(&o).contains("reboot"), "{}", stdout(&o));
+    let o = wait_output(spy, Duration::from_secs(60), "mosquitto_sub device-001");
+    assert!(
+        !stdout(&o).contains("reboot"),
+        "device-001 read device-002's command"
+    );
+    // A device cannot send commands.
+    let own = mosquitto_sub(broker, "device-002", "devices/device-002/commands", 1, 3);
+    mosquitto_pub(broker, "device-001", "devices/device-002/commands", "evil");
+    let o = wait_output(own, Duration::from_secs(60), "mosquitto_sub device-002");
+    assert!(!stdout(&o).contains("evil"));
+}
+
 /// How long `Proc::wait_stderr` waits.
 const PROC_LIMIT: Duration = Duration::from_secs(60);
 
