@@ -32,7 +32,7 @@ VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import paho.mqtt, google.protobuf, grpc_tools, moto.server, boto3' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import paho.mqtt, google.protobuf, grpc_tools, moto.server, boto3, cryptography' 2>/dev/null; then
   echo "== installing Python test peers into $VENV" >&2
   "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/py/requirements.txt
 fi
