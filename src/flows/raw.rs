@@ -277,6 +277,7 @@ pub async fn run_sub(args: RawSubArgs) -> Result<ExitCode> {
     for f in &args.filters {
         check_filter(f)?;
     }
+    let schema = load_schema(&args.schema)?;
     let endpoint = args.conn.spec()?.resolve(Role::Server)?;
     let persistent = args.common.persistent;
     let client_id = match (&endpoint.client_id, persistent) {
@@ -295,7 +296,6 @@ pub async fn run_sub(args: RawSubArgs) -> Result<ExitCode> {
         connect_timeout: None,
         max_packet: args.common.max_packet,
     };
-    let schema = load_schema(&args.schema)?;
     let format = match (args.format, args.common.json) {
         (Some(f), true) if f != Format::Json => {
             bail!("--json: conflicts with --format {f:?}; give one of them")
@@ -486,9 +486,9 @@ fn base64_of(b: &[u8]) -> String {
 impl Print for RawPrinter {
     fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
         let decoded = self.decode(p);
-        if let Decoded::Failed(name, e) = &decoded {
+        if let Decoded::Failed(_, e) = &decoded {
             crate::note!(
-                "warning: {} ({} bytes) is not a {name}: {e}; printed as hex",
+                "warning: {} ({} bytes): {e}; printed as hex",
                 crate::telemetry::Escaped(&p.topic),
                 p.payload.len()
             );
