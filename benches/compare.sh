@@ -3,6 +3,7 @@
 # in the same run:
 #   1. mosquitto_pub -l  -> mosquitto_sub          (the C clients), QoS 0 and 1
 #   2. mqttkit pub telemetry -> mqttkit sub telemetry,               QoS 0 and 1
+#   2b. mqttkit pub -t -l -> mqttkit sub -t (raw lines, the same text as 1), QoS 0 and 1
 #   3. mqttkit bench: 1 device, 100 devices, and 1,000 devices with per-device
 #      certificates (connect rate, latency, memory per connection)
 # For each pub -> sub pair it counts what arrived at the subscriber and the
@@ -131,11 +132,28 @@ EOF
 }
 declare -A CHECK
 
+# The same text lines as the C clients, through mqttkit's raw pub -l / sub -t.
+run_mqttkit_raw() {
+  local q=$1; local out="raw_q$q.txt"
+  "$BIN" sub --out out -t 'devices/+/telemetry' -q "$q" -C "$N" --reconnect-timeout 5 >"$out" 2>raw_sub_q$q.err &
+  local sub=$!; PIDS+=("$sub")
+  sleep 1
+  local t0 c0; t0=$(now); c0=$(broker_cpu)
+  "$BIN" pub --out out -t devices/device-001/telemetry -q "$q" -l <lines.txt 2>raw_pub_q$q.err || echo "  (mqttkit pub -l exited $?)" >&2
+  read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
+  COUNT[raw$q]=$n; SECS[raw$q]=$secs
+  RATE[raw$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
+  broker_note "raw$q" "$c0" "$(broker_cpu)" "$secs" "$n"
+  echo "mqttkit pub -l -> mqttkit sub -t   QoS $q: $n of $N arrived in $secs s: ${RATE[raw$q]} msg/s (broker ${BROKER_US[raw$q]} us CPU per message, busy ${BUSY[raw$q]})" >&2
+}
+
 echo "== mosquitto $(mosquitto -h 2>&1 | head -1 | awk '{print $3}'), mTLS on 127.0.0.1:$PORT, $N messages per run" >&2
 run_mosquitto 0
 run_mosquitto 1
 run_mqttkit 0
 run_mqttkit 1
+run_mqttkit_raw 0
+run_mqttkit_raw 1
 
 bench() {
   local name=$1; shift
@@ -170,6 +188,10 @@ mosquitto_pub -> mosquitto_sub  QoS 0: ${RATE[mosq0]} msg/s (${COUNT[mosq0]}/$N)
 mosquitto_pub -> mosquitto_sub  QoS 1: ${RATE[mosq1]} msg/s (${COUNT[mosq1]}/$N)
 mqttkit pub -> mqttkit sub      QoS 0: ${RATE[mqttkit0]} msg/s (${COUNT[mqttkit0]}/$N; ${CHECK[mqttkit0]})
 mqttkit pub -> mqttkit sub      QoS 1: ${RATE[mqttkit1]} msg/s (${COUNT[mqttkit1]}/$N; ${CHECK[mqttkit1]})
+mqttkit pub -l -> sub -t        QoS 0: ${RATE[raw0]} msg/s (${COUNT[raw0]}/$N)
+mqttkit pub -l -> sub -t        QoS 1: ${RATE[raw1]} msg/s (${COUNT[raw1]}/$N)
+ratio raw lines mqttkit / C     QoS 0: $(ratio "${RATE[raw0]}" "${RATE[mosq0]}")   (target >= 1.0x)
+ratio raw lines mqttkit / C     QoS 1: $(ratio "${RATE[raw1]}" "${RATE[mosq1]}")   (target >= 1.0x)
 ratio mqttkit / mosquitto       QoS 0: $(ratio "${RATE[mqttkit0]}" "${RATE[mosq0]}")   (target >= 1.2x)
 ratio mqttkit / mosquitto       QoS 1: $(ratio "${RATE[mqttkit1]}" "${RATE[mosq1]}")
 ratio mqttkit QoS 1 / QoS 0          : $(ratio "${RATE[mqttkit1]}" "${RATE[mqttkit0]}")   (target >= 0.50x)

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 N=${1:-100000}
 RATE=${RATE:-20000}   # live-run publisher rate, msg/s
 
-cargo build --profile profiling --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --profile profiling --quiet
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/profiling/mqttkit
 WORK=$(mktemp -d)
 chmod 755 "$WORK" # postgres (another user) must reach its data dir
