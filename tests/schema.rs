@@ -341,3 +341,82 @@ fn json_that_does_not_fit_is_a_one_line_error_naming_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn pub_and_sub_telemetry_on_the_schema_count_every_seq_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, schema) = plant_broker(tmp.path());
+    let schema = schema.to_str().unwrap();
+    let mut c = b.mqttkit();
+    c.args([
+        "sub",
+        "telemetry",
+        "--schema",
+        schema,
+        "--json",
+        "--count",
+        "2000",
+    ]);
+    let mut sub = common::Proc::spawn(c);
+    sub.wait_stderr("subscribed to plant/+/+/metrics");
+    let mut c = b.mqttkit();
+    c.args([
+        "pub",
+        "telemetry",
+        "--schema",
+        schema,
+        "--device-id",
+        "pump-a",
+    ])
+    .args([
+        "--label",
+        "site=osaka",
+        "--count",
+        "2000",
+        "--qos",
+        "1",
+        "--json",
+    ]);
+    let o = run(&mut c, T);
+    let summary = json(&stdout(ok(&o)));
+    assert_eq!(summary["acked"], 2000, "{summary}");
+    assert_eq!(summary["topic"], "plant/osaka/pump-a/metrics");
+    let (status, lines, err) = sub.finish(T);
+    assert!(status.success(), "{err}");
+    let mut seqs: Vec<u64> = lines
+        .iter()
+        .map(|l| json(l)["seq"].as_u64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs, (0..2000).collect::<Vec<u64>>());
+    let first = json(&lines[0]);
+    assert_eq!(first["device"], "pump-a");
+    assert_eq!(first["labels"]["site"], "osaka");
+    assert_eq!(first["type"], "acme.plant.v1.Metrics");
+    assert!(
+        first["message"]["sampledAt"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z'),
+        "{first}"
+    );
+    assert!(
+        first["message"]["env"]["temperatureC"].is_number(),
+        "{first}"
+    );
+    // A label the topic needs but nobody gave: one line before connecting.
+    let mut c = b.mqttkit();
+    c.args([
+        "pub",
+        "telemetry",
+        "--schema",
+        schema,
+        "--device-id",
+        "pump-a",
+        "--count",
+        "1",
+    ]);
+    let err = stderr(&run(&mut c, T));
+    assert!(err.contains("no value for {site}"), "{err}");
+}

@@ -7,6 +7,7 @@
 
 pub mod publish;
 pub mod raw;
+mod schema_sub;
 pub mod subscribe;
 
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
@@ -121,6 +122,13 @@ pub struct PubTelemetryArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Publish the schema's telemetry type on its telemetry topic instead
+    /// of mqttkit's Telemetry on devices/ID/telemetry.
+    #[command(flatten)]
+    pub schema: crate::schema::SchemaArgs,
+    /// A value for a {label} of the schema's telemetry topic (repeatable), e.g. --label site=osaka.
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = crate::schema::args::parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +204,10 @@ pub struct SubTelemetryArgs {
     pub common: SubCommonArgs,
     #[command(flatten)]
     pub sink: crate::sink::SinkOptions,
+    /// Receive the schema's telemetry type on its telemetry topics instead
+    /// of mqttkit's Telemetry on devices/+/telemetry.
+    #[command(flatten)]
+    pub schema: crate::schema::SchemaArgs,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,8 @@ use crate::mqtt::poller::Poller;
 use crate::mqtt::{command_topic, telemetry_topic, unique_client_id, Role};
 use crate::pipeline::{Reconnect, Shutdown};
 use crate::proto::Command;
+use crate::schema::generate::Generator;
+use crate::schema::{Labels, Role as SchemaRole};
 use crate::telemetry::dummy::DummyDevice;
 
 /// How long Ctrl-C waits for the PUBACKs of messages already written.
@@ -93,12 +95,13 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         bail!("--max-queued 0: must be at least 1");
     }
     let device = device_id(&args.conn, args.device_id.as_deref())?;
+    let (topic, source) = telemetry_source(&args, &device)?;
     let endpoint = args.conn.spec()?.resolve(Role::Device(&device))?;
     // A fixed client id and a kept session, so the broker resumes our packet
     // ids after a reconnect.
     let client_id = endpoint.client_id.clone().unwrap_or_else(|| device.clone());
     let stream = Stream {
-        topic: telemetry_topic(&device),
+        topic,
         qos: args.qos,
         retain: args.retain,
         window: window(args.window, args.qos),
@@ -111,8 +114,38 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         label: format!("pub telemetry {device}"),
         device_id: device.clone(),
     };
-    let source = Source::Dummy(Box::new(DummyDevice::new(&device, args.start_seq)));
     publish_stream(&endpoint, &client_id, stream, source).await
+}
+
+/// The topic and the messages: mqttkit's `Telemetry` on devices/ID/telemetry,
+/// or with a schema its telemetry type on its telemetry topic (`{device}` =
+/// the device, other labels from --label).
+fn telemetry_source(args: &PubTelemetryArgs, device: &str) -> Result<(String, Source)> {
+    let Some(schema) = super::raw::load_schema(&args.schema)? else {
+        if !args.labels.is_empty() {
+            bail!("--label: only with --schema (mqttkit's own topics have no labels)");
+        }
+        let dummy = DummyDevice::new(device, args.start_seq);
+        return Ok((telemetry_topic(device), Source::Dummy(Box::new(dummy))));
+    };
+    let rule = match schema.rule_of(SchemaRole::Telemetry) {
+        Some(rule) => rule,
+        // The one-off form (--proto --message): that type on devices/ID/telemetry.
+        None if args.schema.message_type.is_some() => &schema.rules[0],
+        None => bail!("--schema: no [[topic]] has role = \"telemetry\"; mark the device's telemetry topic with it"),
+    };
+    let topic = if rule.role.is_some() {
+        let mut labels: Labels = args.labels.iter().cloned().collect();
+        labels.insert(
+            crate::schema::template::DEVICE.to_string(),
+            device.to_string(),
+        );
+        rule.template.topic(&labels)?
+    } else {
+        telemetry_topic(device)
+    };
+    let generator = Generator::new(rule, device, args.start_seq);
+    Ok((topic, Source::Generated(Box::new(generator))))
 }
 
 /// The in-flight window: `--window`, else 256, but [`QOS2_WINDOW`] at QoS 2.
@@ -150,6 +183,8 @@ pub(crate) struct Stream {
 pub(crate) enum Source {
     /// The dummy device's readings, as fast or as often as asked.
     Dummy(Box<DummyDevice>),
+    /// Messages of the user's telemetry type (`--schema`), likewise.
+    Generated(Box<Generator>),
     /// Raw payloads from a reader (`-l` lines as they are read; `-m`, `-f`,
     /// `-n` one message); `next` holds one taken while the window was full.
     Raw {
@@ -170,7 +205,7 @@ impl Source {
 
     fn more(&self) -> bool {
         match self {
-            Source::Dummy(_) => true,
+            Source::Dummy(_) | Source::Generated(_) => true,
             Source::Raw { next, ended, .. } => next.is_some() || !ended,
         }
     }
@@ -179,6 +214,7 @@ impl Source {
     fn take(&mut self) -> Option<Bytes> {
         match self {
             Source::Dummy(d) => Some(d.next_payload().1),
+            Source::Generated(g) => Some(g.next_payload(crate::clock::now_unix_nano()).1),
             Source::Raw { rx, next, ended } => next.take().or_else(|| match rx.try_recv() {
                 Ok(b) => Some(b),
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,

@@ -18,6 +18,7 @@ use rangemap::RangeInclusiveSet;
 use rumqttc::Publish;
 use serde::Serialize;
 
+use super::schema_sub::SchemaPrinter;
 use super::{
     device_id, qos, validate_device_id, Out, SubCommandArgs, SubCommonArgs, SubTelemetryArgs,
 };
@@ -29,6 +30,7 @@ use crate::pipeline::quarantine::{payload_problem, DeadLetterFile, Rejected};
 use crate::pipeline::{self, Acks, Batching, Handled, Handler, SubscribeConfig};
 use crate::proto::v1::telemetry::Status;
 use crate::proto::{Command, Telemetry};
+use crate::schema::{Role as SchemaRole, Schema};
 use crate::telemetry::{rfc3339_nanos, Escaped, HumanLine, HumanTime};
 
 /// Longest a received line waits in the stdout buffer (when not a TTY).
@@ -42,11 +44,14 @@ pub async fn run(command: super::SubCommand) -> Result<ExitCode> {
 }
 
 pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
+    if let Some(id) = &args.device_id {
+        validate_device_id(id)?;
+    }
+    if let Some(schema) = super::raw::load_schema(&args.schema)? {
+        return run_schema_telemetry(args, schema).await;
+    }
     let filter = match &args.device_id {
-        Some(id) => {
-            validate_device_id(id)?;
-            telemetry_topic(id)
-        }
+        Some(id) => telemetry_topic(id),
         None => ALL_TELEMETRY.to_string(),
     };
     if args.sink.is_some() {
@@ -68,7 +73,40 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
         dead_letter: DeadLetterFile::new(&dead_letter_dir(&args)),
         rejects: Vec::new(),
     };
-    subscribe(&endpoint, &args.common, &fixed_id, filter, printer).await
+    subscribe(&endpoint, &args.common, &fixed_id, vec![filter], printer).await
+}
+
+/// `sub telemetry --schema`: the schema's telemetry filters, decoded by it.
+async fn run_schema_telemetry(args: SubTelemetryArgs, schema: Schema) -> Result<ExitCode> {
+    if args.sink.is_some() {
+        bail!("--sink with --schema: storing your own message types is not built yet; store mqttkit's Telemetry, or read yours with `sub telemetry --schema F --json`");
+    }
+    let filters = match &args.device_id {
+        Some(id) => schema.device_topics(SchemaRole::Telemetry, id),
+        None => schema.filters(SchemaRole::Telemetry),
+    };
+    let filters = match (filters.is_empty(), &args.schema.message_type) {
+        (false, _) => filters,
+        // The one-off form (--proto --message): mqttkit's telemetry topics.
+        (true, Some(_)) => {
+            vec![(args.device_id.as_deref()).map_or(ALL_TELEMETRY.to_string(), telemetry_topic)]
+        }
+        (true, None) => bail!(
+            "--schema: no [[topic]] has role = \"telemetry\"; mark the telemetry topics with it"
+        ),
+    };
+    let spec = args.conn.spec()?;
+    let endpoint = spec.resolve(Role::Server)?;
+    let identity = identity_name(&endpoint, "server");
+    let fixed_id = format!("{identity}-sub-telemetry-schema");
+    let printer = SchemaPrinter {
+        schema,
+        json: args.common.json,
+        seen: args.common.count.map(|_| HashMap::new()),
+        dead_letter: DeadLetterFile::new(&dead_letter_dir(&args)),
+        rejects: Vec::new(),
+    };
+    subscribe(&endpoint, &args.common, &fixed_id, filters, printer).await
 }
 
 pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
@@ -79,7 +117,7 @@ pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
     let printer = CommandPrinter {
         json: args.common.json,
     };
-    subscribe(&endpoint, &args.common, &fixed_id, filter, printer).await
+    subscribe(&endpoint, &args.common, &fixed_id, vec![filter], printer).await
 }
 
 /// `--dead-letter DIR`, else OUT/dead-letter.
@@ -106,19 +144,19 @@ async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
         .unwrap_or_else(|| sink.default_client_id(args.device_id.as_deref()));
     // Always persistent: the session keeps what arrives while the sink is
     // down (the at-least-once guarantee); --persistent says it again.
-    let cfg = subscribe_config(&args.common, filter, client_id, true);
+    let cfg = subscribe_config(&args.common, vec![filter], client_id, true);
     sink.run(&endpoint, &cfg).await
 }
 
 /// The pipeline's configuration from `sub`'s flags: the one place they are read.
 fn subscribe_config(
     common: &SubCommonArgs,
-    filter: String,
+    filters: Vec<String>,
     client_id: String,
     persistent: bool,
 ) -> SubscribeConfig {
     SubscribeConfig {
-        filters: vec![filter],
+        filters,
         qos: qos(common.qos),
         client_id,
         persistent,
@@ -182,7 +220,7 @@ async fn subscribe<P: Print>(
     endpoint: &Endpoint,
     common: &SubCommonArgs,
     fixed_id: &str,
-    filter: String,
+    filters: Vec<String>,
     printer: P,
 ) -> Result<ExitCode> {
     let client_id = match (&endpoint.client_id, common.persistent) {
@@ -191,7 +229,8 @@ async fn subscribe<P: Print>(
         (None, false) => unique_client_id("mqttkit-sub"),
     };
     let banner = format!(
-        "subscribed to {filter} on {} as {client_id}{}",
+        "subscribed to {} on {} as {client_id}{}",
+        filters.join(", "),
         endpoint.describe(),
         if common.persistent {
             " (persistent session)"
@@ -199,7 +238,7 @@ async fn subscribe<P: Print>(
             ""
         }
     );
-    let cfg = subscribe_config(common, filter, client_id, common.persistent);
+    let cfg = subscribe_config(common, filters, client_id, common.persistent);
     let mut handler = Printing::new(printer, banner);
     let (shutdown, timed_out) = super::raw::stop_after(common.timeout);
     let summary = pipeline::run(endpoint, &cfg, shutdown, &mut handler).await?;

@@ -12,7 +12,11 @@ use serde_json::Value;
 /// refused: it is a valid (all-default) message, but on MQTT it is what
 /// clearing a retained message sends, not data.
 pub fn decode(desc: &MessageDescriptor, payload: &[u8]) -> Result<Value> {
-    let msg = decode_message(desc, payload)?;
+    to_json(&decode_message(desc, payload)?)
+}
+
+/// A message's canonical proto3 JSON value.
+pub fn to_json(msg: &DynamicMessage) -> Result<Value> {
     let mut out = serde_json::Serializer::new(Vec::new());
     msg.serialize_with_options(&mut out, &SerializeOptions::new())?;
     Ok(serde_json::from_slice(&out.into_inner())?)

@@ -27,6 +27,7 @@
 
 pub mod args;
 pub mod codec;
+pub mod generate;
 pub mod template;
 
 use std::path::{Path, PathBuf};
@@ -377,7 +378,7 @@ fn time_field(
     }
 }
 
-fn is_integer(k: &Kind) -> bool {
+pub(crate) fn is_integer(k: &Kind) -> bool {
     matches!(
         k,
         Kind::Int32
