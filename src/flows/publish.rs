@@ -185,20 +185,21 @@ pub(crate) enum Source {
     Dummy(Box<DummyDevice>),
     /// Messages of the user's telemetry type (`--schema`), likewise.
     Generated(Box<Generator>),
-    /// Raw payloads from a reader (`-l` lines as they are read; `-m`, `-f`,
-    /// `-n` one message); `next` holds one taken while the window was full.
+    /// Raw payloads from a reader, in chunks (`-l`: the lines read so far,
+    /// so one wakeup brings many; `-m`, `-f`, `-n`: one message); `next`
+    /// holds what was received and not yet taken.
     Raw {
-        rx: tokio::sync::mpsc::Receiver<Bytes>,
-        next: Option<Bytes>,
+        rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+        next: VecDeque<Bytes>,
         ended: bool,
     },
 }
 
 impl Source {
-    pub(crate) fn raw(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+    pub(crate) fn raw(rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>) -> Self {
         Source::Raw {
             rx,
-            next: None,
+            next: VecDeque::new(),
             ended: false,
         }
     }
@@ -206,7 +207,7 @@ impl Source {
     fn more(&self) -> bool {
         match self {
             Source::Dummy(_) | Source::Generated(_) => true,
-            Source::Raw { next, ended, .. } => next.is_some() || !ended,
+            Source::Raw { next, ended, .. } => !next.is_empty() || !ended,
         }
     }
 
@@ -215,8 +216,11 @@ impl Source {
         match self {
             Source::Dummy(d) => Some(d.next_payload().1),
             Source::Generated(g) => Some(g.next_payload(crate::clock::now_unix_nano()).1),
-            Source::Raw { rx, next, ended } => next.take().or_else(|| match rx.try_recv() {
-                Ok(b) => Some(b),
+            Source::Raw { rx, next, ended } => next.pop_front().or_else(|| match rx.try_recv() {
+                Ok(chunk) => {
+                    next.extend(chunk);
+                    next.pop_front()
+                }
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
                     *ended = true;
@@ -230,21 +234,14 @@ impl Source {
     async fn wait(&mut self) {
         if let Source::Raw { rx, next, ended } = self {
             match rx.recv().await {
-                Some(b) => *next = Some(b),
+                Some(chunk) => next.extend(chunk),
                 None => *ended = true,
             }
         }
     }
 
     fn waiting(&self) -> bool {
-        matches!(
-            self,
-            Source::Raw {
-                next: None,
-                ended: false,
-                ..
-            }
-        )
+        matches!(self, Source::Raw { next, ended: false, .. } if next.is_empty())
     }
 }
 

@@ -8,7 +8,7 @@
 //! acknowledged it (PUBACK / PUBCOMP), and the exit status says whether all
 //! were.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +32,10 @@ use prost_reflect::MessageDescriptor;
 /// mosquitto_sub's exit status when -W expired first.
 pub const TIMED_OUT: u8 = 27;
 
-/// Lines of `-l` read ahead of the network, at most.
-const READ_AHEAD: usize = 4096;
+/// Chunks of `-l` lines read ahead of the network, at most.
+const READ_AHEAD: usize = 64;
+/// Most lines in one chunk.
+const CHUNK: usize = 256;
 
 #[derive(Debug, Args)]
 pub struct RawPubArgs {
@@ -187,33 +189,39 @@ struct Input {
 }
 
 impl Input {
-    fn encode(&self, text: &[u8], place: &str) -> Result<Bytes> {
+    /// `text` as a payload; `place` names it in an error (built only then).
+    fn encode(&self, text: &[u8], place: impl Fn() -> String) -> Result<Bytes> {
         let Some(desc) = &self.desc else {
             return Ok(Bytes::copy_from_slice(text));
         };
         let text = std::str::from_utf8(text)
-            .map_err(|_| anyhow::anyhow!("{place}: not UTF-8 text, so not JSON"))?;
+            .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text, so not JSON", place()))?;
         codec::encode_json(desc, text)
             .map(Bytes::from)
-            .map_err(|e| anyhow::anyhow!("{place}: {e}"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", place()))
     }
 }
 
 /// The messages of -m, -f or -n (one), or of -l (a reader thread, line by
 /// line: stdin blocks, the network must not).
-fn read_messages(m: &MessageArgs, input: &Input) -> Result<tokio::sync::mpsc::Receiver<Bytes>> {
+fn read_messages(
+    m: &MessageArgs,
+    input: &Input,
+) -> Result<tokio::sync::mpsc::Receiver<Vec<Bytes>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     let one = if let Some(text) = &m.message {
         Bytes::from(text.clone().into_bytes())
     } else if let Some(json) = &m.json {
-        input.encode(json.as_bytes(), "--json")?
+        input.encode(json.as_bytes(), || "--json".to_string())?
     } else if let Some(path) = &m.file {
         let data = std::fs::read(path)
             .with_context(|| format!("-f {}: cannot read the file", path.display()))?;
         if input.desc.is_some() {
             // JSON lines, every one checked before anything is sent.
             let messages = json_lines(&data, path, input)?;
-            std::thread::spawn(move || messages.into_iter().try_for_each(|b| tx.blocking_send(b)));
+            std::thread::spawn(move || {
+                (messages.chunks(CHUNK)).try_for_each(|c| tx.blocking_send(c.to_vec()))
+            });
             return Ok(rx);
         }
         Bytes::from(data)
@@ -224,11 +232,12 @@ fn read_messages(m: &MessageArgs, input: &Input) -> Result<tokio::sync::mpsc::Re
             desc: input.desc.clone(),
             failed: input.failed.clone(),
         };
-        std::thread::spawn(move || read_lines(std::io::stdin().lock(), tx, &input));
+        let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
+        std::thread::spawn(move || read_lines(stdin, tx, &input));
         return Ok(rx);
     };
     // The channel has room: this never fails.
-    let _ = tx.try_send(one);
+    let _ = tx.try_send(vec![one]);
     Ok(rx)
 }
 
@@ -236,21 +245,36 @@ fn read_messages(m: &MessageArgs, input: &Input) -> Result<tokio::sync::mpsc::Re
 fn json_lines(data: &[u8], path: &std::path::Path, input: &Input) -> Result<Vec<Bytes>> {
     (data.split(|b| *b == b'\n').enumerate())
         .filter(|(_, l)| !l.trim_ascii().is_empty())
-        .map(|(i, l)| input.encode(l, &format!("{}:{}", path.display(), i + 1)))
+        .map(|(i, l)| input.encode(l, || format!("{}:{}", path.display(), i + 1)))
         .collect()
 }
 
 /// One message per line, without its line ending, until end of input; with
 /// a mapped type each line is JSON, and the first that does not fit ends
 /// the input (reported, and the exit status says so).
-fn read_lines(mut reader: impl BufRead, tx: tokio::sync::mpsc::Sender<Bytes>, input: &Input) {
+///
+/// Lines go out in chunks: what is already read when the reader would
+/// block (or [`CHUNK`] lines), so an interactive line is sent at once and a
+/// file costs one wakeup per chunk, not per line.
+fn read_lines<R: Read>(
+    mut reader: BufReader<R>,
+    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    input: &Input,
+) {
     let mut line = Vec::new();
+    let mut chunk = Vec::with_capacity(CHUNK);
     let mut number = 0;
     loop {
+        if !chunk.is_empty() && (chunk.len() >= CHUNK || reader.buffer().is_empty()) {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if tx.blocking_send(full).is_err() {
+                return;
+            }
+        }
         number += 1;
         line.clear();
         match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
         if line.last() == Some(&b'\n') {
@@ -259,17 +283,17 @@ fn read_lines(mut reader: impl BufRead, tx: tokio::sync::mpsc::Sender<Bytes>, in
         if input.desc.is_some() && line.trim_ascii().is_empty() {
             continue;
         }
-        let message = match input.encode(&line, &format!("-l line {number}")) {
-            Ok(m) => m,
+        match input.encode(&line, || format!("-l line {number}")) {
+            Ok(m) => chunk.push(m),
             Err(e) => {
                 crate::note!("error: {e:#}; nothing after it was sent");
                 input.failed.store(true, Ordering::Relaxed);
-                return;
+                break;
             }
-        };
-        if tx.blocking_send(message).is_err() {
-            return;
         }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(chunk);
     }
 }
 
@@ -533,8 +557,10 @@ mod tests {
             desc: None,
             failed: Arc::default(),
         };
-        read_lines(&b"a\nb c\r\n\nlast"[..], tx, &input);
-        let got: Vec<Bytes> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        read_lines(BufReader::new(&b"a\nb c\r\n\nlast"[..]), tx, &input);
+        let got: Vec<Bytes> = std::iter::from_fn(|| rx.try_recv().ok())
+            .flatten()
+            .collect();
         assert_eq!(got, vec!["a", "b c\r", "", "last"]);
     }
 }
