@@ -4,6 +4,8 @@
 #   1. mosquitto_pub -l  -> mosquitto_sub          (the C clients), QoS 0 and 1
 #   2. mqttkit pub telemetry -> mqttkit sub telemetry,               QoS 0 and 1
 #   2b. mqttkit pub -t -l -> mqttkit sub -t (raw lines, the same text as 1), QoS 0 and 1
+#   2c. the same telemetry as 2 through a user schema (--schema: proto/mqttkit.proto
+#       loaded at run time, decoded by reflection), sub --json, QoS 0 and 1
 #   3. mqttkit bench: 1 device, 100 devices, and 1,000 devices with per-device
 #      certificates (connect rate, latency, memory per connection)
 # For each pub -> sub pair it counts what arrived at the subscriber and the
@@ -112,6 +114,7 @@ run_mqttkit() {
   sleep 1
   local t0 c0; t0=$(now); c0=$(broker_cpu)
   "$BIN" pub telemetry --out out --qos "$q" --count "$N" 2>mqttkit_pub_q$q.err || echo "  (mqttkit pub exited $?)" >&2
+  PUBRATE[mqttkit$q]=$(python3 -c "print(round($N / ($(now) - $t0)))")
   read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
   COUNT[mqttkit$q]=$n; SECS[mqttkit$q]=$secs
   RATE[mqttkit$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
@@ -131,6 +134,35 @@ EOF
   CHECK[mqttkit$q]=$check
 }
 declare -A CHECK
+
+# mqttkit's own Telemetry as if it were a user's schema: compiled at run time
+# and decoded by reflection, printed as JSON.
+cat >schema.toml <<EOF
+proto = ["$ROOT/proto/mqttkit.proto"]
+[[topic]]
+filter = "devices/{device}/telemetry"
+message = "mqttkit.v1.Telemetry"
+role = "telemetry"
+seq = "seq"
+time = "time_unix_nano"
+time_unit = "ns"
+EOF
+run_mqttkit_schema() {
+  local q=$1; local out="schema_q$q.txt"
+  "$BIN" sub telemetry --out out --schema schema.toml --json -q "$q" --count "$N" --reconnect-timeout 5 >"$out" 2>schema_sub_q$q.err &
+  local sub=$!; PIDS+=("$sub")
+  sleep 1
+  local t0 t1 c0; t0=$(now); c0=$(broker_cpu)
+  "$BIN" pub telemetry --out out --schema schema.toml --device-id device-001 -q "$q" --count "$N" 2>schema_pub_q$q.err || echo "  (mqttkit pub --schema exited $?)" >&2
+  t1=$(now)
+  PUBRATE[schema$q]=$(python3 -c "print(round($N / ($t1 - $t0)))")
+  read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
+  COUNT[schema$q]=$n; SECS[schema$q]=$secs
+  RATE[schema$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
+  broker_note "schema$q" "$c0" "$(broker_cpu)" "$secs" "$n"
+  echo "mqttkit pub/sub telemetry --schema QoS $q: $n of $N arrived in $secs s: ${RATE[schema$q]} msg/s (publisher alone ${PUBRATE[schema$q]} msg/s; broker ${BROKER_US[schema$q]} us CPU per message)" >&2
+}
+declare -A PUBRATE
 
 # The same text lines as the C clients, through mqttkit's raw pub -l / sub -t.
 run_mqttkit_raw() {
@@ -154,6 +186,8 @@ run_mqttkit 0
 run_mqttkit 1
 run_mqttkit_raw 0
 run_mqttkit_raw 1
+run_mqttkit_schema 0
+run_mqttkit_schema 1
 
 bench() {
   local name=$1; shift
@@ -190,6 +224,10 @@ mqttkit pub -> mqttkit sub      QoS 0: ${RATE[mqttkit0]} msg/s (${COUNT[mqttkit0
 mqttkit pub -> mqttkit sub      QoS 1: ${RATE[mqttkit1]} msg/s (${COUNT[mqttkit1]}/$N; ${CHECK[mqttkit1]})
 mqttkit pub -l -> sub -t        QoS 0: ${RATE[raw0]} msg/s (${COUNT[raw0]}/$N)
 mqttkit pub -l -> sub -t        QoS 1: ${RATE[raw1]} msg/s (${COUNT[raw1]}/$N)
+mqttkit telemetry --schema      QoS 0: ${RATE[schema0]} msg/s (${COUNT[schema0]}/$N), publisher alone ${PUBRATE[schema0]} msg/s
+mqttkit telemetry --schema      QoS 1: ${RATE[schema1]} msg/s (${COUNT[schema1]}/$N), publisher alone ${PUBRATE[schema1]} msg/s
+ratio user schema / built-in    QoS 0: delivered $(ratio "${RATE[schema0]}" "${RATE[mqttkit0]}"), publisher $(ratio "${PUBRATE[schema0]}" "${PUBRATE[mqttkit0]}")   (target >= 0.80x)
+ratio user schema / built-in    QoS 1: delivered $(ratio "${RATE[schema1]}" "${RATE[mqttkit1]}"), publisher $(ratio "${PUBRATE[schema1]}" "${PUBRATE[mqttkit1]}")   (target >= 0.80x)
 ratio raw lines mqttkit / C     QoS 0: $(ratio "${RATE[raw0]}" "${RATE[mosq0]}")   (target >= 1.0x)
 ratio raw lines mqttkit / C     QoS 1: $(ratio "${RATE[raw1]}" "${RATE[mosq1]}")   (target >= 1.0x)
 ratio mqttkit / mosquitto       QoS 0: $(ratio "${RATE[mqttkit0]}" "${RATE[mosq0]}")   (target >= 1.2x)
