@@ -615,6 +615,23 @@ fn local_ca_identity_works_on_aws_and_mosquitto() {
     // The same certificate and key connect to the local mosquitto (OpenSSL client).
     common::mosquitto_pub(&broker, "t1", "devices/t1/telemetry", "hello");
 
+    // `pki revoke` here, then `iot revoke-sync`: REVOKED in AWS too (once).
+    let revoked = moto.mqttkit(&["pki", "revoke", "t1"], &out);
+    ok(&revoked);
+    assert!(
+        stderr(&revoked).contains("iot revoke-sync"),
+        "{}",
+        stderr(&revoked)
+    );
+    let synced: Value =
+        serde_json::from_str(&ok(&moto.mqttkit(&["iot", "revoke-sync", "--json"], &out))).unwrap();
+    assert_eq!(synced[0]["name"], "t1", "{synced}");
+    assert_eq!(synced[0]["was"], "ACTIVE", "{synced}");
+    assert_eq!(only_cert(&moto.state()).1["status"], "REVOKED");
+    let resynced: Value =
+        serde_json::from_str(&ok(&moto.mqttkit(&["iot", "revoke-sync", "--json"], &out))).unwrap();
+    assert_eq!(resynced[0]["was"], "REVOKED", "{resynced}");
+
     // While t1's certificate is registered from the CA, the CA cannot go.
     let refused = moto.mqttkit(&["iot", "deregister-ca", "--yes"], &out);
     assert!(!refused.status.success());

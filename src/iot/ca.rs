@@ -297,6 +297,25 @@ pub(super) async fn deregister_ca(args: DeregisterCaArgs) -> Result<()> {
 /// The certificates registered from CA `id`, each as "ID (thing T)".
 async fn certificates_by_ca(aws: &Aws, id: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    for (cid, arn) in list_by_ca(aws, id).await? {
+        let things = aws
+            .iot
+            .list_principal_things()
+            .principal(&arn)
+            .send()
+            .await
+            .map_err(|e| sdk_error("iot:ListPrincipalThings", e))?;
+        out.push(match things.things() {
+            [] => cid,
+            t => format!("{cid} (thing {})", t.join(", ")),
+        });
+    }
+    Ok(out)
+}
+
+/// (id, ARN) of each certificate registered from CA `id`.
+pub(super) async fn list_by_ca(aws: &Aws, id: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
     let mut marker = None;
     loop {
         let page = aws
@@ -307,22 +326,12 @@ async fn certificates_by_ca(aws: &Aws, id: &str) -> Result<Vec<String>> {
             .send()
             .await
             .map_err(|e| sdk_error("iot:ListCertificatesByCA", e))?;
-        for c in page.certificates() {
-            let (Some(cid), Some(arn)) = (c.certificate_id(), c.certificate_arn()) else {
-                continue;
-            };
-            let things = aws
-                .iot
-                .list_principal_things()
-                .principal(arn)
-                .send()
-                .await
-                .map_err(|e| sdk_error("iot:ListPrincipalThings", e))?;
-            out.push(match things.things() {
-                [] => cid.to_string(),
-                t => format!("{cid} (thing {})", t.join(", ")),
-            });
-        }
+        out.extend(page.certificates().iter().filter_map(|c| {
+            Some((
+                c.certificate_id()?.to_string(),
+                c.certificate_arn()?.to_string(),
+            ))
+        }));
         marker = page.next_marker().map(String::from);
         if marker.is_none() {
             return Ok(out);

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_iot::error::SdkError;
 use aws_sdk_iot::operation::delete_certificate::DeleteCertificateError;
 use aws_sdk_iot::operation::delete_thing::DeleteThingError;
+use aws_sdk_iot::operation::update_certificate::UpdateCertificateError;
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::Serialize;
@@ -140,14 +141,27 @@ pub(super) async fn delete_thing(aws: &Aws, name: &str) -> Result<()> {
 }
 
 /// Deactivates and deletes one certificate.
+/// A REVOKED certificate cannot change status (CertificateStateException)
+/// but can be deleted as it is.
 pub(super) async fn delete_certificate(aws: &Aws, id: &str) -> Result<()> {
-    aws.iot
+    let deactivated = aws
+        .iot
         .update_certificate()
         .certificate_id(id)
         .new_status(CertificateStatus::Inactive)
         .send()
-        .await
-        .map_err(|e| sdk_error("iot:UpdateCertificate", e))?;
+        .await;
+    match deactivated {
+        Err(e)
+            if !matches!(
+                e.as_service_error(),
+                Some(UpdateCertificateError::CertificateStateException(_))
+            ) =>
+        {
+            return Err(sdk_error("iot:UpdateCertificate", e))
+        }
+        _ => {}
+    }
     let conflict = |e: &DeleteCertificateError| {
         matches!(e, DeleteCertificateError::DeleteConflictException(_))
     };

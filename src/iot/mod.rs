@@ -14,6 +14,7 @@ mod delete;
 mod keys;
 mod local;
 mod policy;
+mod revoke;
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,20 @@ pub enum IotCommand {
     RegisterCa(RegisterCaArgs),
     /// Deactivate and delete the CA `register-ca` registered (refused while certificates from it remain).
     DeregisterCa(DeregisterCaArgs),
+    /// Mark REVOKED in AWS IoT the certificates from the registered CA that `pki revoke` revoked.
+    RevokeSync(RevokeSyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeSyncArgs {
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// Print the revoked certificates as one JSON array on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How AWS IoT holds a registered CA.
@@ -191,6 +206,7 @@ pub async fn run(args: IotArgs) -> Result<()> {
         IotCommand::List(a) => list(a).await,
         IotCommand::RegisterCa(a) => ca::register_ca(a).await,
         IotCommand::DeregisterCa(a) => ca::deregister_ca(a).await,
+        IotCommand::RevokeSync(a) => revoke::revoke_sync(a).await,
     }
 }
 
