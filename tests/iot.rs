@@ -700,3 +700,32 @@ fn local_ca_without_a_ca_fails_before_any_call() {
     assert!(err.contains("pki init"), "{err}");
     assert!(!err.contains("credentials"), "{err}");
 }
+
+#[test]
+fn local_ca_without_register_ca_registers_without_a_ca() {
+    let moto = Moto::start(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    ok(&Command::new(BIN)
+        .args(["pki", "init", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap());
+    let o = moto.mqttkit(
+        &["iot", "create-thing", "t2", "--ca", "local", "--yes"],
+        &out,
+    );
+    ok(&o);
+    assert!(stderr(&o).contains("without a CA"), "{}", stderr(&o));
+    let (_, cert) = only_cert(&moto.state());
+    assert_eq!(cert["status"], "ACTIVE");
+    let local = std::fs::read_to_string(out.join("certs/t2.crt")).unwrap();
+    assert_eq!(
+        openssl_fingerprint(cert["pem"].as_str().unwrap()),
+        openssl_fingerprint(&local)
+    );
+    // revoke-sync needs a registered CA: one line saying how to get one.
+    let o = moto.mqttkit(&["iot", "revoke-sync"], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("iot register-ca"), "{}", stderr(&o));
+}

@@ -91,34 +91,20 @@ struct Registered {
 pub(super) async fn register_ca(args: RegisterCaArgs) -> Result<()> {
     let (pem, fingerprint) = local_ca(&args.out)?;
     let aws = Aws::connect(&args.aws).await?;
-    if let Some(rec) = read_record(&args.out)? {
-        if rec.fingerprint_sha256 != fingerprint {
-            bail!(
-                "{}: records another CA ({}) than {} ; run `mqttkit iot deregister-ca` first",
-                record_path(&args.out).display(),
-                rec.certificate_id,
-                crate::pki::certs_dir(&args.out).join("ca.crt").display()
-            );
-        }
-        if let Some(live) = describe_ca(&aws, &rec.certificate_id).await? {
-            if fingerprint_pem(&live)? == fingerprint {
-                crate::note!(
-                    "CA {} is already registered in {}; nothing done",
-                    rec.certificate_id,
-                    rec.region
-                );
-                return report(
-                    args.json,
-                    Registered {
-                        registered: false,
-                        ca: rec,
-                    },
-                );
-            }
-        }
+    if let Some(rec) = already_registered(&aws, &args.out, &fingerprint).await? {
         crate::note!(
-            "CA {} recorded but not found in AWS; registering again",
-            rec.certificate_id
+            "CA {} is already registered in {} ({} mode); nothing done",
+            rec.certificate_id,
+            rec.region,
+            mode_of(rec.mode).as_str()
+        );
+        let ca = rec;
+        return report(
+            args.json,
+            Registered {
+                registered: false,
+                ca,
+            },
         );
     }
     if !args.yes && output::stdin_is_tty() && output::stderr_is_tty() {
@@ -153,6 +139,33 @@ pub(super) async fn register_ca(args: RegisterCaArgs) -> Result<()> {
             ca: rec,
         },
     )
+}
+
+/// The recorded registration when AWS still holds that CA with the local
+/// CA's fingerprint; an error when the record is of another CA.
+async fn already_registered(aws: &Aws, out: &Path, fingerprint: &str) -> Result<Option<CaRecord>> {
+    let Some(rec) = read_record(out)? else {
+        return Ok(None);
+    };
+    if rec.fingerprint_sha256 != fingerprint {
+        bail!(
+            "{}: records CA {}, not {}; run `mqttkit iot deregister-ca` first",
+            record_path(out).display(),
+            rec.certificate_id,
+            crate::pki::certs_dir(out).join("ca.crt").display()
+        );
+    }
+    if let Some(live) = describe_ca(aws, &rec.certificate_id).await? {
+        if fingerprint_pem(&live)? == fingerprint {
+            return Ok(Some(rec));
+        }
+    }
+    crate::note!(
+        "CA {} is recorded but not in AWS ({}); registering again",
+        rec.certificate_id,
+        aws.region
+    );
+    Ok(None)
 }
 
 fn mode_of(mode: CaMode) -> CertificateMode {

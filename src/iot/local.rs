@@ -46,36 +46,8 @@ pub(super) async fn register(
         crate::note!("reusing {}", crt.display());
     }
     super::keys::check_cert_matches(&issued.cert_pem, &issued.key)?;
-    let pem = issued.cert_pem.clone();
-    let (arn, id) = if record.is_some() {
-        let r = aws
-            .iot
-            .register_certificate()
-            .certificate_pem(&pem)
-            .ca_certificate_pem(&ca_pem)
-            .status(CertificateStatus::Active)
-            .send()
-            .await
-            .map_err(|e| sdk_error("iot:RegisterCertificate", e))?;
-        (
-            r.certificate_arn().map(String::from),
-            r.certificate_id().map(String::from),
-        )
-    } else {
-        crate::note!("no CA registered (`mqttkit iot register-ca`); registering the certificate without a CA");
-        let r = aws
-            .iot
-            .register_certificate_without_ca()
-            .certificate_pem(&pem)
-            .status(CertificateStatus::Active)
-            .send()
-            .await
-            .map_err(|e| sdk_error("iot:RegisterCertificateWithoutCA", e))?;
-        (
-            r.certificate_arn().map(String::from),
-            r.certificate_id().map(String::from),
-        )
-    };
+    let ca_pem = record.is_some().then_some(ca_pem.as_str());
+    let (arn, id) = send(aws, &issued.cert_pem, ca_pem).await?;
     match (arn, id) {
         (Some(arn), Some(id)) => Ok(Registered { arn, id, issued }),
         _ => bail!(
@@ -83,4 +55,41 @@ pub(super) async fn register(
             crt.display()
         ),
     }
+}
+
+/// RegisterCertificate with the CA's PEM, or RegisterCertificateWithoutCA
+/// when no CA is registered; ACTIVE. Returns the ARN and id AWS gave.
+async fn send(
+    aws: &Aws,
+    pem: &str,
+    ca_pem: Option<&str>,
+) -> Result<(Option<String>, Option<String>)> {
+    let Some(ca_pem) = ca_pem else {
+        crate::note!("no CA registered (`mqttkit iot register-ca`); registering the certificate without a CA (devices must send SNI)");
+        let r = aws
+            .iot
+            .register_certificate_without_ca()
+            .certificate_pem(pem)
+            .status(CertificateStatus::Active)
+            .send()
+            .await
+            .map_err(|e| sdk_error("iot:RegisterCertificateWithoutCA", e))?;
+        return Ok((
+            r.certificate_arn().map(String::from),
+            r.certificate_id().map(String::from),
+        ));
+    };
+    let r = aws
+        .iot
+        .register_certificate()
+        .certificate_pem(pem)
+        .ca_certificate_pem(ca_pem)
+        .status(CertificateStatus::Active)
+        .send()
+        .await
+        .map_err(|e| sdk_error("iot:RegisterCertificate", e))?;
+    Ok((
+        r.certificate_arn().map(String::from),
+        r.certificate_id().map(String::from),
+    ))
 }

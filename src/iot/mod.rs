@@ -3,7 +3,10 @@
 //! `create-thing` makes a thing, a certificate for a key generated here (the
 //! private key never leaves the machine), a least-privilege policy, and the
 //! local files and `iot-NAME` profile that `pub`/`sub` use. `delete-thing`
-//! undoes it; `list` shows things with their certificates.
+//! undoes it; `list` shows things with their certificates. `register-ca`
+//! registers the local CA so `create-thing --ca local` can register a
+//! certificate it signs (one identity on mosquitto and AWS IoT; see `ca`,
+//! `local`), `revoke-sync` carries `pki revoke` over to AWS IoT.
 //!
 //! Credentials, region and endpoint come from aws-config's normal chain
 //! (env, profiles, SSO, `AWS_ENDPOINT_URL`).
