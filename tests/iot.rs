@@ -724,6 +724,34 @@ fn local_ca_without_register_ca_registers_without_a_ca() {
         openssl_fingerprint(cert["pem"].as_str().unwrap()),
         openssl_fingerprint(&local)
     );
+    // A certificate of another CA under OUT/certs is refused, and the thing rolled back.
+    let other = tmp.path().join("other");
+    ok(&Command::new(BIN)
+        .args(["pki", "init", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap());
+    for ext in ["crt", "key"] {
+        std::fs::copy(
+            other.join(format!("certs/device-001.{ext}")),
+            out.join(format!("certs/t3.{ext}")),
+        )
+        .unwrap();
+    }
+    let o = moto.mqttkit(
+        &["iot", "create-thing", "t3", "--ca", "local", "--yes"],
+        &out,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not signed by the local CA"),
+        "{}",
+        stderr(&o)
+    );
+    let s = moto.state();
+    assert!(s["things"].get("t3").is_none(), "{s}");
+    assert_eq!(s["certs"].as_object().unwrap().len(), 1, "{s}");
+
     // revoke-sync needs a registered CA: one line saying how to get one.
     let o = moto.mqttkit(&["iot", "revoke-sync"], &out);
     assert!(!o.status.success());

@@ -46,6 +46,13 @@ pub(super) async fn register(
         crate::note!("reusing {}", crt.display());
     }
     super::keys::check_cert_matches(&issued.cert_pem, &issued.key)?;
+    let ca_der = crate::identity::read_cert_der(&crate::pki::certs_dir(out).join("ca.crt"))?;
+    if !crate::pki::inspect::inspect_der(&crt, &issued.cert_der, Some(&ca_der))?.chains_to_ca {
+        bail!(
+            "{}: not signed by the local CA (OUT/certs/ca.crt); reissue it with `mqttkit pki issue {name} --force`",
+            crt.display()
+        );
+    }
     let ca_pem = record.is_some().then_some(ca_pem.as_str());
     let (arn, id) = send(aws, &issued.cert_pem, ca_pem).await?;
     match (arn, id) {
