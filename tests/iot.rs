@@ -556,6 +556,15 @@ fn openssl_fingerprint(pem: &str) -> String {
     out
 }
 
+/// `pki init --out OUT`: a local CA and its default identities.
+fn pki_init(out: &Path) {
+    ok(&Command::new(BIN)
+        .args(["pki", "init", "--out"])
+        .arg(out)
+        .output()
+        .unwrap());
+}
+
 /// The one certificate moto holds, as (ARN, its state).
 fn only_cert(s: &Value) -> (String, Value) {
     let certs = s["certs"].as_object().unwrap();
@@ -660,12 +669,7 @@ fn default_mode_registers_with_a_verification_certificate() {
     let moto = Moto::start(true);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let init = Command::new(BIN)
-        .args(["pki", "init", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    ok(&init);
+    pki_init(&out);
     let reg: Value = serde_json::from_str(&ok(&moto.mqttkit(
         &["iot", "register-ca", "--mode", "default", "--yes", "--json"],
         &out,
@@ -706,11 +710,7 @@ fn local_ca_without_register_ca_registers_without_a_ca() {
     let moto = Moto::start(true);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    ok(&Command::new(BIN)
-        .args(["pki", "init", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap());
+    pki_init(&out);
     let o = moto.mqttkit(
         &["iot", "create-thing", "t2", "--ca", "local", "--yes"],
         &out,
@@ -726,11 +726,7 @@ fn local_ca_without_register_ca_registers_without_a_ca() {
     );
     // A certificate of another CA under OUT/certs is refused, and the thing rolled back.
     let other = tmp.path().join("other");
-    ok(&Command::new(BIN)
-        .args(["pki", "init", "--out"])
-        .arg(&other)
-        .output()
-        .unwrap());
+    pki_init(&other);
     for ext in ["crt", "key"] {
         std::fs::copy(
             other.join(format!("certs/device-001.{ext}")),
