@@ -219,8 +219,14 @@ async fn verification_certificate(aws: &Aws, out: &Path) -> Result<String> {
         .registration_code()
         .context("iot:GetRegistrationCode returned no code")?
         .to_string();
+    verification_pem(out, &code)
+}
+
+/// A one-day certificate for CN = `code` (a throw-away key), signed by the
+/// local CA: AWS's proof that the registrant holds the CA key.
+fn verification_pem(out: &Path, code: &str) -> Result<String> {
     let issuer = crate::pki::load_issuer(&crate::pki::certs_dir(out))?;
-    let params = crate::pki::client_params(&code, 1);
+    let params = crate::pki::client_params(code, 1);
     let issued = crate::pki::profile::sign(params, crate::pki::KeyType::EcdsaP256, &issuer)?;
     Ok(issued.cert_pem)
 }
@@ -349,5 +355,30 @@ pub(super) async fn list_by_ca(aws: &Aws, id: &str) -> Result<Vec<(String, Strin
         if marker.is_none() {
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_certificate_names_the_code_and_chains_to_the_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut init = crate::pki::InitConfig::new(tmp.path());
+        init.json = true;
+        crate::pki::init(&init).unwrap();
+        let code = "0f8c1e2d3b4a5968778695a4b3c2d1e0f9e8d7c6b5a4938271605f4e3d2c1b0a";
+        let pem = verification_pem(tmp.path(), code).unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = p.parse_x509().unwrap();
+        assert_eq!(crate::identity::common_name(&cert).as_deref(), Some(code));
+        let ca = crate::identity::read_cert_der(&tmp.path().join("certs/ca.crt")).unwrap();
+        let info =
+            crate::pki::inspect::inspect_der(Path::new("v.crt"), &p.contents, Some(&ca)).unwrap();
+        assert!(info.chains_to_ca);
+        let (ca_pem, fp) = local_ca(tmp.path()).unwrap();
+        assert_eq!(fingerprint_pem(&ca_pem).unwrap(), fp);
+        assert_eq!(fp.len(), 64);
     }
 }
