@@ -11,6 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_mqttkit");
 
 fn python() -> PathBuf {
@@ -115,6 +117,32 @@ print(json.dumps({"things": things, "certs": certs, "policies": policies}))
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Moto {
+    /// The status of CA certificate `id` ("ACTIVE", ...), or "GONE".
+    fn ca_status(&self, id: &str) -> String {
+        let script = format!(
+            r#"
+import boto3
+c = boto3.client("iot")
+try:
+    print(c.describe_ca_certificate(certificateId="{id}")["certificateDescription"]["status"])
+except c.exceptions.ResourceNotFoundException:
+    print("GONE")
+"#
+        );
+        let mut cmd = Command::new(python());
+        cmd.args(["-c", &script]);
+        self.env(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 }
 
@@ -514,4 +542,214 @@ fn policy_conflict_rolls_back_only_what_this_run_made() {
     assert!(s["certs"].as_object().unwrap().is_empty(), "{s}");
     // The pre-existing policy is not ours to delete.
     assert_eq!(s["policies"].as_object().unwrap().len(), 1, "{s}");
+}
+
+/// The SHA-256 fingerprint openssl computes for a PEM certificate.
+fn openssl_fingerprint(pem: &str) -> String {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), pem).unwrap();
+    let out = openssl_pubkey(
+        &["x509", "-noout", "-fingerprint", "-sha256", "-in"],
+        tmp.path(),
+    );
+    assert!(out.contains("Fingerprint="), "{out}");
+    out
+}
+
+/// `pki init --out OUT`: a local CA and its default identities.
+fn pki_init(out: &Path) {
+    ok(&Command::new(BIN)
+        .args(["pki", "init", "--out"])
+        .arg(out)
+        .output()
+        .unwrap());
+}
+
+/// The one certificate moto holds, as (ARN, its state).
+fn only_cert(s: &Value) -> (String, Value) {
+    let certs = s["certs"].as_object().unwrap();
+    assert_eq!(certs.len(), 1, "{s}");
+    let (arn, c) = certs.iter().next().unwrap();
+    (arn.clone(), c.clone())
+}
+
+#[test]
+fn local_ca_identity_works_on_aws_and_mosquitto() {
+    let moto = Moto::start(true);
+    let broker = common::Broker::start();
+    let out = broker.out();
+
+    let reg: Value = serde_json::from_str(&ok(
+        &moto.mqttkit(&["iot", "register-ca", "--yes", "--json"], &out)
+    ))
+    .unwrap();
+    assert_eq!(reg["registered"], true, "{reg}");
+    assert_eq!(reg["mode"], "sni-only");
+    let ca_id = reg["certificate_id"].as_str().unwrap().to_string();
+    assert_eq!(moto.ca_status(&ca_id), "ACTIVE");
+    assert!(out.join("iot/ca.json").exists());
+    // Re-running is a no-op: same id, nothing registered.
+    let again = moto.mqttkit(&["iot", "register-ca", "--yes", "--json"], &out);
+    let again_v: Value = serde_json::from_str(&ok(&again)).unwrap();
+    assert_eq!(again_v["registered"], false);
+    assert_eq!(again_v["certificate_id"], ca_id.as_str());
+    assert!(
+        stderr(&again).contains("already registered"),
+        "{}",
+        stderr(&again)
+    );
+
+    ok(&moto.mqttkit(
+        &["iot", "create-thing", "t1", "--ca", "local", "--yes"],
+        &out,
+    ));
+    let s = moto.state();
+    let (arn, cert) = only_cert(&s);
+    let local_pem = std::fs::read_to_string(out.join("certs/t1.crt")).unwrap();
+    assert_eq!(
+        openssl_fingerprint(cert["pem"].as_str().unwrap()),
+        openssl_fingerprint(&local_pem)
+    );
+    assert_eq!(cert["status"], "ACTIVE");
+    assert_eq!(as_list(&cert["policies"]), vec!["mqttkit-t1".to_string()]);
+    assert_eq!(as_list(&s["things"]["t1"]["principals"]), vec![arn]);
+    assert_least_privilege(&s["policies"]["mqttkit-t1"], "t1");
+    // The IoT profile's files are the local identity.
+    assert_eq!(
+        std::fs::read_to_string(out.join("iot/t1/cert.crt")).unwrap(),
+        local_pem
+    );
+    assert_one_key_pair(&out.join("iot/t1"));
+
+    // The same certificate and key connect to the local mosquitto (OpenSSL client).
+    common::mosquitto_pub(&broker, "t1", "devices/t1/telemetry", "hello");
+
+    // `pki revoke` here, then `iot revoke-sync`: REVOKED in AWS too (once).
+    let revoked = moto.mqttkit(&["pki", "revoke", "t1"], &out);
+    ok(&revoked);
+    assert!(
+        stderr(&revoked).contains("iot revoke-sync"),
+        "{}",
+        stderr(&revoked)
+    );
+    let synced: Value =
+        serde_json::from_str(&ok(&moto.mqttkit(&["iot", "revoke-sync", "--json"], &out))).unwrap();
+    assert_eq!(synced[0]["name"], "t1", "{synced}");
+    assert_eq!(synced[0]["was"], "ACTIVE", "{synced}");
+    assert_eq!(only_cert(&moto.state()).1["status"], "REVOKED");
+    let resynced: Value =
+        serde_json::from_str(&ok(&moto.mqttkit(&["iot", "revoke-sync", "--json"], &out))).unwrap();
+    assert_eq!(resynced[0]["was"], "REVOKED", "{resynced}");
+
+    // While t1's certificate is registered from the CA, the CA cannot go.
+    let refused = moto.mqttkit(&["iot", "deregister-ca", "--yes"], &out);
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(err.contains("still has 1 registered certificate"), "{err}");
+    assert!(err.contains("(thing t1)"), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "one-line error: {err}");
+    assert_eq!(moto.ca_status(&ca_id), "ACTIVE");
+
+    ok(&moto.mqttkit(&["iot", "delete-thing", "t1", "--yes"], &out));
+    let s = moto.state();
+    assert!(s["things"].as_object().unwrap().is_empty(), "{s}");
+    assert!(s["certs"].as_object().unwrap().is_empty(), "{s}");
+    assert!(s["policies"].as_object().unwrap().is_empty(), "{s}");
+    assert_eq!(moto.ca_status(&ca_id), "ACTIVE", "the CA stays");
+    assert!(out.join("certs/t1.crt").exists(), "local files stay");
+
+    ok(&moto.mqttkit(&["iot", "deregister-ca", "--yes"], &out));
+    assert_eq!(moto.ca_status(&ca_id), "GONE");
+    assert!(!out.join("iot/ca.json").exists());
+}
+
+#[test]
+fn default_mode_registers_with_a_verification_certificate() {
+    let moto = Moto::start(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    pki_init(&out);
+    let reg: Value = serde_json::from_str(&ok(&moto.mqttkit(
+        &["iot", "register-ca", "--mode", "default", "--yes", "--json"],
+        &out,
+    )))
+    .unwrap();
+    assert_eq!(reg["mode"], "default");
+    let id = reg["certificate_id"].as_str().unwrap();
+    assert_eq!(moto.ca_status(id), "ACTIVE");
+    // An existing local identity (pki init's device-001) is reused, not re-issued.
+    let before = std::fs::read_to_string(out.join("certs/device-001.crt")).unwrap();
+    ok(&moto.mqttkit(
+        &[
+            "iot",
+            "create-thing",
+            "device-001",
+            "--ca",
+            "local",
+            "--yes",
+        ],
+        &out,
+    ));
+    let (_, cert) = only_cert(&moto.state());
+    assert_eq!(cert["pem"].as_str().unwrap(), before);
+}
+
+#[test]
+fn local_ca_without_a_ca_fails_before_any_call() {
+    let out = offline(&["iot", "create-thing", "t9", "--ca", "local", "--yes"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no CA at"), "{err}");
+    assert!(err.contains("pki init"), "{err}");
+    assert!(!err.contains("credentials"), "{err}");
+}
+
+#[test]
+fn local_ca_without_register_ca_registers_without_a_ca() {
+    let moto = Moto::start(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    pki_init(&out);
+    let o = moto.mqttkit(
+        &["iot", "create-thing", "t2", "--ca", "local", "--yes"],
+        &out,
+    );
+    ok(&o);
+    assert!(stderr(&o).contains("without a CA"), "{}", stderr(&o));
+    let (_, cert) = only_cert(&moto.state());
+    assert_eq!(cert["status"], "ACTIVE");
+    let local = std::fs::read_to_string(out.join("certs/t2.crt")).unwrap();
+    assert_eq!(
+        openssl_fingerprint(cert["pem"].as_str().unwrap()),
+        openssl_fingerprint(&local)
+    );
+    // A certificate of another CA under OUT/certs is refused, and the thing rolled back.
+    let other = tmp.path().join("other");
+    pki_init(&other);
+    for ext in ["crt", "key"] {
+        std::fs::copy(
+            other.join(format!("certs/device-001.{ext}")),
+            out.join(format!("certs/t3.{ext}")),
+        )
+        .unwrap();
+    }
+    let o = moto.mqttkit(
+        &["iot", "create-thing", "t3", "--ca", "local", "--yes"],
+        &out,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not signed by the local CA"),
+        "{}",
+        stderr(&o)
+    );
+    let s = moto.state();
+    assert!(s["things"].get("t3").is_none(), "{s}");
+    assert_eq!(s["certs"].as_object().unwrap().len(), 1, "{s}");
+
+    // revoke-sync needs a registered CA: one line saying how to get one.
+    let o = moto.mqttkit(&["iot", "revoke-sync"], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("iot register-ca"), "{}", stderr(&o));
 }

@@ -6,13 +6,14 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_iot::error::SdkError;
 use aws_sdk_iot::operation::delete_certificate::DeleteCertificateError;
 use aws_sdk_iot::operation::delete_thing::DeleteThingError;
+use aws_sdk_iot::operation::update_certificate::UpdateCertificateError;
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::Serialize;
 
 use super::{
     cert_id, keys, policy, profile_name, sdk_error, thing_dir, validate_policy_name,
-    validate_thing_name, Aws, CreateArgs, AMAZON_ROOT_CA1, POLICY_ATTRIBUTE,
+    validate_thing_name, Aws, CaChoice, CreateArgs, AMAZON_ROOT_CA1, POLICY_ATTRIBUTE,
 };
 use crate::fsutil::{StagedFiles, MODE_PUBLIC, MODE_SECRET};
 use crate::mqtt::profile::{absolute, Profile};
@@ -140,14 +141,27 @@ pub(super) async fn delete_thing(aws: &Aws, name: &str) -> Result<()> {
 }
 
 /// Deactivates and deletes one certificate.
+/// A REVOKED certificate cannot change status (CertificateStateException)
+/// but can be deleted as it is.
 pub(super) async fn delete_certificate(aws: &Aws, id: &str) -> Result<()> {
-    aws.iot
+    let deactivated = aws
+        .iot
         .update_certificate()
         .certificate_id(id)
         .new_status(CertificateStatus::Inactive)
         .send()
-        .await
-        .map_err(|e| sdk_error("iot:UpdateCertificate", e))?;
+        .await;
+    match deactivated {
+        Err(e)
+            if !matches!(
+                e.as_service_error(),
+                Some(UpdateCertificateError::CertificateStateException(_))
+            ) =>
+        {
+            return Err(sdk_error("iot:UpdateCertificate", e))
+        }
+        _ => {}
+    }
     let conflict = |e: &DeleteCertificateError| {
         matches!(e, DeleteCertificateError::DeleteConflictException(_))
     };
@@ -217,6 +231,9 @@ pub(super) async fn create_thing(args: CreateArgs) -> Result<()> {
 /// and its topics.
 fn validate(args: &CreateArgs) -> Result<(String, PolicyTopics)> {
     validate_thing_name(&args.name)?;
+    if args.ca == CaChoice::Local {
+        super::ca::local_ca(&args.out)?;
+    }
     let policy_name = args
         .policy_name
         .clone()
@@ -449,6 +466,16 @@ async fn create_certificate(c: &Ctx<'_>, undo: &mut Undo) -> Result<NewCert> {
             .context("iot:CreateKeysAndCertificate returned no private key")?;
         let key = keys::pkcs8_from_aws_pem(private)?;
         return Ok(NewCert { arn, pem, key });
+    }
+    if c.args.ca == CaChoice::Local {
+        let r = super::local::register(c.aws, &c.args.out, &c.args.name, c.args.key_type).await?;
+        undo.0.push(Step::Cert(r.id));
+        let (pem, key) = (r.issued.cert_pem, r.issued.key);
+        return Ok(NewCert {
+            arn: r.arn,
+            pem,
+            key,
+        });
     }
     let key = c.args.key_type.generate()?;
     let csr = csr_pem(&c.args.name, &key)?;

@@ -3,20 +3,26 @@
 //! `create-thing` makes a thing, a certificate for a key generated here (the
 //! private key never leaves the machine), a least-privilege policy, and the
 //! local files and `iot-NAME` profile that `pub`/`sub` use. `delete-thing`
-//! undoes it; `list` shows things with their certificates.
+//! undoes it; `list` shows things with their certificates. `register-ca`
+//! registers the local CA so `create-thing --ca local` can register a
+//! certificate it signs (one identity on mosquitto and AWS IoT; see `ca`,
+//! `local`), `revoke-sync` carries `pki revoke` over to AWS IoT.
 //!
 //! Credentials, region and endpoint come from aws-config's normal chain
 //! (env, profiles, SSO, `AWS_ENDPOINT_URL`).
 
+mod ca;
 mod create;
 mod delete;
 mod keys;
+mod local;
 mod policy;
+mod revoke;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::output;
@@ -49,6 +55,75 @@ pub enum IotCommand {
     DeleteThing(DeleteArgs),
     /// List things with their certificates' status and expiry.
     List(ListArgs),
+    /// Register the local CA (OUT/certs/ca.crt) with AWS IoT, ACTIVE, for `create-thing --ca local`.
+    RegisterCa(RegisterCaArgs),
+    /// Deactivate and delete the CA `register-ca` registered (refused while certificates from it remain).
+    DeregisterCa(DeregisterCaArgs),
+    /// Mark REVOKED in AWS IoT the certificates from the registered CA that `pki revoke` revoked.
+    RevokeSync(RevokeSyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeSyncArgs {
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// Print the revoked certificates as one JSON array on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How AWS IoT holds a registered CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaMode {
+    /// Multi-account: no verification certificate; devices must send SNI (mqttkit does).
+    #[default]
+    SniOnly,
+    /// Single-account: proves the CA key with a verification certificate for the registration code.
+    Default,
+}
+
+/// Who signs the device certificate of `create-thing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum CaChoice {
+    /// AWS IoT's CA signs a CSR for a key made here.
+    #[default]
+    Aws,
+    /// The local CA (OUT/certs) signs it: the same files work on mosquitto.
+    Local,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterCaArgs {
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// sni-only (multi-account, no verification certificate) or default (verified).
+    #[arg(long, value_enum, default_value_t)]
+    pub mode: CaMode,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeregisterCaArgs {
+    /// The global `--out DIR` (declared once, in cli.rs).
+    #[arg(from_global)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -84,6 +159,15 @@ pub struct CreateArgs {
     /// Let AWS generate the key (CreateKeysAndCertificate) instead of sending a CSR.
     #[arg(long, conflicts_with = "key_type")]
     pub aws_generated_key: bool,
+    /// Who signs the certificate: aws, or local (OUT/certs' CA; reuses
+    /// OUT/certs/NAME.crt if it exists, registered with RegisterCertificate).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        conflicts_with = "aws_generated_key"
+    )]
+    pub ca: CaChoice,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -123,6 +207,9 @@ pub async fn run(args: IotArgs) -> Result<()> {
         IotCommand::CreateThing(a) => create::create_thing(a).await,
         IotCommand::DeleteThing(a) => delete::delete_thing(a).await,
         IotCommand::List(a) => list(a).await,
+        IotCommand::RegisterCa(a) => ca::register_ca(a).await,
+        IotCommand::DeregisterCa(a) => ca::deregister_ca(a).await,
+        IotCommand::RevokeSync(a) => revoke::revoke_sync(a).await,
     }
 }
 

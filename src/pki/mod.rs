@@ -379,3 +379,43 @@ fn warn_if_outliving_the_ca(certs_dir: &Path, days: u32) {
         );
     }
 }
+
+/// The client identity NAME under `OUT/certs`: the existing `NAME.crt` and
+/// `NAME.key`, or a new pair issued by the local CA and written (never
+/// overwriting). For callers that report themselves (`iot create-thing --ca
+/// local`); `true` when issued now.
+pub fn client_identity(
+    out: &Path,
+    name: &str,
+    key_type: KeyType,
+    days: u32,
+) -> Result<(Issued, bool)> {
+    validate_identity(name).map_err(|e| anyhow::anyhow!("NAME '{name}': {e}"))?;
+    let dir = certs_dir(out);
+    let (crt, key) = crate::identity::files(&dir, name);
+    if crt.exists() && key.exists() {
+        let cert_pem =
+            std::fs::read_to_string(&crt).with_context(|| format!("reading {}", crt.display()))?;
+        let cert_der = crate::identity::read_cert_der(&crt)?;
+        let (k, _) = keys::PrivateKey::read(&key, &mut import::passphrase)?;
+        let key = k.key_pair()?;
+        return Ok((
+            Issued {
+                cert_pem,
+                cert_der,
+                key,
+            },
+            false,
+        ));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        bail!("NAME '{name}' is reserved for the {name} certificate; choose another name");
+    }
+    let issuer = load_issuer(&dir)?;
+    let params = client_params_for(&ca_subject(&dir)?, name, days);
+    let issued = sign(params, key_type, &issuer)?;
+    let mut files = StagedFiles::new();
+    stage_identity(&mut files, &dir, name, &issued, true);
+    files.commit(false)?;
+    Ok((issued, true))
+}

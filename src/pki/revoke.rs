@@ -99,6 +99,10 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
         .signed_by(&issuer)
         .map_err(|e| anyhow::anyhow!("signing the CRL: {e}"))?;
     let written = write_crl(&dir, &crl.pem()?, &revoked)?;
+    // A file check, not an import: pki does not depend on iot.
+    if args.out.out.join("iot/ca.json").exists() {
+        crate::note!("this CA is registered with AWS IoT: run `mqttkit iot revoke-sync` to mark the certificate REVOKED there too");
+    }
     report_written(&written, false, |s| {
         s.push_str(&format!(
             "revoked '{}'; the CRL is valid until {} (restart the broker with `mqttkit broker up` to enforce it)\n",
