@@ -119,6 +119,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::mqtt::profile::ensure_local(&cfg.out)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pki(crate::pki::PkiArgs {
+            command: crate::pki::PkiCommand::Revoke(a),
+        }) => {
+            crate::pki::revoke::run(&a)?;
+            crate::broker::enforce_revocation(&a.out.out, &a.name).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pki(args) => crate::pki::run(args),
         Command::Broker(args) => crate::broker::run(args).await,
         Command::Doctor(args) => crate::doctor::run(args).await,

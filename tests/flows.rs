@@ -591,3 +591,67 @@ fn a_device_identity_reading_all_telemetry_is_warned() {
     ok_sub.wait_stderr("subscribed to devices/+/telemetry");
     assert!(!ok_sub.stderr().contains("warning"), "{}", ok_sub.stderr());
 }
+
+#[test]
+fn revoking_a_device_while_the_broker_runs_cuts_it_off_and_no_one_else() {
+    let b = Broker::start_with(BrokerOptions {
+        clients: vec!["device-002".into(), "device-003".into()],
+        ..Default::default()
+    });
+    // `broker up` wrote an empty CRL, so the broker has crlfile from the start.
+    let conf = std::fs::read_to_string(b.out().join("mosquitto/mosquitto.conf")).unwrap();
+    assert!(conf.contains("\ncrlfile "), "{conf}");
+    let publisher = |id: &str| {
+        let mut c = b.mqttkit();
+        c.args([
+            "pub",
+            "telemetry",
+            "--json",
+            "--device-id",
+            id,
+            "--rate",
+            "50",
+        ])
+        .args(["--reconnect-timeout", "30s"]);
+        Proc::spawn(c)
+    };
+    let mut sub = start_sub(&b, &[]);
+    let (p1, mut p2, p3) = (
+        publisher("device-001"),
+        publisher("device-002"),
+        publisher("device-003"),
+    );
+    sub.wait_for(LIMIT, "telemetry from all three", |s| {
+        let lines = s.lines().join("\n");
+        ["device-001", "device-002", "device-003"]
+            .iter()
+            .all(|d| lines.contains(&format!("\"device_id\":\"{d}\"")))
+    });
+    let mut c = b.mqttkit();
+    c.args(["pki", "revoke", "device-002"]);
+    let (status, _, err) = Proc::spawn(c).finish(LIMIT);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("can no longer connect"), "{err}");
+    // Within 5 s device-002's connection is gone...
+    p2.wait_for(Duration::from_secs(5), "the connection lost", |p| {
+        p.stderr().contains("lost")
+    });
+    // ...and a new one is refused with the "certificate revoked" alert.
+    let (status, _, err) = pub_telemetry(&b, &["--device-id", "device-002", "--count", "1"]);
+    assert!(!status.success());
+    assert!(err.contains("client certificate is revoked"), "{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    for p in [p1, p3] {
+        p.signal(nix::sys::signal::Signal::SIGINT);
+        let (status, out, err) = p.finish(LIMIT);
+        assert!(status.success(), "{err}");
+        let summary: Value = serde_json::from_str(out.last().expect("summary")).unwrap();
+        assert_eq!(summary["reconnects"], 0, "{summary}");
+        assert_eq!(summary["unacked"], 0, "{summary}");
+        assert_eq!(summary["sent"], summary["acked"], "{summary}");
+    }
+    p2.signal(nix::sys::signal::Signal::SIGINT);
+    let _ = p2.finish(LIMIT);
+    sub.signal(nix::sys::signal::Signal::SIGINT);
+    let _ = sub.finish(LIMIT);
+}

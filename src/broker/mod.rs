@@ -672,6 +672,49 @@ fn write_passwd(out: &Path, path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// After `pki revoke NAME`: a running broker re-reads the CRL (SIGHUP, in
+/// Docker sent to the container; mosquitto re-reads it on listeners with
+/// `crlfile` and `require_certificate`, which `up` renders), so NAME can no
+/// longer connect; then NAME's live connections under mqttkit's client ids
+/// (`NAME`, `NAME-sub-commands`) are ended by taking those ids over with the
+/// server identity. A connection under another id lasts until it reconnects
+/// (mosquitto checks certificates only at the handshake).
+pub async fn enforce_revocation(out: &Path, name: &str) -> Result<()> {
+    let Some(state) = load_state(out)?.filter(native::is_running) else {
+        return Ok(());
+    };
+    let conf =
+        std::fs::read_to_string(mosquitto_dir(out).join("mosquitto.conf")).unwrap_or_default();
+    if !conf.lines().any(|l| l.starts_with("crlfile ")) {
+        note!("the running broker was started before any revocation and has no CRL; enforce it with `mqttkit broker down && mqttkit broker up`");
+        return Ok(());
+    }
+    let reloaded = match state.runtime {
+        Runtime::Docker => docker::reload(),
+        _ => native::reload(&state),
+    };
+    if !reloaded {
+        note!("could not signal the running broker; enforce the CRL with `mqttkit broker down && mqttkit broker up`");
+        return Ok(());
+    }
+    // mosquitto re-reads the CRL in its next loop round.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = crate::mqtt::ConnectSpec::local(out).resolve(crate::mqtt::Role::Server)?;
+    let ids = [name.to_string(), format!("{name}-sub-commands")];
+    for id in &ids {
+        if let Err(e) = crate::mqtt::probe::connect_once(&server, id, Duration::from_secs(5)).await
+        {
+            note!("warning: could not end the sessions of '{name}' ({e})");
+            return Ok(());
+        }
+    }
+    note!(
+        "the running broker re-read the CRL: '{name}' can no longer connect, and its connections as {} were ended",
+        ids.join(" and ")
+    );
+    Ok(())
+}
+
 /// A running broker re-reads its password file on SIGHUP (in Docker, sent
 /// to the container).
 fn reload_hint(out: &Path) -> String {

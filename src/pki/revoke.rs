@@ -105,7 +105,7 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     }
     report_written(&written, false, |s| {
         s.push_str(&format!(
-            "revoked '{}'; the CRL is valid until {} (restart the broker with `mqttkit broker up` to enforce it)\n",
+            "revoked '{}'; the CRL is valid until {} (a broker running from this out dir is told now; `broker up` enforces it otherwise)\n",
             args.name,
             (now + time::Duration::days(revoked.crl_days.unwrap_or(CRL_DAYS))).date()
         ))
@@ -119,14 +119,14 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
 pub fn refresh_crl_if_due(certs_dir: &Path) {
     let path = certs_dir.join("crl.pem");
     let Ok(data) = std::fs::read(&path) else {
+        return write_first_crl(certs_dir);
+    };
+    let Some((issuer, next)) = crl_issuer_and_next_update(&data) else {
         return;
     };
-    let next = x509_parser::pem::parse_x509_pem(&data)
-        .ok()
-        .and_then(|(_, pem)| {
-            let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).ok()?;
-            crl.next_update().map(|t| t.to_datetime())
-        });
+    if Some(issuer) != ca_subject(certs_dir) {
+        return replace_foreign_crl(certs_dir);
+    }
     let now = OffsetDateTime::now_utc();
     if next.is_some_and(|n| n - now > time::Duration::days(CRL_REFRESH_DAYS)) {
         return;
@@ -137,6 +137,62 @@ pub fn refresh_crl_if_due(certs_dir: &Path) {
             path.display(),
             next.map(|n| n.date().to_string()).unwrap_or_else(|| "(unreadable)".into())
         );
+    }
+}
+
+/// The raw issuer name and the nextUpdate of a PEM CRL.
+fn crl_issuer_and_next_update(pem: &[u8]) -> Option<(Vec<u8>, Option<OffsetDateTime>)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).ok()?;
+    let next = crl.next_update().map(|t| t.to_datetime());
+    Some((crl.issuer().as_raw().to_vec(), next))
+}
+
+fn ca_subject(certs_dir: &Path) -> Option<Vec<u8>> {
+    let der = read_cert_der(&certs_dir.join("ca.crt")).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.subject().as_raw().to_vec())
+}
+
+/// A CRL of an earlier CA (replaced by `pki init --force` or `import-ca`)
+/// would make mosquitto refuse every client of the new one: its revocations
+/// are moved aside and a new, empty CRL is written (or none, if the CA key
+/// needs a passphrase: then `crlfile` is not rendered).
+fn replace_foreign_crl(certs_dir: &Path) {
+    for f in ["crl.pem", "revoked.json"] {
+        let from = certs_dir.join(f);
+        let _ = std::fs::rename(&from, certs_dir.join(format!("{f}.earlier-ca")));
+    }
+    crate::note!(
+        "{} was signed by an earlier CA; moved it aside ({}.earlier-ca)",
+        certs_dir.join("crl.pem").display(),
+        certs_dir.join("crl.pem").display()
+    );
+    write_first_crl(certs_dir);
+}
+
+/// An empty CRL before the first revocation, so the broker has `crlfile`
+/// from the start and a later `pki revoke` takes effect on SIGHUP, without a
+/// restart. Only with a CA key that needs no passphrase (no prompt from
+/// `broker up`); otherwise the first revocation asks for a restart.
+fn write_first_crl(certs_dir: &Path) {
+    let key = std::fs::read_to_string(certs_dir.join("ca.key")).unwrap_or_default();
+    if key.is_empty() || key.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        return;
+    }
+    let Ok(issuer) = load_issuer(certs_dir) else {
+        return;
+    };
+    let revoked = Revoked::default();
+    let now = OffsetDateTime::now_utc();
+    let written = crl_params(certs_dir, &revoked, now)
+        .and_then(|p| {
+            p.signed_by(&issuer)
+                .map_err(|e| anyhow::anyhow!("signing the CRL: {e}"))
+        })
+        .and_then(|crl| write_crl(certs_dir, &crl.pem()?, &revoked));
+    if let Err(e) = written {
+        crate::note!("warning: no CRL written ({e:#}); `pki revoke` will need a broker restart");
     }
 }
 
