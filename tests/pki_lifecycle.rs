@@ -758,6 +758,19 @@ fn broker_up_reissues_a_crl_close_to_its_next_update() {
     assert!(after.contains("crlNumber=0x02"), "{after}");
     assert!(!publish(&broker, "device-002").status.success());
     ok(&publish(&broker, "device-001"));
+    // Still one day left: `broker status` on the running broker re-signs it
+    // too, and the broker re-reads it (SIGHUP) and still enforces it.
+    let st = run(
+        broker.mqttkit().args(["broker", "status", "--out", "out"]),
+        T,
+    );
+    ok(&st);
+    assert!(stderr(&st).contains("re-issued"), "{}", stderr(&st));
+    let third = info();
+    assert!(third.contains("crlNumber=0x03"), "{third}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!publish(&broker, "device-002").status.success());
+    ok(&publish(&broker, "device-001"));
 }
 
 /// A Java TLS client with only the PKCS#12: its key and chain as the client

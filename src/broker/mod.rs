@@ -497,6 +497,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
                     _ => "the broker process is not running".into(),
                 });
             } else {
+                refresh_crl(out, s);
                 match probe(out, s, s.auth).await {
                     Ok(d) => {
                         report.healthy = true;
@@ -713,6 +714,18 @@ pub async fn enforce_revocation(out: &Path, name: &str) -> Result<()> {
         ids.join(" and ")
     );
     Ok(())
+}
+
+/// `broker status` on a running broker: a CRL near its nextUpdate is
+/// re-signed (or warned about with the date) and the broker re-reads it, so
+/// a long-running broker never reaches the date that locks every client out.
+fn refresh_crl(out: &Path, state: &BrokerState) {
+    if crate::pki::revoke::refresh_crl_if_due(&crate::identity::certs_dir(out)) {
+        let _ = match state.runtime {
+            Runtime::Docker => docker::reload(),
+            _ => native::reload(state),
+        };
+    }
 }
 
 /// A running broker re-reads its password file on SIGHUP (in Docker, sent

@@ -116,28 +116,33 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
 /// away or past, so mosquitto never loads an expired CRL (which locks out
 /// every client). Best effort: a CA key that cannot be read (encrypted, no
 /// passphrase) is a warning with the date, not a failure of `broker up`.
-pub fn refresh_crl_if_due(certs_dir: &Path) {
+/// True when `crl.pem` changed (a running broker must re-read it).
+pub fn refresh_crl_if_due(certs_dir: &Path) -> bool {
     let path = certs_dir.join("crl.pem");
     let Ok(data) = std::fs::read(&path) else {
-        return write_first_crl(certs_dir);
+        write_first_crl(certs_dir);
+        return false;
     };
     let Some((issuer, next)) = crl_issuer_and_next_update(&data) else {
-        return;
+        return false;
     };
     if Some(issuer) != ca_subject(certs_dir) {
-        return replace_foreign_crl(certs_dir);
+        replace_foreign_crl(certs_dir);
+        return true;
     }
     let now = OffsetDateTime::now_utc();
     if next.is_some_and(|n| n - now > time::Duration::days(CRL_REFRESH_DAYS)) {
-        return;
+        return false;
     }
-    if let Err(e) = reissue(certs_dir, now) {
-        crate::note!(
-            "warning: {} expires {} and could not be re-issued: {e:#}; mosquitto refuses every client after that date",
-            path.display(),
-            next.map(|n| n.date().to_string()).unwrap_or_else(|| "(unreadable)".into())
-        );
-    }
+    let Err(e) = reissue(certs_dir, now) else {
+        return true;
+    };
+    crate::note!(
+        "warning: {} expires {} and could not be re-issued: {e:#}; mosquitto refuses every client after that date",
+        path.display(),
+        next.map(|n| n.date().to_string()).unwrap_or_else(|| "(unreadable)".into())
+    );
+    false
 }
 
 /// The raw issuer name and the nextUpdate of a PEM CRL.
