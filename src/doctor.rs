@@ -110,6 +110,7 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         (None, true) => None,
         (None, false) => (args.conn.spec().ok()).and_then(|s| s.default_device().ok().flatten()),
     };
+    check_crl(&mut report, &args.conn.out);
     // Each check records its step; the first that fails ends the run.
     let Some(endpoint) = check_configuration(&mut report, &args, device.as_deref()) else {
         return report.finish();
@@ -145,6 +146,22 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         check_permissions(&mut report, &spec, &endpoint, device, &client_id, timeout).await;
     }
     report.finish()
+}
+
+/// A CRL of this out dir near its nextUpdate is re-signed here too, so it
+/// never silently expires (doctor does not signal the broker: `broker
+/// status` or `broker up` has a running one re-read it).
+fn check_crl(report: &mut Report, out: &Path) {
+    let certs = crate::identity::certs_dir(out);
+    if certs.join("crl.pem").exists() && crate::pki::revoke::refresh_crl_if_due(&certs) {
+        report.pass(
+            "crl",
+            format!(
+                "re-signed {} before its nextUpdate; run `mqttkit broker status` so a running broker re-reads it",
+                certs.join("crl.pem").display()
+            ),
+        );
+    }
 }
 
 /// The connection settings of the identity under test: the device's, or the server's.

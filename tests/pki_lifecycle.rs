@@ -771,6 +771,12 @@ fn broker_up_reissues_a_crl_close_to_its_next_update() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(!publish(&broker, "device-002").status.success());
     ok(&publish(&broker, "device-001"));
+    // And `doctor`: it re-signs and says so.
+    let dr = run(broker.mqttkit().args(["doctor", "--out", "out"]), T);
+    ok(&dr);
+    assert!(stdout(&dr).contains("re-signed"), "{}", stdout(&dr));
+    let fourth = info();
+    assert!(fourth.contains("crlNumber=0x04"), "{fourth}");
 }
 
 /// A Java TLS client with only the PKCS#12: its key and chain as the client
