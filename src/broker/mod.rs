@@ -690,11 +690,7 @@ pub async fn enforce_revocation(out: &Path, name: &str) -> Result<()> {
         note!("the running broker was started before any revocation and has no CRL; enforce it with `mqttkit broker down && mqttkit broker up`");
         return Ok(());
     }
-    let reloaded = match state.runtime {
-        Runtime::Docker => docker::reload(),
-        _ => native::reload(&state),
-    };
-    if !reloaded {
+    if !reload(&state) {
         note!("could not signal the running broker; enforce the CRL with `mqttkit broker down && mqttkit broker up`");
         return Ok(());
     }
@@ -721,20 +717,23 @@ pub async fn enforce_revocation(out: &Path, name: &str) -> Result<()> {
 /// a long-running broker never reaches the date that locks every client out.
 fn refresh_crl(out: &Path, state: &BrokerState) {
     if crate::pki::revoke::refresh_crl_if_due(&crate::identity::certs_dir(out)) {
-        let _ = match state.runtime {
-            Runtime::Docker => docker::reload(),
-            _ => native::reload(state),
-        };
+        reload(state);
+    }
+}
+
+/// SIGHUP to the running broker (in Docker, to the container's mosquitto):
+/// it re-reads its configuration, password file and CRL. False if it could
+/// not be signalled.
+fn reload(state: &BrokerState) -> bool {
+    match state.runtime {
+        Runtime::Docker => docker::reload(),
+        _ => native::reload(state),
     }
 }
 
 /// A running broker re-reads its password file on SIGHUP (in Docker, sent
 /// to the container).
 fn reload_hint(out: &Path) -> String {
-    let reload = |s: &BrokerState| match s.runtime {
-        Runtime::Docker => docker::reload(),
-        _ => native::reload(s),
-    };
     match load_state(out).ok().flatten() {
         Some(s) if native::is_running(&s) && reload(&s) => {
             "; the running broker reloaded it".into()

@@ -283,6 +283,16 @@ fn pem_key_block(data: &[u8]) -> Result<Option<(String, Vec<u8>)>, KeyError> {
     Ok(Some((label, der)))
 }
 
+/// Whether a key file's bytes (PEM or DER) are an encrypted PKCS#8 key,
+/// i.e. reading it needs a passphrase.
+pub fn is_encrypted(data: &[u8]) -> bool {
+    match pem_key_block(data) {
+        Ok(Some((label, _))) => label == "ENCRYPTED PRIVATE KEY",
+        Ok(None) => is_encrypted_pkcs8(data),
+        Err(_) => false,
+    }
+}
+
 fn is_encrypted_pkcs8(der: &[u8]) -> bool {
     pkcs8::EncryptedPrivateKeyInfoRef::from_der(der).is_ok()
 }

@@ -181,8 +181,8 @@ fn replace_foreign_crl(certs_dir: &Path) {
 /// restart. Only with a CA key that needs no passphrase (no prompt from
 /// `broker up`); otherwise the first revocation asks for a restart.
 fn write_first_crl(certs_dir: &Path) {
-    let key = std::fs::read_to_string(certs_dir.join("ca.key")).unwrap_or_default();
-    if key.is_empty() || key.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+    let key = std::fs::read(certs_dir.join("ca.key")).unwrap_or_default();
+    if key.is_empty() || super::keys::is_encrypted(&key) {
         return;
     }
     let Ok(issuer) = load_issuer(certs_dir) else {

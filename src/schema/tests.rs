@@ -1,4 +1,5 @@
 //! Unit tests of schema loading (codec and template tests sit beside them).
+#![cfg(test)]
 
 use super::*;
 
