@@ -245,20 +245,7 @@ fn plant_schema(dir: &Path) -> PathBuf {
     )
     .unwrap();
     let schema = dir.join("schema.toml");
-    std::fs::write(
-        &schema,
-        r#"proto = ["plant.proto"]
-[[topic]]
-filter = "plant/{site}/{device}/metrics"
-message = "acme.plant.v1.Metrics"
-role = "telemetry"
-[[topic]]
-filter = "plant/{site}/{device}/commands"
-message = "acme.plant.v1.Command"
-role = "command"
-"#,
-    )
-    .unwrap();
+    std::fs::write(&schema, include_str!("proto/plant.toml")).unwrap();
     schema
 }
 

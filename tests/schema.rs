@@ -12,18 +12,7 @@ use common::{mosquitto_tls_args, ok, run, stderr, stdout, Broker, BrokerOptions}
 
 const T: Duration = Duration::from_secs(60);
 
-const SCHEMA: &str = r#"proto = ["plant.proto"]
-[[topic]]
-filter = "plant/{site}/{device}/metrics"
-message = "acme.plant.v1.Metrics"
-role = "telemetry"
-seq = "sequence"
-time = "sampled_at"
-[[topic]]
-filter = "plant/{site}/{device}/commands"
-message = "acme.plant.v1.Command"
-role = "command"
-"#;
+const SCHEMA: &str = include_str!("proto/plant.toml");
 
 /// `plant.proto` and `schema.toml` (with `toml` as its text) in `dir`.
 fn write_schema(dir: &Path, toml: &str) -> PathBuf {

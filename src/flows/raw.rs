@@ -486,7 +486,7 @@ impl RawPrinter {
             }
             Decoded::Failed(name, e) => {
                 line.type_name = Some(name);
-                line.payload_hex = Some(hex(&p.payload));
+                line.payload_hex = Some(hex::encode(&p.payload));
                 line.error = Some(e);
             }
             Decoded::Unmapped => match std::str::from_utf8(&p.payload) {
@@ -496,10 +496,6 @@ impl RawPrinter {
         }
         serde_json::to_string(&line).unwrap_or_default()
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn base64_of(b: &[u8]) -> String {
@@ -519,10 +515,10 @@ impl Print for RawPrinter {
         }
         let body: Vec<u8> = match (self.format, decoded) {
             (Format::Json, d) => self.json_line(p, d).into_bytes(),
-            (Format::Hex, _) => hex(&p.payload).into_bytes(),
+            (Format::Hex, _) => hex::encode(&p.payload).into_bytes(),
             (Format::Base64, _) => base64_of(&p.payload).into_bytes(),
             (Format::Text, Decoded::Message(_, _, v)) => v.to_string().into_bytes(),
-            (Format::Text, Decoded::Failed(..)) => hex(&p.payload).into_bytes(),
+            (Format::Text, Decoded::Failed(..)) => hex::encode(&p.payload).into_bytes(),
             (Format::Text, Decoded::Unmapped) => p.payload.to_vec(),
         };
         let w = out.writer();

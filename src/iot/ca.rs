@@ -52,10 +52,7 @@ pub(crate) fn read_record(out: &Path) -> Result<Option<CaRecord>> {
 
 /// SHA-256 of a certificate's DER, lower-case hex.
 pub(crate) fn fingerprint_der(der: &[u8]) -> String {
-    sha2::Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(sha2::Sha256::digest(der))
 }
 
 /// The fingerprint of a PEM certificate (as AWS returns it).

@@ -85,7 +85,7 @@ impl Rejected {
             reason: reason.into(),
             payload: kept.to_vec(),
             truncated,
-            sha256: hex(&Sha256::digest(payload)),
+            sha256: hex::encode(Sha256::digest(payload)),
         }
     }
 
@@ -98,10 +98,6 @@ impl Rejected {
             Escaped(&self.reason)
         );
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Control characters escaped (a device chose the topic and caused the reason).
@@ -191,7 +187,7 @@ mod tests {
             (big.len(), true, KEEP_PREFIX)
         );
         assert_eq!(r.device_id.as_deref(), Some("d1"));
-        assert_eq!(r.sha256, hex(&Sha256::digest(&big)));
+        assert_eq!(r.sha256, hex::encode(Sha256::digest(&big)));
         let small = Rejected::new(&Publish::new("x", QoS::AtMostOnce, vec![1, 2]), "bad");
         assert_eq!(
             (small.payload, small.truncated, small.device_id),

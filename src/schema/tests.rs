@@ -7,20 +7,7 @@ const PLANT: &str = include_str!("../../tests/proto/plant.proto");
 
 /// A temp dir with `plant.proto` and a schema file mapping it.
 pub fn plant_schema() -> (Schema, tempfile::TempDir) {
-    let dir = write_schema(
-        r#"proto = ["plant.proto"]
-[[topic]]
-filter = "plant/{site}/{device}/metrics"
-message = "acme.plant.v1.Metrics"
-role = "telemetry"
-seq = "sequence"
-time = "sampled_at"
-[[topic]]
-filter = "plant/{site}/{device}/commands"
-message = "acme.plant.v1.Command"
-role = "command"
-"#,
-    );
+    let dir = write_schema(include_str!("../../tests/proto/plant.toml"));
     let schema = Schema::load(&SchemaSource {
         schema: Some(dir.path().join("schema.toml")),
         ..Default::default()
