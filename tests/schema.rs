@@ -409,3 +409,48 @@ fn pub_and_sub_telemetry_on_the_schema_count_every_seq_exactly_once() {
     let err = stderr(&run(&mut c, T));
     assert!(err.contains("no value for {site}"), "{err}");
 }
+
+#[test]
+fn garbage_and_empty_payloads_on_a_mapped_topic_are_quarantined_and_the_stream_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, schema) = plant_broker(tmp.path());
+    let schema = schema.to_str().unwrap();
+    let mut c = b.mqttkit();
+    c.args([
+        "sub",
+        "telemetry",
+        "--schema",
+        schema,
+        "--json",
+        "--count",
+        "1",
+    ]);
+    let mut sub = common::Proc::spawn(c);
+    sub.wait_stderr("subscribed to plant/+/+/metrics");
+    let topic = "plant/osaka/pump-a/metrics";
+    publish(&b, "pump-a", topic, "\u{1}garbage");
+    ok(&run(
+        Command::new("mosquitto_pub")
+            .args(mosquitto_tls_args(&b, Some("pump-a")))
+            .args(["-t", topic, "-n", "-q", "1"]),
+        T,
+    ));
+    let mut c = b.mqttkit();
+    c.args([
+        "pub",
+        "telemetry",
+        "--schema",
+        schema,
+        "--device-id",
+        "pump-a",
+    ])
+    .args(["--label", "site=osaka", "--count", "1", "--qos", "1"]);
+    ok(&run(&mut c, T));
+    let (status, lines, err) = sub.finish(T);
+    assert!(status.success(), "{err}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(json(&lines[0])["seq"], 0);
+    assert_eq!(err.matches("warning").count(), 2, "{err}");
+    let dead = std::fs::read_to_string(b.out().join("dead-letter/rejected.jsonl")).unwrap();
+    assert_eq!(dead.lines().count(), 2, "{dead}");
+}
