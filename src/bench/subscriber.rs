@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use hdrhistogram::Histogram;
 use prost::Message;
-use rumqttc::{Publish, QoS};
+use crate::mqtt::Message;
+use rumqttc::QoS;
 use tokio::sync::mpsc;
 
 use super::Live;
@@ -122,7 +123,7 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    fn handle(&mut self, p: &Publish) -> Result<Handled> {
+    fn handle(&mut self, p: &Message) -> Result<Handled> {
         let now = now_unix_nano();
         let r = &mut self.r;
         r.received += 1;

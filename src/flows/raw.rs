@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use rumqttc::Publish;
+use crate::mqtt::Message;
 use serde::Serialize;
 
 use super::publish::{publish_stream, Source, Stream};
@@ -452,7 +452,7 @@ enum Decoded<'a> {
 }
 
 impl RawPrinter {
-    fn decode<'a>(&'a self, p: &Publish) -> Decoded<'a> {
+    fn decode<'a>(&'a self, p: &Message) -> Decoded<'a> {
         let Some((rule, labels)) = self.schema.as_ref().and_then(|s| s.rule_for(&p.topic)) else {
             return Decoded::Unmapped;
         };
@@ -463,7 +463,7 @@ impl RawPrinter {
         }
     }
 
-    fn json_line(&self, p: &Publish, decoded: Decoded<'_>) -> String {
+    fn json_line(&self, p: &Message, decoded: Decoded<'_>) -> String {
         let mut line = JsonLine {
             topic: &p.topic,
             qos: p.qos as u8,
@@ -504,7 +504,7 @@ fn base64_of(b: &[u8]) -> String {
 }
 
 impl Print for RawPrinter {
-    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
+    fn print(&mut self, out: &mut Out, p: &Message) -> Result<Handled> {
         let decoded = self.decode(p);
         if let Decoded::Failed(_, e) = &decoded {
             crate::note!(

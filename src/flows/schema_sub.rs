@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 use anyhow::Result;
-use rumqttc::Publish;
+use crate::mqtt::Message;
 use serde::Serialize;
 
 use super::subscribe::Print;
@@ -43,7 +43,7 @@ struct Line<'a> {
 }
 
 impl SchemaPrinter {
-    fn reject(&mut self, p: &Publish, reason: String) -> Handled {
+    fn reject(&mut self, p: &Message, reason: String) -> Handled {
         let r = Rejected::new(p, reason);
         r.warn(&self.dead_letter.path().display().to_string());
         self.rejects.push(r);
@@ -68,7 +68,7 @@ impl Print for SchemaPrinter {
         Ok(())
     }
 
-    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
+    fn print(&mut self, out: &mut Out, p: &Message) -> Result<Handled> {
         let Some((rule, labels)) = self.schema.rule_for(&p.topic) else {
             return Ok(self.reject(p, "no [[topic]] of the schema matches this topic".into()));
         };

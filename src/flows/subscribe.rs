@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use prost::Message;
 use rangemap::RangeInclusiveSet;
-use rumqttc::Publish;
+use crate::mqtt::Message;
 use serde::Serialize;
 
 use super::schema_sub::SchemaPrinter;
@@ -207,7 +207,7 @@ fn identity_name(endpoint: &Endpoint, fallback: &str) -> String {
 
 /// Prints messages to stdout.
 pub(crate) trait Print: Send {
-    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled>;
+    fn print(&mut self, out: &mut Out, p: &Message) -> Result<Handled>;
 
     /// Makes durable what is not printed (quarantined messages), before the
     /// commit acknowledges it.
@@ -274,7 +274,7 @@ impl<P: Print> Printing<P> {
 }
 
 impl<P: Print> Handler for Printing<P> {
-    fn handle(&mut self, p: &Publish) -> Result<Handled> {
+    fn handle(&mut self, p: &Message) -> Result<Handled> {
         (self.printer)
             .print(&mut self.out, p)
             .context("writing to stdout")
@@ -325,7 +325,7 @@ struct TelemetryPrinter {
 impl TelemetryPrinter {
     /// Warns about a message that is no reading and keeps it for the
     /// dead-letter file; it is acknowledged with the next commit.
-    fn reject(&mut self, p: &Publish, reason: String) -> Handled {
+    fn reject(&mut self, p: &Message, reason: String) -> Handled {
         let r = Rejected::new(p, reason);
         r.warn(&self.dead_letter.path().display().to_string());
         self.rejects.push(r);
@@ -362,7 +362,7 @@ impl Print for TelemetryPrinter {
         Ok(())
     }
 
-    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
+    fn print(&mut self, out: &mut Out, p: &Message) -> Result<Handled> {
         if let Some(problem) = payload_problem(&p.payload, "Telemetry") {
             return Ok(self.reject(p, problem));
         }
@@ -454,12 +454,12 @@ struct CommandPrinter {
 }
 
 impl Print for CommandPrinter {
-    fn print(&mut self, out: &mut Out, p: &Publish) -> Result<Handled> {
+    fn print(&mut self, out: &mut Out, p: &Message) -> Result<Handled> {
         print_command(out, p, self.json)
     }
 }
 
-fn print_command(out: &mut Out, p: &Publish, json: bool) -> Result<Handled> {
+fn print_command(out: &mut Out, p: &Message, json: bool) -> Result<Handled> {
     if let Some(problem) = payload_problem(&p.payload, "Command") {
         let topic = Escaped(&p.topic);
         crate::note!(

@@ -21,6 +21,9 @@ use rumqttc::{MqttOptions, TlsConfiguration};
 use serde::{Deserialize, Serialize};
 
 pub use address::Secret;
+/// One received message, as the handlers of every flow see it (the
+/// connection layer will give it its own type for MQTT 5 properties).
+pub use rumqttc::Publish as Message;
 pub use profile::Profile;
 
 /// Topic a device publishes its telemetry to.

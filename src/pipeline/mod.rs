@@ -30,11 +30,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, Incoming, Publish, QoS, StateError, SubscribeFilter,
+    AsyncClient, ConnectionError, Event, Incoming, QoS, StateError, SubscribeFilter,
 };
 use rumqttc::{SubscribeReasonCode, SubscribeReasonCode::Failure};
 
 use crate::mqtt::poller::Poller;
+use crate::mqtt::Message;
 use crate::mqtt::Endpoint;
 pub use reconnect::{Backoff, Reconnect};
 pub use shutdown::{Shutdown, Trigger};
@@ -118,7 +119,7 @@ pub struct Batching {
 pub trait Handler: Send {
     /// Takes one message (decode, print, buffer a row). It becomes durable
     /// only with the next successful [`Handler::commit`].
-    fn handle(&mut self, p: &Publish) -> Result<Handled>;
+    fn handle(&mut self, p: &Message) -> Result<Handled>;
 
     /// Makes everything handled so far durable (flush stdout, commit rows);
     /// only after `Ok` are those messages acknowledged. Runs while the
@@ -203,7 +204,7 @@ struct Run<'a> {
     cfg: &'a SubscribeConfig,
     shutdown: Shutdown,
     /// Handled, not yet committed, with the connection they came on.
-    pending: Vec<(u64, Publish)>,
+    pending: Vec<(u64, Message)>,
     uncommitted: usize,
     counted: u64,
     skipped: u64,
@@ -255,7 +256,7 @@ impl Run<'_> {
         session: &Session,
         handler: &mut H,
         generation: u64,
-        p: Publish,
+        p: Message,
     ) -> Result<()> {
         if self.reached() {
             return Ok(());
@@ -322,7 +323,7 @@ impl Run<'_> {
 /// One thing the connection produced for the handler.
 enum Delivery {
     /// A message and the connection (generation) it came on.
-    Publish(u64, Publish),
+    Publish(u64, Message),
     Subscribed {
         resumed: bool,
     },
@@ -341,7 +342,7 @@ struct Session {
     retry_at: Option<tokio::time::Instant>,
     /// Deliveries taken from the network while a commit ran, or read before
     /// a failure: handed out before anything new.
-    backlog: VecDeque<(u64, Publish)>,
+    backlog: VecDeque<(u64, Message)>,
     deferred_subscribed: Option<bool>,
     max_packet: usize,
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use rumqttc::Publish;
+use crate::mqtt::Message;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -68,7 +68,7 @@ fn base64_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error>
 }
 
 impl Rejected {
-    pub fn new(p: &Publish, reason: impl Into<String>) -> Self {
+    pub fn new(p: &Message, reason: impl Into<String>) -> Self {
         let payload = p.payload.as_ref();
         let truncated = payload.len() > KEEP_WHOLE;
         let kept = if truncated {
@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn huge_payloads_keep_a_prefix_and_the_hash_of_the_whole() {
         let big = vec![7u8; KEEP_WHOLE + 1];
-        let p = Publish::new("devices/d1/telemetry", QoS::AtLeastOnce, big.clone());
+        let p = Message::new("devices/d1/telemetry", QoS::AtLeastOnce, big.clone());
         let r = Rejected::new(&p, "too large");
         assert_eq!(
             (r.size, r.truncated, r.payload.len()),
@@ -188,7 +188,7 @@ mod tests {
         );
         assert_eq!(r.device_id.as_deref(), Some("d1"));
         assert_eq!(r.sha256, hex::encode(Sha256::digest(&big)));
-        let small = Rejected::new(&Publish::new("x", QoS::AtMostOnce, vec![1, 2]), "bad");
+        let small = Rejected::new(&Message::new("x", QoS::AtMostOnce, vec![1, 2]), "bad");
         assert_eq!(
             (small.payload, small.truncated, small.device_id),
             (vec![1, 2], false, None)
@@ -199,7 +199,7 @@ mod tests {
     fn the_file_gets_one_json_line_per_rejection() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = DeadLetterFile::new(&dir.path().join("dl"));
-        let p = Publish::new("devices/d1/telemetry", QoS::AtLeastOnce, vec![0xff]);
+        let p = Message::new("devices/d1/telemetry", QoS::AtLeastOnce, vec![0xff]);
         f.append(&[Rejected::new(&p, "garbage"), Rejected::new(&p, "again")])
             .unwrap();
         let text = std::fs::read_to_string(f.path()).unwrap();

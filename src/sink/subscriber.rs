@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use prost::Message;
-use rumqttc::{Publish, QoS};
+use crate::mqtt::Message;
+use rumqttc::QoS;
 
 use super::{redact, SinkOptions, SinkUrl, Store, TelemetryRow};
 use crate::mqtt::Endpoint;
@@ -155,7 +156,7 @@ struct Storing {
     topic: String,
     /// The open batch, and the message each row came from.
     rows: Vec<TelemetryRow>,
-    sources: Vec<Publish>,
+    sources: Vec<Message>,
     /// Quarantined, not yet written to the dead-letter place.
     rejects: Vec<Rejected>,
     dead_letter: Option<DeadLetterFile>,
@@ -168,7 +169,7 @@ struct Storing {
 }
 
 /// The row a message is, or why it can never be one.
-fn decode_row(p: &Publish) -> Result<TelemetryRow, String> {
+fn decode_row(p: &Message) -> Result<TelemetryRow, String> {
     if let Some(problem) = payload_problem(&p.payload, "Telemetry") {
         return Err(problem);
     }
@@ -180,7 +181,7 @@ fn decode_row(p: &Publish) -> Result<TelemetryRow, String> {
 }
 
 impl Handler for Storing {
-    fn handle(&mut self, p: &Publish) -> Result<Handled> {
+    fn handle(&mut self, p: &Message) -> Result<Handled> {
         match decode_row(p) {
             Ok(r) => {
                 self.rows.push(r);
