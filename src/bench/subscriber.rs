@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use hdrhistogram::Histogram;
-use prost::Message;
+use prost::Message as _;
 use crate::mqtt::Message;
 use rumqttc::QoS;
 use tokio::sync::mpsc;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use prost::Message;
+use prost::Message as _;
 use rangemap::RangeInclusiveSet;
 use crate::mqtt::Message;
 use serde::Serialize;

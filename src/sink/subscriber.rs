@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use prost::Message;
+use prost::Message as _;
 use crate::mqtt::Message;
 use rumqttc::QoS;
 
