@@ -2,7 +2,8 @@
 # Throughput comparison through ONE mosquitto with mutual TLS on loopback, all
 # in the same run:
 #   1. mosquitto_pub -l  -> mosquitto_sub          (the C clients), QoS 0 and 1
-#   2. mqttkit pub telemetry -> mqttkit sub telemetry,               QoS 0 and 1
+#   2. mqttkit pub telemetry -> mqttkit sub telemetry,               QoS 0 and 1,
+#      over MQTT 5 (the default) and again with -V 311 (the ratio 5 / 3.1.1)
 #   2b. mqttkit pub -t -l -> mqttkit sub -t (raw lines, the same text as 1), QoS 0 and 1
 #   2c. the same telemetry as 2 through a user schema (--schema: proto/mqttkit.proto
 #       loaded at run time, decoded by reflection), sub --json, QoS 0 and 1
@@ -107,18 +108,21 @@ run_mosquitto() {
   echo "mosquitto_pub -l -> mosquitto_sub  QoS $q: $n of $N arrived in $secs s: ${RATE[mosq$q]} msg/s (broker ${BROKER_US[mosq$q]} us CPU per message, busy ${BUSY[mosq$q]})" >&2
 }
 
+# run_mqttkit QOS [PROTOCOL]: MQTT 5 (the default) or 311, keyed mqttkitQ / mqttkit311_Q.
 run_mqttkit() {
-  local q=$1; local out="mqttkit_q$q.txt"
-  "$BIN" sub telemetry --out out --qos "$q" --count "$N" --reconnect-timeout 5 >"$out" 2>mqttkit_sub_q$q.err &
+  local q=$1; local v=${2:-5}; local key="mqttkit$q"
+  [ "$v" = 311 ] && key="mqttkit311_$q"
+  local out="${key}.txt"
+  "$BIN" sub telemetry --out out -V "$v" --qos "$q" --count "$N" --reconnect-timeout 5 >"$out" 2>${key}_sub.err &
   local sub=$!; PIDS+=("$sub")
   sleep 1
   local t0 c0; t0=$(now); c0=$(broker_cpu)
-  "$BIN" pub telemetry --out out --qos "$q" --count "$N" 2>mqttkit_pub_q$q.err || echo "  (mqttkit pub exited $?)" >&2
-  PUBRATE[mqttkit$q]=$(python3 -c "print(round($N / ($(now) - $t0)))")
+  "$BIN" pub telemetry --out out -V "$v" --qos "$q" --count "$N" 2>${key}_pub.err || echo "  (mqttkit pub exited $?)" >&2
+  PUBRATE[$key]=$(python3 -c "print(round($N / ($(now) - $t0)))")
   read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
-  COUNT[mqttkit$q]=$n; SECS[mqttkit$q]=$secs
-  RATE[mqttkit$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
-  broker_note "mqttkit$q" "$c0" "$(broker_cpu)" "$secs" "$n"
+  COUNT[$key]=$n; SECS[$key]=$secs
+  RATE[$key]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
+  broker_note "$key" "$c0" "$(broker_cpu)" "$secs" "$n"
   # Exactly once: every seq 0..N-1 once.
   local check; check=$(python3 - "$out" "$N" <<'EOF'
 import re, sys
@@ -130,8 +134,8 @@ missing = n - len(set(s for s in seqs if s < n))
 print(f"distinct {distinct}, duplicates {len(seqs) - distinct}, missing {missing}")
 EOF
 )
-  echo "mqttkit pub -> mqttkit sub         QoS $q: $n of $N arrived in $secs s: ${RATE[mqttkit$q]} msg/s ($check; broker ${BROKER_US[mqttkit$q]} us CPU per message, busy ${BUSY[mqttkit$q]})" >&2
-  CHECK[mqttkit$q]=$check
+  echo "mqttkit pub -> mqttkit sub (-V $v) QoS $q: $n of $N arrived in $secs s: ${RATE[$key]} msg/s ($check; broker ${BROKER_US[$key]} us CPU per message, busy ${BUSY[$key]})" >&2
+  CHECK[$key]=$check
 }
 declare -A CHECK
 
@@ -184,6 +188,8 @@ run_mosquitto 0
 run_mosquitto 1
 run_mqttkit 0
 run_mqttkit 1
+run_mqttkit 0 311
+run_mqttkit 1 311
 run_mqttkit_raw 0
 run_mqttkit_raw 1
 run_mqttkit_schema 0
@@ -222,6 +228,10 @@ mosquitto_pub -> mosquitto_sub  QoS 0: ${RATE[mosq0]} msg/s (${COUNT[mosq0]}/$N)
 mosquitto_pub -> mosquitto_sub  QoS 1: ${RATE[mosq1]} msg/s (${COUNT[mosq1]}/$N)
 mqttkit pub -> mqttkit sub      QoS 0: ${RATE[mqttkit0]} msg/s (${COUNT[mqttkit0]}/$N; ${CHECK[mqttkit0]})
 mqttkit pub -> mqttkit sub      QoS 1: ${RATE[mqttkit1]} msg/s (${COUNT[mqttkit1]}/$N; ${CHECK[mqttkit1]})
+mqttkit -V 311                  QoS 0: ${RATE[mqttkit311_0]} msg/s (${COUNT[mqttkit311_0]}/$N; ${CHECK[mqttkit311_0]})
+mqttkit -V 311                  QoS 1: ${RATE[mqttkit311_1]} msg/s (${COUNT[mqttkit311_1]}/$N; ${CHECK[mqttkit311_1]})
+ratio MQTT 5 / MQTT 3.1.1       QoS 0: $(ratio "${RATE[mqttkit0]}" "${RATE[mqttkit311_0]}"), publisher $(ratio "${PUBRATE[mqttkit0]}" "${PUBRATE[mqttkit311_0]}")   (target >= 0.90x)
+ratio MQTT 5 / MQTT 3.1.1       QoS 1: $(ratio "${RATE[mqttkit1]}" "${RATE[mqttkit311_1]}"), publisher $(ratio "${PUBRATE[mqttkit1]}" "${PUBRATE[mqttkit311_1]}")   (target >= 0.90x)
 mqttkit pub -l -> sub -t        QoS 0: ${RATE[raw0]} msg/s (${COUNT[raw0]}/$N)
 mqttkit pub -l -> sub -t        QoS 1: ${RATE[raw1]} msg/s (${COUNT[raw1]}/$N)
 mqttkit telemetry --schema      QoS 0: ${RATE[schema0]} msg/s (${COUNT[schema0]}/$N), publisher alone ${PUBRATE[schema0]} msg/s

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeReasonCode};
+use rumqttc::QoS;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Serialize;
@@ -18,7 +18,11 @@ use tokio::net::TcpStream;
 use x509_parser::prelude::*;
 
 use crate::mqtt::failure::Failure;
-use crate::mqtt::{self, ConnectSpec, ConnectionArgs, Endpoint, Role, Transport};
+use crate::mqtt::poller::Poller;
+use crate::mqtt::{
+    self, session, ConnectSpec, ConnectionArgs, Endpoint, Event, Options, Protocol, Reason, Role,
+    Transport,
+};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -617,68 +621,75 @@ async fn acknowledged_only(
     client_id: &str,
     timeout: Duration,
 ) {
-    let (suback, puback) =
+    let (suback, puback, protocol) =
         subscribe_and_publish(endpoint, filter, outbound, client_id, timeout).await;
     match suback {
-        Some(SubscribeReasonCode::Success(q)) => report.pass(
+        Some(Ok(q)) => report.pass(
             "subscribe permission",
             format!(
                 "'{filter}' granted at {q:?} (delivery not verifiable without a peer identity)"
             ),
         ),
-        _ => {
+        refused => {
+            let why = match refused {
+                Some(Err(r)) => format!("the broker refused SUBSCRIBE to '{filter}' ({r})"),
+                _ => format!("no SUBACK for '{filter}' within {timeout:?}"),
+            };
             report.fail(
                 "subscribe permission",
-                format!("the broker refused or did not answer SUBSCRIBE to '{filter}'"),
+                why,
                 "the identity's ACL/policy does not allow it",
             );
             return;
         }
     }
-    if puback {
-        report.pass(
+    match puback {
+        // MQTT 5: mosquitto answers 0x87 for what its ACL denies, so a
+        // success is an answer (3.1.1 acknowledges denied messages too).
+        Some(r) if r.is_success() && protocol == Protocol::V5 => report.pass(
             "publish permission",
-            format!("'{outbound}' acknowledged (delivery not verifiable without a peer identity)"),
-        );
-    } else {
-        report.fail(
+            format!("'{outbound}' accepted (PUBACK {r})"),
+        ),
+        Some(r) if r.is_success() => report.pass(
+            "publish permission",
+            format!("'{outbound}' acknowledged (MQTT 3.1.1: delivery not verifiable without a peer identity)"),
+        ),
+        Some(r) => report.fail(
+            "publish permission",
+            format!("the broker refused the publish to '{outbound}' ({r})"),
+            "the identity's ACL/policy does not allow publishing there: check the certificate CN and the broker's ACL",
+        ),
+        None => report.fail(
             "publish permission",
             format!("no PUBACK for '{outbound}' within {timeout:?}"),
             "the identity's ACL/policy may not allow it; see the broker log",
-        );
+        ),
     }
 }
 
 /// Subscribes to `filter` and publishes to `outbound` at QoS 1; returns the
-/// SUBACK's first return code and whether a PUBACK came, within `timeout`.
+/// SUBACK's first code, the PUBACK's reason (if they came within `timeout`)
+/// and the protocol the connection spoke.
 async fn subscribe_and_publish(
     endpoint: &Endpoint,
     filter: &str,
     outbound: &str,
     client_id: &str,
     timeout: Duration,
-) -> (Option<SubscribeReasonCode>, bool) {
-    let (client, mut events) = AsyncClient::new(
-        endpoint.mqtt_options(&client_id_for(endpoint, client_id)),
-        10,
-    );
-    let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+) -> (Option<Result<QoS, Reason>>, Option<Reason>, Protocol) {
+    let opts = Options::new(&client_id_for(endpoint, client_id));
+    let (client, mut events) = session::open(endpoint, &opts);
     let _ = client
-        .publish(
-            outbound,
-            QoS::AtLeastOnce,
-            false,
-            b"mqttkit doctor".to_vec(),
-        )
+        .subscribe(&[(filter.to_string(), QoS::AtLeastOnce)])
         .await;
-    let (mut suback, mut puback) = (None, false);
+    let payload = bytes::Bytes::from_static(b"mqttkit doctor");
+    let _ = (client.publish(outbound, QoS::AtLeastOnce, false, payload, None)).await;
+    let (mut suback, mut puback) = (None, None);
     let _ = tokio::time::timeout(timeout, async {
-        while suback.is_none() || !puback {
+        while suback.is_none() || puback.is_none() {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    suback = ack.return_codes.first().copied()
-                }
-                Ok(Event::Incoming(Packet::PubAck(_))) => puback = true,
+                Ok(Event::SubAck { codes, .. }) => suback = codes.into_iter().next(),
+                Ok(Event::PubAck(ack)) => puback = Some(ack.reason),
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -686,7 +697,7 @@ async fn subscribe_and_publish(
     })
     .await;
     let _ = client.try_disconnect();
-    (suback, puback)
+    (suback, puback, client.protocol())
 }
 
 /// `receiver` subscribes to `filter`; `sender` publishes a unique payload to
@@ -699,24 +710,22 @@ async fn round_trip(
     client_id: &str,
     timeout: Duration,
 ) -> Result<f64, String> {
-    let (rx, mut rx_events) = AsyncClient::new(
-        receiver.mqtt_options(&client_id_for(receiver, client_id)),
-        10,
-    );
-    rx.subscribe(filter, QoS::AtLeastOnce)
+    let opts = Options::new(&client_id_for(receiver, client_id));
+    let (rx, mut rx_events) = session::open(receiver, &opts);
+    rx.subscribe(&[(filter.to_string(), QoS::AtLeastOnce)])
         .await
         .map_err(|e| e.to_string())?;
-    wait_for_suback(&mut rx_events, timeout).await?;
+    wait_for_suback(&mut rx_events, filter, timeout).await?;
     let payload = format!("mqttkit-doctor {:016x}", rand::random::<u64>());
-    let (tx, mut tx_events) = AsyncClient::new(
-        sender.mqtt_options(&client_id_for(sender, "mqttkit-doctor-peer")),
-        10,
-    );
+    let opts = Options::new(&client_id_for(sender, "mqttkit-doctor-peer"));
+    let (tx, tx_events) = session::open(sender, &opts);
     let start = Instant::now();
-    tx.publish(topic, QoS::AtLeastOnce, false, payload.clone().into_bytes())
+    tx.publish(topic, QoS::AtLeastOnce, false, payload.clone().into(), None)
         .await
         .map_err(|e| e.to_string())?;
-    let sender_task = tokio::spawn(async move { while tx_events.poll().await.is_ok() {} });
+    // The sender's PUBACK: over MQTT 5 a refusal says why nothing arrives.
+    let (refusal_tx, mut refusal) = tokio::sync::oneshot::channel();
+    let sender_task = tokio::spawn(sender_acks(Poller::new(tx_events), refusal_tx));
     let got = arrived(&mut rx_events, payload.as_bytes(), timeout).await;
     let _ = tx.try_disconnect();
     let _ = rx.try_disconnect();
@@ -724,18 +733,45 @@ async fn round_trip(
     let _ = tokio::time::timeout(Duration::from_millis(100), rx_events.poll()).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     sender_task.abort();
-    if got {
-        Ok(start.elapsed().as_secs_f64() * 1000.0)
-    } else {
-        Err(format!("nothing within {timeout:?}"))
+    match (got, refusal.try_recv()) {
+        (true, _) => Ok(start.elapsed().as_secs_f64() * 1000.0),
+        (false, Ok(reason)) => Err(format!("the broker refused the publish: {reason}")),
+        (false, Err(_)) => Err(format!("nothing within {timeout:?}")),
     }
 }
 
-async fn wait_for_suback(events: &mut EventLoop, timeout: Duration) -> Result<(), String> {
+/// Polls the sender's connection; reports a PUBACK with a failure reason.
+async fn sender_acks(mut events: Poller, refusal: tokio::sync::oneshot::Sender<Reason>) {
+    loop {
+        match events.next().await {
+            Ok(Event::PubAck(ack)) if !ack.reason.is_success() => {
+                let _ = refusal.send(ack.reason);
+                // Keep the connection polled until the task is stopped.
+                while events.next().await.is_ok() {}
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+async fn wait_for_suback(
+    events: &mut mqtt::EventLoop,
+    filter: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     tokio::time::timeout(timeout, async {
         loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
+                Ok(Event::SubAck { codes, .. }) => {
+                    return match codes.into_iter().next() {
+                        Some(Err(r)) => {
+                            Err(format!("the broker refused SUBSCRIBE to '{filter}' ({r})"))
+                        }
+                        _ => Ok(()),
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -746,13 +782,11 @@ async fn wait_for_suback(events: &mut EventLoop, timeout: Duration) -> Result<()
 }
 
 /// Whether a message with exactly `payload` arrives within `timeout`.
-async fn arrived(events: &mut EventLoop, payload: &[u8], timeout: Duration) -> bool {
+async fn arrived(events: &mut mqtt::EventLoop, payload: &[u8], timeout: Duration) -> bool {
     tokio::time::timeout(timeout, async {
         loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) if p.payload.as_ref() == payload => {
-                    return true
-                }
+                Ok(Event::Message(p)) if p.payload.as_ref() == payload => return true,
                 Ok(_) => {}
                 Err(_) => return false,
             }

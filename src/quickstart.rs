@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::QoS;
 
 use crate::broker::{self, Runtime};
 use crate::mqtt::poller::Poller;
-use crate::mqtt::{self, Endpoint, Role};
+use crate::mqtt::{self, session, Endpoint, Event, Options, Role};
 use crate::pki::{self, DEFAULT_DEVICE, DEFAULT_SERVER};
 use crate::proto::{Command, Telemetry};
 use crate::telemetry::{Escaped, HumanLine};
@@ -180,8 +180,8 @@ struct DemoResult {
 async fn until_suback(events: &mut Poller, who: &str, topic: &str) -> Result<()> {
     loop {
         match events.next().await {
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if crate::pipeline::any_refused(&ack.return_codes) {
+            Ok(Event::SubAck { codes, .. }) => {
+                if crate::pipeline::any_refused(&codes) {
                     bail!("the broker refused {who}'s subscription to {topic}");
                 }
                 return Ok(());
@@ -193,24 +193,24 @@ async fn until_suback(events: &mut Poller, who: &str, topic: &str) -> Result<()>
 }
 
 async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> Result<DemoResult> {
-    let (server_client, server_events) = AsyncClient::new(
-        server.mqtt_options(&mqtt::unique_client_id("quickstart-server")),
-        100,
-    );
-    let (device_client, device_events) = AsyncClient::new(
-        device.mqtt_options(&mqtt::unique_client_id("quickstart-device")),
-        100,
-    );
+    let opts = |prefix: &str| Options {
+        channel: 100,
+        ..Options::new(&mqtt::unique_client_id(prefix))
+    };
+    let (server_client, server_events) = session::open(server, &opts("quickstart-server"));
+    let (device_client, device_events) = session::open(device, &opts("quickstart-device"));
     // Cancel-safe polling: the selects below interrupt the server's polls.
     let (mut server_events, mut device_events) =
         (Poller::new(server_events), Poller::new(device_events));
 
     server_client
-        .subscribe(mqtt::ALL_TELEMETRY, QoS::AtLeastOnce)
+        .subscribe(&[(mqtt::ALL_TELEMETRY.to_string(), QoS::AtLeastOnce)])
         .await?;
     until_suback(&mut server_events, "server", mqtt::ALL_TELEMETRY).await?;
     let commands = mqtt::command_topic(DEFAULT_DEVICE);
-    device_client.subscribe(&commands, QoS::AtLeastOnce).await?;
+    device_client
+        .subscribe(&[(commands.clone(), QoS::AtLeastOnce)])
+        .await?;
     until_suback(&mut device_events, DEFAULT_DEVICE, &commands).await?;
     say.line(
         &format!(
@@ -228,8 +228,9 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> 
         tokio::spawn(async move {
             for seq in 0..messages {
                 let t = demo_telemetry(seq);
+                let payload = t.encode_to_vec().into();
                 client
-                    .publish(&topic, QoS::AtLeastOnce, false, t.encode_to_vec())
+                    .publish(&topic, QoS::AtLeastOnce, false, payload, None)
                     .await?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -241,7 +242,7 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> 
     while received < messages {
         tokio::select! {
             ev = server_events.next() => match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Ok(Event::Message(p)) => {
                     let t = Telemetry::decode(p.payload.as_ref())
                         .with_context(|| format!("decoding telemetry on {}", p.topic))?;
                     received += 1;
@@ -277,8 +278,9 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> 
         params: [("seconds".to_string(), "10".to_string())].into(),
         time_unix_nano: now_ns(),
     };
+    let payload = command.encode_to_vec().into();
     server_client
-        .publish(&commands, QoS::AtLeastOnce, false, command.encode_to_vec())
+        .publish(&commands, QoS::AtLeastOnce, false, payload, None)
         .await?;
     say.line(
         &format!("server  -> {commands}  {} {{seconds: 10}}\n", command.name),
@@ -315,7 +317,7 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> 
 async fn poll_until_command(events: &mut Poller) -> Result<Command> {
     loop {
         match events.next().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+            Ok(Event::Message(p)) => {
                 return Command::decode(p.payload.as_ref())
                     .with_context(|| format!("decoding the command on {}", p.topic));
             }

@@ -230,6 +230,7 @@ fn assert_least_privilege(doc: &Value, name: &str) {
         grants,
         vec![
             format!("iot:Connect client/{name}"),
+            format!("iot:Publish topic/devices/{name}/replies"),
             format!("iot:Publish topic/devices/{name}/telemetry"),
             format!("iot:Receive topic/devices/{name}/commands"),
             format!("iot:Subscribe topicfilter/devices/{name}/commands"),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use super::payload::{PayloadKind, Source};
 use super::Live;
 // Cancel-safe polling (see there); `bench::subscriber` takes it from here.
 pub use crate::mqtt::poller::Poller;
-use crate::mqtt::Endpoint;
+use crate::mqtt::{session, Client, Endpoint, Event, Options};
 
 /// Settings every device shares.
 pub struct Plan {
@@ -53,8 +53,11 @@ pub struct DeviceResult {
     pub connect_us: Option<u64>,
     /// Written to the connection (`Outgoing::Publish`).
     pub published: u64,
-    /// Acknowledged by the broker (QoS 1 PUBACK).
+    /// Acknowledged by the broker (QoS 1 PUBACK), successfully or not.
     pub acked: u64,
+    /// Acknowledged with a failure reason code (MQTT 5, e.g. 0x87): not loss,
+    /// the broker refused them.
+    pub refused: u64,
     pub error: Option<String>,
 }
 
@@ -69,12 +72,14 @@ pub async fn run(
         device_id: spec.device_id.clone(),
         ..DeviceResult::default()
     };
-    let mut opts = spec.endpoint.mqtt_options(&spec.client_id);
-    opts.set_clean_session(true);
-    opts.set_inflight(plan.inflight);
-    let (client, mut eventloop) = AsyncClient::new(opts, plan.inflight as usize);
-    // Handshakes queue behind each other on a busy broker: be patient.
-    eventloop.network_options.set_connection_timeout(60);
+    let opts = Options {
+        inflight: Some(plan.inflight),
+        channel: plan.inflight as usize,
+        // Handshakes queue behind each other on a busy broker: be patient.
+        connect_timeout: Some(Duration::from_secs(60)),
+        ..Options::new(&spec.client_id)
+    };
+    let (client, eventloop) = session::open(&spec.endpoint, &opts);
     let mut poller = Poller::new(eventloop);
 
     match connect(&mut poller, &plan, &spec.endpoint).await {
@@ -110,6 +115,7 @@ pub async fn run(
     } else {
         counters.acked.load(Ordering::Relaxed)
     };
+    r.refused = counters.refused.load(Ordering::Relaxed);
     r.error = error;
     r
 }
@@ -121,7 +127,7 @@ async fn connect(poller: &mut Poller, plan: &Plan, endpoint: &Endpoint) -> Resul
     let t0 = Instant::now();
     loop {
         match poller.next().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(t0.elapsed().as_micros() as u64),
+            Ok(Event::Connected { .. }) => return Ok(t0.elapsed().as_micros() as u64),
             Ok(_) => {}
             Err(e) => {
                 return Err(crate::mqtt::failure::describe_connect_error(
@@ -168,7 +174,10 @@ struct Counters {
     wake: Notify,
     /// Written to the connection.
     published: AtomicU64,
+    /// Acknowledged, successfully or not (the window and the end wait on it).
     acked: AtomicU64,
+    /// Of those, acknowledged with a failure reason code (MQTT 5).
+    refused: AtomicU64,
     /// Driver -> producer: an ack arrived, or the driver ended.
     acks_wake: Notify,
     driver_ended: AtomicBool,
@@ -179,7 +188,7 @@ struct Counters {
 /// driver ends.
 async fn produce(
     c: &Counters,
-    client: &AsyncClient,
+    client: &Client,
     plan: &Plan,
     spec: &DeviceSpec,
     start: Instant,
@@ -210,8 +219,7 @@ async fn produce(
             }
         }
         let payload = source.next_payload();
-        if client
-            .publish_bytes(spec.topic.clone(), plan.qos, false, payload)
+        if (client.publish(&spec.topic, plan.qos, false, payload, None))
             .await
             .is_err()
         {
@@ -257,7 +265,7 @@ async fn window_open(
 async fn drive(
     c: &Counters,
     poller: Poller,
-    client: &AsyncClient,
+    client: &Client,
     plan: &Plan,
     endpoint: String,
 ) -> Option<String> {
@@ -270,7 +278,7 @@ async fn drive(
 async fn pump(
     c: &Counters,
     mut poller: Poller,
-    client: &AsyncClient,
+    client: &Client,
     plan: &Plan,
     endpoint: &str,
 ) -> Option<String> {
@@ -279,11 +287,14 @@ async fn pump(
     while !settled(c, plan) {
         tokio::select! {
             ev = poller.next() => match ev {
-                Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                Ok(Event::Sent(_)) => {
                     c.published.fetch_add(1, Ordering::Relaxed);
                     plan.live.published.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                Ok(Event::PubAck(ack)) => {
+                    if !ack.reason.is_success() {
+                        c.refused.fetch_add(1, Ordering::Relaxed);
+                    }
                     c.acked.fetch_add(1, Ordering::Release);
                     c.acks_wake.notify_one();
                 }

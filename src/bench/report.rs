@@ -135,6 +135,8 @@ pub struct PerDevice {
     pub connect_ms: Option<f64>,
     pub published: u64,
     pub acked: u64,
+    /// Acknowledged with a failure reason code (MQTT 5): refused, not lost.
+    pub refused: u64,
     /// Messages received by all subscribers together (with duplicates).
     pub delivered: u64,
     /// published x subscribers - distinct (seq, subscriber) pairs received.
@@ -159,6 +161,9 @@ pub struct BenchReport {
     pub published: u64,
     /// PUBACKs received (QoS 1; 0 at QoS 0).
     pub acked: u64,
+    /// PUBACKs with a failure reason code (MQTT 5, e.g. 0x87 not
+    /// authorized): counted apart from `lost`.
+    pub refused: u64,
     pub publish_elapsed_s: f64,
     pub published_per_s: f64,
     /// published x subscribers.
@@ -224,6 +229,7 @@ pub fn build(inp: Inputs) -> BenchReport {
         connect: connect_section(&t, inp.connect_elapsed),
         published: t.published,
         acked: t.acked,
+        refused: t.refused,
         publish_elapsed_s: round3(inp.publish_elapsed.as_secs_f64()),
         published_per_s: per_s(t.published, inp.publish_elapsed),
         expected: t.published * m,
@@ -298,6 +304,7 @@ struct Totals {
     failed: u64,
     published: u64,
     acked: u64,
+    refused: u64,
     delivered: u64,
     lost: u64,
     duplicated: u64,
@@ -317,6 +324,7 @@ fn per_device(
         failed: 0,
         published: 0,
         acked: 0,
+        refused: 0,
         delivered: 0,
         lost: 0,
         duplicated: 0,
@@ -333,10 +341,12 @@ fn per_device(
             t.failed += 1;
         }
         let (received, distinct) = rx.get(d.device_id.as_str()).copied().unwrap_or_default();
-        let lost = (d.published * m).saturating_sub(distinct);
+        // What the broker refused never reaches a subscriber, and is not lost.
+        let lost = ((d.published - d.refused.min(d.published)) * m).saturating_sub(distinct);
         let duplicated = received - distinct;
         t.published += d.published;
         t.acked += d.acked;
+        t.refused += d.refused;
         t.delivered += received;
         t.lost += lost;
         t.duplicated += duplicated;
@@ -349,6 +359,7 @@ fn per_device(
             connect_ms: d.connect_us.map(ms),
             published: d.published,
             acked: d.acked,
+            refused: d.refused,
             delivered: received,
             lost,
             duplicated,
@@ -379,6 +390,12 @@ fn device_problems(t: &Totals, devices: usize, qos: u8, m: u64) -> Vec<String> {
             t.lost,
             t.published * m,
             t.delivered - t.duplicated
+        ));
+    }
+    if t.refused > 0 {
+        problems.push(format!(
+            "{} QoS 1 message(s) refused by the broker (a failure reason code in the PUBACK, e.g. 0x87 not authorized: the identity may not publish there)",
+            t.refused
         ));
     }
     if qos == 1 && t.acked < t.published {
@@ -447,7 +464,9 @@ pub fn render(r: &BenchReport) -> String {
         "connect    {} connected, {} failed in {:.2} s: {:.1} handshakes/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         c.connected, c.failed, c.elapsed_s, c.handshakes_per_s, c.p50_ms, c.p99_ms, c.max_ms
     );
-    let acked = if r.qos == 1 {
+    let acked = if r.qos == 1 && r.refused > 0 {
+        format!(", acked {} (refused {})", r.acked, r.refused)
+    } else if r.qos == 1 {
         format!(", acked {}", r.acked)
     } else {
         String::new()

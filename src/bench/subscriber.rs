@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::mqtt::Message;
 use anyhow::Result;
 use hdrhistogram::Histogram;
 use prost::Message as _;
-use crate::mqtt::Message;
 use rumqttc::QoS;
 use tokio::sync::mpsc;
 

@@ -90,9 +90,16 @@ impl AclTree {
     /// mqttkit's own tree: `devices/{id}/telemetry|commands`.
     pub fn builtin() -> Self {
         AclTree {
-            device_write: vec![crate::mqtt::telemetry_topic("%u")],
+            // Replies: the answers to commands (MQTT 5 request/response).
+            device_write: vec![
+                crate::mqtt::telemetry_topic("%u"),
+                crate::mqtt::reply_topic("%u"),
+            ],
             device_read: vec![crate::mqtt::command_topic("%u")],
-            server_read: vec![crate::mqtt::telemetry_topic("+")],
+            server_read: vec![
+                crate::mqtt::telemetry_topic("+"),
+                crate::mqtt::reply_topic("+"),
+            ],
             server_write: vec![crate::mqtt::command_topic("+")],
         }
     }
@@ -183,8 +190,9 @@ mod tests {
         let a = acl(&["server".into(), "ops".into()], &AclTree::builtin(), None).unwrap();
         assert!(a.contains("pattern write devices/%u/telemetry"));
         assert!(a.contains("pattern read devices/%u/commands"));
-        assert!(
-            a.contains("user ops\ntopic read devices/+/telemetry\ntopic write devices/+/commands")
-        );
+        assert!(a.contains("pattern write devices/%u/replies"));
+        assert!(a.contains(
+            "user ops\ntopic read devices/+/telemetry\ntopic read devices/+/replies\ntopic write devices/+/commands"
+        ));
     }
 }

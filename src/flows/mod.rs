@@ -5,8 +5,10 @@
 //! bookkeeping (what was written, what was acknowledged, what must be sent
 //! again after a reconnect) never races with the network.
 
+pub mod props;
 pub mod publish;
 pub mod raw;
+mod reply;
 mod schema_sub;
 pub mod subscribe;
 
@@ -74,6 +76,8 @@ pub struct SubArgs {
     pub help: HelpFlag,
 }
 
+// Parsed once per process: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum SubCommand {
     /// Receive and decode telemetry as the server (all devices, or one).
@@ -129,6 +133,8 @@ pub struct PubTelemetryArgs {
     /// A value for a {label} of the schema's telemetry topic (repeatable), e.g. --label site=osaka.
     #[arg(long = "label", value_name = "NAME=VALUE", value_parser = crate::schema::args::parse_label)]
     pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub props: props::PropsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +159,13 @@ pub struct PubCommandArgs {
     /// Print the sent command as JSON on stdout (default: its id).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub props: props::PropsArgs,
+    /// MQTT 5 request/response: name devices/ID/replies as the response
+    /// topic, wait this long for the device's CommandReply (from `sub
+    /// command --reply`) and print it; no reply in time: exit 1.
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub wait_reply: Option<std::time::Duration>,
 }
 
 /// Options every subscriber has.
@@ -208,6 +221,59 @@ pub struct SubTelemetryArgs {
     /// of mqttkit's Telemetry on devices/+/telemetry.
     #[command(flatten)]
     pub schema: crate::schema::SchemaArgs,
+    #[command(flatten)]
+    pub share: ShareArgs,
+}
+
+/// Workers splitting one stream through a shared subscription.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ShareArgs {
+    /// Subscribe as one worker of shared-subscription group GROUP
+    /// (`$share/GROUP/FILTER`): the broker hands each message to one worker
+    /// of the group. Start several workers (e.g. sinks into one store) with
+    /// one GROUP and different --worker numbers.
+    #[arg(long, value_name = "GROUP", value_parser = parse_share_group)]
+    pub share: Option<String>,
+    /// This worker's name in the --share group, part of its client id, so a
+    /// restarted worker resumes its own session (and what was in flight to it).
+    #[arg(long, value_name = "NAME", requires = "share", value_parser = parse_share_group)]
+    pub worker: Option<String>,
+}
+
+impl ShareArgs {
+    /// The filters to subscribe to: each under `$share/GROUP/`.
+    pub fn filters(&self, filters: Vec<String>) -> Vec<String> {
+        match &self.share {
+            Some(group) => filters
+                .into_iter()
+                .map(|f| format!("$share/{group}/{f}"))
+                .collect(),
+            None => filters,
+        }
+    }
+
+    /// The client id of a worker with a kept session: `BASE-GROUP-WORKER`.
+    /// Two workers with one id would take the session from each other.
+    pub fn client_id(&self, base: String, persistent: bool) -> Result<String> {
+        match (&self.share, &self.worker) {
+            (None, _) => Ok(base),
+            (Some(group), Some(worker)) => Ok(format!("{base}-{group}-{worker}")),
+            (Some(group), None) if persistent => bail!(
+                "--share {group}: each worker keeps a session of its own; name this one with --worker 1 (then --worker 2, ...) or give it a client id with -i"
+            ),
+            (Some(group), None) => Ok(crate::mqtt::unique_client_id(&format!("{base}-{group}"))),
+        }
+    }
+}
+
+/// A share group or worker name: one topic level, no wildcards.
+fn parse_share_group(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(['/', '+', '#']) || s.chars().any(char::is_control) {
+        return Err(format!(
+            "'{s}' must be non-empty and contain no '/', '+', '#' or control characters; e.g. --share sinks"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +288,10 @@ pub struct SubCommandArgs {
     pub device_id: Option<String>,
     #[command(flatten)]
     pub common: SubCommonArgs,
+    /// MQTT 5: answer each command that names a response topic (`pub
+    /// command --wait-reply`) with a CommandReply (ok, and what was received).
+    #[arg(long)]
+    pub reply: bool,
 }
 
 pub async fn run_pub(args: PubArgs) -> Result<ExitCode> {

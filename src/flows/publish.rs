@@ -23,14 +23,18 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
+use rumqttc::QoS;
 use serde::Serialize;
 
+use super::reply::{ReplyJson, ReplyWait};
 use super::{device_id, qos, validate_device_id, PubCommandArgs, PubTelemetryArgs};
 use crate::clock::now_unix_nano;
 use crate::mqtt::failure::describe_connect_error_as;
 use crate::mqtt::poller::Poller;
-use crate::mqtt::{command_topic, telemetry_topic, unique_client_id, Role};
+use crate::mqtt::{
+    command_topic, session, telemetry_topic, unique_client_id, Ack, Client, Event, Options, Props,
+    Protocol, Reason, Role,
+};
 use crate::pipeline::{Reconnect, Shutdown};
 use crate::proto::Command;
 use crate::schema::generate::Generator;
@@ -59,9 +63,20 @@ pub struct PubSummary {
     pub unacked: u64,
     /// Taken but never written (Ctrl-C or give-up while queued).
     pub unsent: u64,
+    /// Acknowledged with a failure reason code (MQTT 5: e.g. 0x87 not
+    /// authorized): the broker did not take them.
+    pub failed: u64,
+    /// Acknowledged with 0x10 "no matching subscribers" (taken, delivered to nobody).
+    pub no_subscribers: u64,
+    /// The first failure: topic and reason code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// Extra writes of messages already written (after reconnects).
     pub resent: u64,
     pub reconnects: u64,
+    /// `5` or `311`: what the connection spoke (3.1.1 acknowledgements do
+    /// not prove authorization).
+    pub protocol: Protocol,
     pub elapsed_s: f64,
     /// Acknowledged (QoS 1) or sent (QoS 0) messages per second.
     pub rate_msg_s: f64,
@@ -95,7 +110,7 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         bail!("--max-queued 0: must be at least 1");
     }
     let device = device_id(&args.conn, args.device_id.as_deref())?;
-    let (topic, source) = telemetry_source(&args, &device)?;
+    let (topic, source, message_type) = telemetry_source(&args, &device)?;
     let endpoint = args.conn.spec()?.resolve(Role::Device(&device))?;
     // A fixed client id and a kept session, so the broker resumes our packet
     // ids after a reconnect.
@@ -113,6 +128,9 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
         json: args.json,
         label: format!("pub telemetry {device}"),
         device_id: device.clone(),
+        props: args
+            .props
+            .resolve(args.conn.protocol, Some(&message_type))?,
     };
     publish_stream(&endpoint, &client_id, stream, source).await
 }
@@ -120,13 +138,19 @@ pub async fn run_telemetry(args: PubTelemetryArgs) -> Result<ExitCode> {
 /// The topic and the messages: mqttkit's `Telemetry` on devices/ID/telemetry,
 /// or with a schema its telemetry type on its telemetry topic (`{device}` =
 /// the device, other labels from --label).
-fn telemetry_source(args: &PubTelemetryArgs, device: &str) -> Result<(String, Source)> {
+/// Also the full name of the message type (for the content type).
+fn telemetry_source(args: &PubTelemetryArgs, device: &str) -> Result<(String, Source, String)> {
     let Some(schema) = super::raw::load_schema(&args.schema)? else {
         if !args.labels.is_empty() {
             bail!("--label: only with --schema (mqttkit's own topics have no labels)");
         }
         let dummy = DummyDevice::new(device, args.start_seq);
-        return Ok((telemetry_topic(device), Source::Dummy(Box::new(dummy))));
+        let name = crate::proto::TELEMETRY_TYPE.to_string();
+        return Ok((
+            telemetry_topic(device),
+            Source::Dummy(Box::new(dummy)),
+            name,
+        ));
     };
     let rule = match schema.rule_of(SchemaRole::Telemetry) {
         Some(rule) => rule,
@@ -145,7 +169,8 @@ fn telemetry_source(args: &PubTelemetryArgs, device: &str) -> Result<(String, So
         telemetry_topic(device)
     };
     let generator = Generator::new(rule, device, args.start_seq);
-    Ok((topic, Source::Generated(Box::new(generator))))
+    let name = rule.message.full_name().to_string();
+    Ok((topic, Source::Generated(Box::new(generator)), name))
 }
 
 /// The in-flight window: `--window`, else 256, but [`QOS2_WINDOW`] at QoS 2.
@@ -177,6 +202,8 @@ pub(crate) struct Stream {
     /// How the summary line starts: `pub telemetry ID`, `pub TOPIC`.
     pub label: String,
     pub device_id: String,
+    /// MQTT 5 properties of every message (none: `None`).
+    pub props: Option<Props>,
 }
 
 /// Where the messages come from.
@@ -254,18 +281,19 @@ pub(crate) async fn publish_stream(
     source: Source,
 ) -> Result<ExitCode> {
     let window = stream.window as usize;
-    let mut opts = endpoint.mqtt_options(client_id);
-    opts.set_clean_session(!stream.persistent);
-    // Twice our window: packet ids are never reused while still in flight.
-    opts.set_inflight(stream.window.saturating_mul(2).max(2));
-    // The channel never holds more than our window (plus a disconnect), so
-    // handing over never waits.
-    let (client, mut eventloop) = AsyncClient::new(opts, window + 8);
-    if stream.qos == 2 {
+    let opts = Options {
+        persistent: stream.persistent,
+        // Twice our window: packet ids are never reused while still in flight.
+        inflight: Some(stream.window.saturating_mul(2).max(2)),
+        // The channel never holds more than our window (plus a disconnect),
+        // so handing over never waits.
+        channel: window + 8,
         // PUBREL answers PUBREC: a small write behind an unacknowledged one,
         // which Nagle holds for the peer's delayed ACK (5.5 s for 2,000 lines).
-        eventloop.network_options.set_tcp_nodelay(true);
-    }
+        nodelay: stream.qos == 2,
+        ..Options::new(client_id)
+    };
+    let (client, eventloop) = session::open(endpoint, &opts);
     tracing::info!(
         "publishing to {} on {} as {client_id}",
         stream.topic,
@@ -281,6 +309,7 @@ pub(crate) async fn publish_stream(
         topic: stream.topic.clone(),
         qos: qos(stream.qos),
         retain: stream.retain,
+        props: stream.props.clone(),
         window,
         max_queued: stream.max_queued,
         count: stream.count,
@@ -298,6 +327,10 @@ pub(crate) async fn publish_stream(
         sent: 0,
         acked: 0,
         resent: 0,
+        failed: 0,
+        no_subscribers: 0,
+        failure: None,
+        explained_drop: false,
     };
     let started = Instant::now();
     let end = p.run(Shutdown::install(), started).await;
@@ -322,24 +355,46 @@ fn report(p: &Publisher, stream: &Stream, end: End, elapsed: f64) -> Result<Exit
     } else {
         ""
     };
+    let refused = match (summary.failed, &summary.failure) {
+        (0, _) => String::new(),
+        (n, Some(first)) => format!(", refused {n} ({first})"),
+        (n, None) => format!(", refused {n}"),
+    };
+    let nobody = match summary.no_subscribers {
+        0 => String::new(),
+        n => format!("; {n} acked as 0x10 no matching subscribers"),
+    };
     crate::note!(
-        "{}: sent {}, acked {}{}, unacked {}, unsent {}, resent {}, {} reconnects, {:.1} msg/s over {:.2} s",
+        "{}: sent {}, acked {}{}{}, unacked {}, unsent {}, resent {}, {} reconnects, {:.1} msg/s over {:.2} s{}",
         stream.label,
         summary.sent,
         summary.acked,
         qos_note,
+        refused,
         summary.unacked,
         summary.unsent,
         summary.resent,
         summary.reconnects,
         summary.rate_msg_s,
-        elapsed
+        elapsed,
+        nobody
     );
+    if summary.protocol == Protocol::V311 && p.qos != QoS::AtMostOnce && summary.acked > 0 {
+        note_311_acks();
+    }
     if stream.json {
         crate::output::print_json(&summary)?;
     }
     if let End::Failed(e) = end {
         return Err(e);
+    }
+    if summary.failed > 0 {
+        crate::note!(
+            "error: the broker refused {} message(s): {}",
+            summary.failed,
+            summary.failure.as_deref().unwrap_or("no reason given")
+        );
+        return Ok(ExitCode::FAILURE);
     }
     if summary.unacked > 0 || summary.unsent > 0 {
         crate::note!(
@@ -378,6 +433,10 @@ fn summarize(p: &Publisher, stream: &Stream, end: &End, elapsed: f64) -> PubSumm
         unacked,
         unsent,
         resent: p.resent,
+        failed: p.failed,
+        no_subscribers: p.no_subscribers,
+        failure: p.failure.clone(),
+        protocol: p.client.protocol(),
         reconnects: p.reconnect.reconnects,
         elapsed_s: (elapsed * 1000.0).round() / 1000.0,
         rate_msg_s: if elapsed > 0.0 {
@@ -398,12 +457,13 @@ fn end_error(end: End) -> anyhow::Error {
 }
 
 struct Publisher {
-    client: AsyncClient,
+    client: Client,
     /// Cancel-safe: the select loop below interrupts polls all the time.
     poller: Poller,
     topic: String,
     qos: QoS,
     retain: bool,
+    props: Option<Props>,
     window: usize,
     max_queued: usize,
     count: Option<u64>,
@@ -422,6 +482,10 @@ struct Publisher {
     sent: u64,
     acked: u64,
     resent: u64,
+    failed: u64,
+    no_subscribers: u64,
+    failure: Option<String>,
+    explained_drop: bool,
     /// A live line on stderr when it is a terminal.
     progress: Option<Progress>,
 }
@@ -486,10 +550,12 @@ impl Publisher {
     }
 
     async fn hand_over(&mut self, seq: u64, payload: Bytes) -> Result<()> {
-        self.client
-            .publish_bytes(self.topic.clone(), self.qos, self.retain, payload.clone())
-            .await
-            .context("handing a message to the MQTT event loop")?;
+        let props = self.props.as_ref();
+        (self
+            .client
+            .publish(&self.topic, self.qos, self.retain, payload.clone(), props))
+        .await
+        .context("handing a message to the MQTT event loop")?;
         self.fifo.push_back(seq);
         if self.qos != QoS::AtMostOnce {
             self.unacked.insert(
@@ -621,38 +687,29 @@ impl Publisher {
         }
     }
 
-    async fn on_event(&mut self, ev: Result<Event, rumqttc::ConnectionError>) -> Result<()> {
+    async fn on_event(&mut self, ev: Result<Event, crate::mqtt::ConnError>) -> Result<()> {
         match ev {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+            Ok(Event::Connected { session_present }) => {
                 self.reconnect.connected();
                 self.connected = true;
-                if !ack.session_present {
+                if !session_present {
                     self.session_lost().await?;
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => self.written(pkid),
-            Ok(Event::Incoming(Incoming::PubAck(ack))) => self.pubacked(ack.pkid),
-            Ok(Event::Incoming(Incoming::PubComp(comp))) => self.pubacked(comp.pkid),
-            Ok(_) => {}
+            Ok(ev) => self.account(ev),
             Err(e) => {
                 self.connected = false;
-                // rumqttc queues an Outgoing::Publish event before flushing and
-                // keeps what it queued when the flush fails, handing it out after
-                // the next CONNACK, when `session_lost` may already have re-handed
-                // the messages: every later pkid would then map to the wrong seq.
-                // Account for those events now, in order, on this connection.
-                let stale: Vec<Event> = self
-                    .poller
-                    .eventloop_mut()
-                    .map(|el| el.state.events.drain(..).collect())
+                self.explain_drop(&e);
+                // rumqttc queues a Sent event before flushing and keeps what
+                // it queued when the flush fails, handing it out after the
+                // next CONNACK, when `session_lost` may already have re-handed
+                // the messages: every later pkid would then map to the wrong
+                // seq. Account for those events now, in order, on this connection.
+                let stale = (self.poller.eventloop_mut())
+                    .map(|el| el.drain_buffered())
                     .unwrap_or_default();
                 for ev in stale {
-                    match ev {
-                        Event::Outgoing(Outgoing::Publish(pkid)) => self.written(pkid),
-                        Event::Incoming(Incoming::PubAck(ack)) => self.pubacked(ack.pkid),
-                        Event::Incoming(Incoming::PubComp(comp)) => self.pubacked(comp.pkid),
-                        _ => {}
-                    }
+                    self.account(ev);
                 }
                 let delay = self.reconnect.failed(e)?;
                 self.retry_at = Some(tokio::time::Instant::now() + delay);
@@ -662,11 +719,52 @@ impl Publisher {
         Ok(())
     }
 
-    fn pubacked(&mut self, pkid: u16) {
-        if let Some(seq) = self.slots.get_mut(pkid as usize).and_then(Option::take) {
-            if self.unacked.remove(&seq).is_some() {
-                self.acked += 1;
+    /// A broker that ends the connection right after our first publishes,
+    /// none acknowledged: MQTT 5 says why (DISCONNECT reason, shown by the
+    /// reconnect notes); over 3.1.1 it is the usual sign of an AWS IoT
+    /// policy that denies the topic. Said once.
+    fn explain_drop(&mut self, e: &crate::mqtt::ConnError) {
+        let dropped_on_publish = self.sent > 0 && self.acked == 0 && self.failed == 0;
+        if !dropped_on_publish || e.server_disconnect().is_some() || self.explained_drop {
+            return;
+        }
+        self.explained_drop = true;
+        if self.client.protocol() == Protocol::V311 {
+            crate::note!("note: the broker closed the connection right after a publish to {} and acknowledged nothing: over MQTT 3.1.1 that is how AWS IoT Core refuses a topic its policy denies (check iot:Publish for it), or how a broker refuses a packet it cannot take", self.topic);
+        }
+    }
+
+    /// Writes and acknowledgements: the bookkeeping of the module doc.
+    fn account(&mut self, ev: Event) {
+        match ev {
+            Event::Sent(pkid) => self.written(pkid),
+            Event::PubAck(ack) | Event::PubComp(ack) => self.pubacked(ack),
+            // A failed PUBREC ends a QoS 2 exchange: no PUBCOMP follows.
+            Event::PubRec(ack) if !ack.reason.is_success() => self.pubacked(ack),
+            _ => {}
+        }
+    }
+
+    /// An acknowledgement ends a message: taken (counted as acked), or
+    /// refused by its reason code (counted as failed, never retried: the
+    /// broker would refuse it again).
+    fn pubacked(&mut self, ack: Ack) {
+        let Some(seq) = self.slots.get_mut(ack.pkid as usize).and_then(Option::take) else {
+            return;
+        };
+        if self.unacked.remove(&seq).is_none() {
+            return;
+        }
+        if ack.reason.is_success() {
+            self.acked += 1;
+            if ack.reason.code == Reason::NO_MATCHING_SUBSCRIBERS {
+                self.no_subscribers += 1;
             }
+            return;
+        }
+        self.failed += 1;
+        if self.failure.is_none() {
+            self.failure = Some(format!("{}: {}", self.topic, ack.reason));
         }
     }
 
@@ -716,10 +814,12 @@ impl Publisher {
             again.len()
         );
         for (seq, payload) in again {
-            self.client
-                .publish_bytes(self.topic.clone(), self.qos, self.retain, payload)
-                .await
-                .context("handing a message to the MQTT event loop")?;
+            let props = self.props.as_ref();
+            (self
+                .client
+                .publish(&self.topic, self.qos, self.retain, payload, props))
+            .await
+            .context("handing a message to the MQTT event loop")?;
             self.fifo.push_back(seq);
         }
         Ok(())
@@ -730,8 +830,48 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
+/// The broker's answer to the one publish of `pub command`: its reason
+/// (success at QoS 0 once written), or why there was none within 30 s;
+/// with the messages that arrived meanwhile (an early reply).
+async fn await_ack(
+    poller: &mut Poller,
+    q: QoS,
+    endpoint: &crate::mqtt::Endpoint,
+) -> Result<(Reason, Vec<crate::mqtt::Message>)> {
+    let describe = endpoint.describe();
+    let mut shutdown = Shutdown::install();
+    let mut early = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => bail!("interrupted before the broker acknowledged the command"),
+                ev = poller.next() => match ev {
+                    Ok(Event::PubAck(a)) if q == QoS::AtLeastOnce => return Ok(a.reason),
+                    Ok(Event::PubRec(a)) if q == QoS::ExactlyOnce && !a.reason.is_success() => return Ok(a.reason),
+                    Ok(Event::PubComp(a)) if q == QoS::ExactlyOnce => return Ok(a.reason),
+                    Ok(Event::Sent(_)) if q == QoS::AtMostOnce => return Ok(Reason::SUCCESS),
+                    Ok(Event::Message(m)) => early.push(m),
+                    Ok(_) => {}
+                    Err(e) => bail!("{}", describe_connect_error_as(&describe, &e, endpoint.password.is_some())),
+                }
+            }
+        }
+    })
+    .await;
+    let reason = done.unwrap_or_else(|_| {
+        bail!("no acknowledgement from {describe} within 30 s for the command")
+    })?;
+    Ok((reason, early))
+}
+
+/// Over 3.1.1 a broker acknowledges what its ACL drops: say so (once).
+pub(crate) fn note_311_acks() {
+    crate::note!("note: MQTT 3.1.1 acknowledgements do not prove authorization (mosquitto acknowledges what its ACL drops); MQTT 5 (-V 5, the default) reports refusals");
+}
+
 /// Sends DISCONNECT after what is queued and waits (briefly) until it is written.
-pub(crate) async fn disconnect(client: &AsyncClient, poller: &mut Poller) {
+pub(crate) async fn disconnect(client: &Client, poller: &mut Poller) {
     poller.disconnect(client, Duration::from_secs(2)).await;
 }
 
@@ -743,6 +883,8 @@ struct SentCommand<'a> {
     name: &'a str,
     params: &'a BTreeMap<String, String>,
     time_unix_nano: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<ReplyJson>,
 }
 
 pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
@@ -765,50 +907,76 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
     };
     let payload = Bytes::from(cmd.encode_to_vec());
     let q = qos(args.qos);
-    let (client, eventloop) = AsyncClient::new(endpoint.mqtt_options(&client_id), 8);
+    let mut props = args
+        .props
+        .resolve(args.conn.protocol, Some(crate::proto::COMMAND_TYPE))?;
+    let wait = match args.wait_reply {
+        Some(t) => Some(ReplyWait::new(&endpoint, &args.device_id, &cmd.id, t)?),
+        None => None,
+    };
+    if let Some(w) = &wait {
+        w.ask(&mut props);
+    }
+    let (client, eventloop) = session::open(&endpoint, &Options::new(&client_id));
     let mut poller = Poller::new(eventloop);
-    client
-        .publish_bytes(topic.clone(), q, false, payload)
+    if let Some(w) = &wait {
+        w.subscribe(&client, &mut poller).await?;
+    }
+    (client.publish(&topic, q, false, payload, props.as_ref()))
         .await
         .context("handing the command to the MQTT event loop")?;
-    let mut shutdown = Shutdown::install();
     let describe = endpoint.describe();
-    let done = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => bail!("interrupted before the broker acknowledged the command"),
-                ev = poller.next() => match ev {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) if q == QoS::AtLeastOnce => return Ok(()),
-                    Ok(Event::Incoming(Incoming::PubComp(_))) if q == QoS::ExactlyOnce => return Ok(()),
-                    Ok(Event::Outgoing(Outgoing::Publish(_))) if q == QoS::AtMostOnce => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => bail!("{}", describe_connect_error_as(&describe, &e, endpoint.password.is_some())),
-                }
-            }
-        }
-    })
-    .await;
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            bail!("no acknowledgement from {describe} within 30 s for the command to {topic}")
-        }
+    let (reason, early) = await_ack(&mut poller, q, &endpoint).await?;
+    if !reason.is_success() {
+        disconnect(&client, &mut poller).await;
+        bail!("{describe}: the broker refused the command to {topic}: {reason}; check that this identity may publish there (the server identity, `mqttkit doctor`)")
     }
-    disconnect(&client, &mut poller).await;
+    if client.protocol() == Protocol::V311 && q != QoS::AtMostOnce {
+        note_311_acks();
+    }
     crate::note!("sent command '{}' (id {}) to {}", cmd.name, cmd.id, topic);
+    let reply = match &wait {
+        Some(w) => Some(w.wait(&mut poller, early).await),
+        None => None,
+    };
+    disconnect(&client, &mut poller).await;
+    let reply = reply.transpose()?;
+    print_sent(&args, &topic, &cmd, reply)
+}
+
+/// The sent command (its id, or `--json`) and the reply, on stdout; a
+/// reply that says the device did not take it exits 1.
+fn print_sent(
+    args: &PubCommandArgs,
+    topic: &str,
+    cmd: &Command,
+    reply: Option<crate::proto::CommandReply>,
+) -> Result<ExitCode> {
+    let ok = reply.as_ref().is_none_or(|r| r.ok);
     if args.json {
         crate::output::print_json(&SentCommand {
-            topic: &topic,
+            topic,
             id: &cmd.id,
             device_id: &cmd.device_id,
             name: &cmd.name,
             params: &cmd.params,
             time_unix_nano: cmd.time_unix_nano,
+            reply: reply.map(ReplyJson::from),
         })?;
+    } else if let Some(r) = reply {
+        let verdict = if r.ok { "ok" } else { "refused" };
+        crate::output::print_stdout(&format!(
+            "{} reply from {}: {verdict}: {}\n",
+            cmd.id,
+            crate::telemetry::Escaped(&r.device_id),
+            crate::telemetry::Escaped(&r.message)
+        ))?;
     } else {
         crate::output::print_stdout(&format!("{}\n", cmd.id))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mqtt::Message;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use crate::mqtt::Message;
 use serde::Serialize;
 
 use super::publish::{publish_stream, Source, Stream};
@@ -65,6 +65,8 @@ pub struct RawPubArgs {
     pub raw: bool,
     #[command(flatten)]
     pub schema: SchemaArgs,
+    #[command(flatten)]
+    pub props: super::props::PropsArgs,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json_summary: bool,
@@ -136,11 +138,19 @@ pub async fn run_pub(args: RawPubArgs) -> Result<ExitCode> {
     if args.message.json.is_some() && input.desc.is_none() {
         bail!("--json: no message type for topic {topic}; map it in --schema (or give --proto FILE --message TYPE), or send bytes with -m");
     }
+    // Protobuf (encoded from JSON by the map) says so in its content type.
+    let protobuf_type = (input.desc.as_ref())
+        .filter(|_| {
+            args.message.json.is_some() || args.message.file.is_some() || args.message.lines
+        })
+        .map(|d| d.full_name().to_string());
     let source = Source::raw(read_messages(&args.message, &input)?);
     // A device's telemetry topic is written as that device (mqttkit's broker
     // ACL drops it from any other identity, silently); the rest as the server.
+    // An identity given with --cert is used as it is: the broker says
+    // (MQTT 5: PUBACK 0x87) whether it may publish there.
     let role = match device_of_topic(&topic) {
-        Some(id) if topic == telemetry_topic(id) => Role::Device(id),
+        Some(id) if topic == telemetry_topic(id) && args.conn.cert.is_none() => Role::Device(id),
         _ => Role::Server,
     };
     let endpoint = args.conn.spec()?.resolve(role)?;
@@ -159,6 +169,9 @@ pub async fn run_pub(args: RawPubArgs) -> Result<ExitCode> {
         persistent: client_id.is_some(),
         json: args.json_summary,
         device_id: String::new(),
+        props: args
+            .props
+            .resolve(args.conn.protocol, protobuf_type.as_deref())?,
     };
     let client_id = client_id.unwrap_or_else(|| unique_client_id("mqttkit-pub"));
     let code = publish_stream(&endpoint, &client_id, stream, source).await?;
@@ -442,6 +455,9 @@ struct JsonLine<'a> {
     payload_hex: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// MQTT 5 properties (user properties, content type, expiry...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<&'a crate::mqtt::Props>,
 }
 
 /// What the schema made of one payload.
@@ -477,6 +493,7 @@ impl RawPrinter {
             payload_base64: None,
             payload_hex: None,
             error: None,
+            properties: p.props.as_deref(),
         };
         match decoded {
             Decoded::Message(name, labels, v) => {

@@ -8,8 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
-use anyhow::Result;
 use crate::mqtt::Message;
+use anyhow::Result;
 use serde::Serialize;
 
 use super::subscribe::Print;

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::mqtt::Message;
 use anyhow::{bail, Context, Result};
 use prost::Message as _;
 use rangemap::RangeInclusiveSet;
-use crate::mqtt::Message;
 use serde::Serialize;
 
 use super::schema_sub::SchemaPrinter;
@@ -23,13 +23,13 @@ use super::{
     device_id, qos, validate_device_id, Out, SubCommandArgs, SubCommonArgs, SubTelemetryArgs,
 };
 use crate::mqtt::{
-    command_topic, device_of_topic, telemetry_topic, unique_client_id, Endpoint, Role,
-    ALL_TELEMETRY,
+    command_topic, device_of_topic, telemetry_topic, unique_client_id, Endpoint, Props, Protocol,
+    Role, ALL_TELEMETRY,
 };
 use crate::pipeline::quarantine::{payload_problem, DeadLetterFile, Rejected};
 use crate::pipeline::{self, Acks, Batching, Handled, Handler, SubscribeConfig};
 use crate::proto::v1::telemetry::Status;
-use crate::proto::{Command, Telemetry};
+use crate::proto::{Command, CommandReply, Telemetry, COMMAND_REPLY_TYPE};
 use crate::schema::{Role as SchemaRole, Schema};
 use crate::telemetry::{rfc3339_nanos, Escaped, HumanLine, HumanTime};
 
@@ -65,6 +65,8 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
         Some(id) => format!("{identity}-sub-telemetry-{id}"),
         None => format!("{identity}-sub-telemetry"),
     };
+    let fixed_id = args.share.client_id(fixed_id, args.common.persistent)?;
+    let filters = args.share.filters(vec![filter]);
     let printer = TelemetryPrinter {
         msg: Telemetry::default(),
         json: args.common.json,
@@ -73,7 +75,7 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
         dead_letter: DeadLetterFile::new(&dead_letter_dir(&args)),
         rejects: Vec::new(),
     };
-    subscribe(&endpoint, &args.common, &fixed_id, vec![filter], printer).await
+    subscribe(&endpoint, &args.common, &fixed_id, filters, printer).await
 }
 
 /// `sub telemetry --schema`: the schema's telemetry filters, decoded by it.
@@ -99,6 +101,8 @@ async fn run_schema_telemetry(args: SubTelemetryArgs, schema: Schema) -> Result<
     let endpoint = spec.resolve(Role::Server)?;
     let identity = identity_name(&endpoint, "server");
     let fixed_id = format!("{identity}-sub-telemetry-schema");
+    let fixed_id = args.share.client_id(fixed_id, args.common.persistent)?;
+    let filters = args.share.filters(filters);
     let printer = SchemaPrinter {
         schema,
         json: args.common.json,
@@ -114,8 +118,13 @@ pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
     let endpoint = args.conn.spec()?.resolve(Role::Device(&device))?;
     let filter = command_topic(&device);
     let fixed_id = format!("{device}-sub-commands");
+    if args.reply && endpoint.protocol == Protocol::V311 {
+        bail!("--reply: MQTT 3.1.1 has no response topics; drop -V 311 (MQTT 5 is the default)");
+    }
     let printer = CommandPrinter {
         json: args.common.json,
+        reply: args.reply,
+        device: device.clone(),
     };
     subscribe(&endpoint, &args.common, &fixed_id, vec![filter], printer).await
 }
@@ -138,13 +147,14 @@ async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
     let spec = args.conn.spec()?;
     let endpoint = spec.resolve(Role::Server)?;
     warn_if_not_the_server(&spec, &endpoint);
-    let client_id = endpoint
-        .client_id
-        .clone()
-        .unwrap_or_else(|| sink.default_client_id(args.device_id.as_deref()));
+    let client_id = match &endpoint.client_id {
+        Some(id) => id.clone(),
+        None => (args.share).client_id(sink.default_client_id(args.device_id.as_deref()), true)?,
+    };
     // Always persistent: the session keeps what arrives while the sink is
     // down (the at-least-once guarantee); --persistent says it again.
-    let cfg = subscribe_config(&args.common, vec![filter], client_id, true);
+    let filters = args.share.filters(vec![filter]);
+    let cfg = subscribe_config(&args.common, filters, client_id, true);
     sink.run(&endpoint, &cfg).await
 }
 
@@ -213,6 +223,11 @@ pub(crate) trait Print: Send {
     /// commit acknowledges it.
     fn commit(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    /// See [`Handler::reply`].
+    fn reply(&mut self, _p: &Message) -> Option<pipeline::Reply> {
+        None
     }
 }
 
@@ -306,6 +321,10 @@ impl<P: Print> Handler for Printing<P> {
 
     fn subscribed(&mut self, _resumed: bool) {
         crate::note!("{}", self.banner);
+    }
+
+    fn reply(&mut self, p: &Message) -> Option<pipeline::Reply> {
+        self.printer.reply(p)
     }
 }
 
@@ -451,11 +470,52 @@ struct CommandJson<'a> {
 
 struct CommandPrinter {
     json: bool,
+    /// `--reply`: answer each command that names a response topic.
+    reply: bool,
+    device: String,
 }
 
 impl Print for CommandPrinter {
     fn print(&mut self, out: &mut Out, p: &Message) -> Result<Handled> {
         print_command(out, p, self.json)
+    }
+
+    fn reply(&mut self, p: &Message) -> Option<pipeline::Reply> {
+        if !self.reply {
+            return None;
+        }
+        let props = p.props.as_deref()?;
+        let topic = props.response_topic.clone()?;
+        let reply = match Command::decode(p.payload.as_ref()) {
+            Ok(cmd) if !p.payload.is_empty() => CommandReply {
+                message: format!("received {}", cmd.name),
+                id: cmd.id,
+                ok: true,
+                ..CommandReply::default()
+            },
+            Ok(_) => CommandReply {
+                message: "empty payload: not a Command".into(),
+                ..CommandReply::default()
+            },
+            Err(e) => CommandReply {
+                message: format!("not a Command: {e}"),
+                ..CommandReply::default()
+            },
+        };
+        let reply = CommandReply {
+            device_id: self.device.clone(),
+            time_unix_nano: crate::clock::now_unix_nano(),
+            ..reply
+        };
+        Some(pipeline::Reply {
+            topic,
+            payload: reply.encode_to_vec().into(),
+            props: Props {
+                correlation_data: props.correlation_data.clone(),
+                content_type: Some(super::props::protobuf_content_type(COMMAND_REPLY_TYPE)),
+                ..Props::default()
+            },
+        })
     }
 }
 

@@ -17,10 +17,14 @@ pub struct PolicyTopics {
 }
 
 impl PolicyTopics {
-    /// `devices/NAME/telemetry` out, `devices/NAME/commands` in.
+    /// `devices/NAME/telemetry` and `devices/NAME/replies` (answers to
+    /// commands) out, `devices/NAME/commands` in.
     pub fn builtin(name: &str) -> Self {
         PolicyTopics {
-            publish: vec![crate::mqtt::telemetry_topic(name)],
+            publish: vec![
+                crate::mqtt::telemetry_topic(name),
+                crate::mqtt::reply_topic(name),
+            ],
             receive: vec![crate::mqtt::command_topic(name)],
         }
     }
@@ -143,6 +147,7 @@ mod tests {
         let text = d.to_string();
         assert!(text.contains("arn:aws:iot:us-east-1:123456789012:client/dev-1"));
         assert!(text.contains("topic/devices/dev-1/telemetry"));
+        assert!(text.contains("topic/devices/dev-1/replies"));
         assert!(text.contains("topicfilter/devices/dev-1/commands"));
         assert!(!text.contains("iot:*"));
         assert!(same_document(&text, &d));

@@ -13,6 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rumqttc::{ConnectReturnCode, ConnectionError};
+
+use super::reason::{self, Reason};
+use super::session::ConnError;
 use rustls::{AlertDescription, CertificateError};
 
 /// One connection failure kind.
@@ -55,8 +58,13 @@ pub enum Failure {
     BadClientId,
     /// CONNACK refused: server unavailable.
     ServerUnavailable,
-    /// CONNACK refused with another code.
-    Refused(ConnectReturnCode),
+    /// CONNACK refused with another code, in words (`0x97 quota exceeded`).
+    Refused(String),
+    /// The broker ended the connection with an MQTT 5 DISCONNECT.
+    Disconnected(Reason),
+    /// An MQTT 5 CONNECT answered by a close or a CONNACK that is not MQTT 5:
+    /// a broker that speaks only 3.1.1 (or one that refuses the client).
+    NotMqtt5,
     /// The broker closed the connection during the handshake, without a word.
     ClosedDuringHandshake,
     /// Anything else, with the original error text.
@@ -64,12 +72,25 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The kind of a rumqttc connection error.
-    pub fn classify(e: &ConnectionError) -> Failure {
+    /// The kind of a connection error, from either protocol.
+    pub fn classify(e: &ConnError) -> Failure {
+        use rumqttc::v5::ConnectionError as C5;
         match e {
-            ConnectionError::ConnectionRefused(code) => Failure::from_code(*code),
-            ConnectionError::NetworkTimeout => Failure::TimedOut,
-            other => Failure::from_error(other),
+            ConnError::V4(ConnectionError::ConnectionRefused(code)) => Failure::from_code(*code),
+            ConnError::V4(ConnectionError::NetworkTimeout) => Failure::TimedOut,
+            ConnError::V4(other) => Failure::from_error(other),
+            ConnError::V5(C5::ConnectionRefused(code)) => {
+                Failure::from_v5_code(reason::v5::connack(*code))
+            }
+            ConnError::V5(C5::Timeout(_)) => Failure::TimedOut,
+            ConnError::V5(C5::MqttState(
+                rumqttc::v5::StateError::ConnectionAborted
+                | rumqttc::v5::StateError::Deserialization(_),
+            )) => Failure::NotMqtt5,
+            ConnError::V5(other) => match e.server_disconnect() {
+                Some(r) => Failure::Disconnected(r),
+                None => Failure::from_error(other),
+            },
         }
     }
 
@@ -101,7 +122,17 @@ impl Failure {
             ConnectReturnCode::NotAuthorized => Failure::NotAuthorized,
             ConnectReturnCode::BadClientId => Failure::BadClientId,
             ConnectReturnCode::ServiceUnavailable => Failure::ServerUnavailable,
-            other => Failure::Refused(other),
+            other => Failure::Refused(format!("{other:?}")),
+        }
+    }
+
+    fn from_v5_code(code: u8) -> Failure {
+        match code {
+            0x86 => Failure::BadCredentials,
+            0x87 => Failure::NotAuthorized,
+            0x85 => Failure::BadClientId,
+            0x88 | 0x89 => Failure::ServerUnavailable,
+            other => Failure::Refused(Reason::new(other).to_string()),
         }
     }
 
@@ -274,7 +305,13 @@ impl Failure {
             Failure::ServerUnavailable => {
                 "the broker refused the MQTT CONNECT: server unavailable".into()
             }
-            Failure::Refused(code) => format!("the broker refused the MQTT CONNECT ({code:?})"),
+            Failure::Refused(reason) => format!("the broker refused the MQTT CONNECT ({reason})"),
+            Failure::Disconnected(reason) => {
+                format!("the broker ended the connection with DISCONNECT {reason}")
+            }
+            Failure::NotMqtt5 => {
+                "the broker closed the connection instead of answering the MQTT 5 CONNECT".into()
+            }
             Failure::ClosedDuringHandshake => {
                 "the broker closed the connection during the handshake".into()
             }
@@ -320,6 +357,10 @@ impl Failure {
             Failure::BadClientId => "pass another --client-id".into(),
             Failure::ServerUnavailable => "retry later".into(),
             Failure::Refused(_) => "see the broker log (`mqttkit broker logs`)".into(),
+            Failure::Disconnected(r) if r.code == 0x8e => "another client connected with the same client id; pass a different --client-id".into(),
+            Failure::Disconnected(r) if r.code == 0x87 || r.code == 0x90 => "the identity may not use that topic (an ACL or IoT policy denial); check its permissions (`mqttkit doctor`)".into(),
+            Failure::Disconnected(_) => "see the broker log (`mqttkit broker logs`)".into(),
+            Failure::NotMqtt5 => "if it speaks only MQTT 3.1.1, pass -V 311 (or leave -V out to fall back by itself); else see the broker log".into(),
             Failure::ClosedDuringHandshake => "the client certificate was probably rejected or missing (check --cert/--key and `mqttkit broker logs`), or the port is not a TLS port (check --port; for plain MQTT, --host mqtt://HOST:PORT or --no-tls)".into(),
             Failure::Other(_) => "see the broker log (`mqttkit broker logs`)".into(),
         }
@@ -371,16 +412,12 @@ pub async fn speaks_plain_mqtt(host: &str, port: u16, timeout: Duration) -> bool
 }
 
 /// One line saying what went wrong connecting and what to do about it.
-pub fn describe_connect_error(endpoint: &str, err: &ConnectionError) -> String {
+pub fn describe_connect_error(endpoint: &str, err: &ConnError) -> String {
     describe_connect_error_as(endpoint, err, false)
 }
 
 /// [`describe_connect_error`] for a client that sent a user name and password.
-pub fn describe_connect_error_as(
-    endpoint: &str,
-    err: &ConnectionError,
-    credentials: bool,
-) -> String {
+pub fn describe_connect_error_as(endpoint: &str, err: &ConnError, credentials: bool) -> String {
     // `endpoint` is `Endpoint::describe()`: scheme://host:port, IPv6 in brackets.
     let authority = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
@@ -417,6 +454,7 @@ mod tests {
     }
 
     fn check(e: ConnectionError, kind: Failure, fix: &str) {
+        let e = ConnError::V4(e);
         let got = Failure::classify(&e);
         assert_eq!(got, kind, "{e:?}");
         let line = got.explain("mqtts://h:8883", "h", Some(Path::new("ca.crt")));
@@ -460,7 +498,7 @@ mod tests {
             (refused(R::NotAuthorized), Failure::NotAuthorized, "certificate's CN"),
             (refused(R::BadClientId), Failure::BadClientId, "another --client-id"),
             (refused(R::ServiceUnavailable), Failure::ServerUnavailable, "retry later"),
-            (refused(R::RefusedProtocolVersion), Failure::Refused(R::RefusedProtocolVersion), "broker log"),
+            (refused(R::RefusedProtocolVersion), Failure::Refused("RefusedProtocolVersion".into()), "broker log"),
         ];
         for (e, kind, fix) in table {
             check(e, kind, fix);
@@ -470,12 +508,13 @@ mod tests {
     #[test]
     fn kinds_beyond_the_fix_line() {
         // The alert's name is shown; the same alert during a TLS 1.2 handshake lands in TlsError.
-        let line = Failure::classify(&alert(AlertDescription::UnknownCA)).explain("at", "h", None);
+        let line =
+            Failure::classify(&alert(AlertDescription::UnknownCA).into()).explain("at", "h", None);
         assert!(line.contains("TLS alert UnknownCA"), "{line}");
         let e = handshake(rustls::Error::AlertReceived(
             AlertDescription::CertificateRequired,
         ));
-        assert_eq!(Failure::classify(&e), Failure::ClientCertRequired);
+        assert_eq!(Failure::classify(&e.into()), Failure::ClientCertRequired);
         assert!(!Failure::ServerCertExpired.fix("h").contains("pki init"));
         assert!(Failure::BadCredentials.is_connack_refusal());
         let refused = Failure::NotAuthorized;
@@ -516,7 +555,7 @@ mod tests {
         for c in [C::NotValidForName, context] {
             check(cert(c), Failure::NameMismatch { carried: vec![] }, "mqttkit pki issue broker --server --host <each name it carries now> --host h --force");
         }
-        let f = Failure::classify(&cert(C::NotValidForName))
+        let f = Failure::classify(&cert(C::NotValidForName).into())
             .with_carried_names(vec!["localhost".into(), "127.0.0.1".into()]);
         let line = f.explain("at", "10.0.0.5", None);
         assert!(line.contains("it carries: localhost, 127.0.0.1"), "{line}");
@@ -531,7 +570,7 @@ mod tests {
     #[test]
     fn other_keeps_the_text() {
         let e = handshake(rustls::Error::General("odd".into()));
-        let f = Failure::classify(&e);
+        let f = Failure::classify(&e.into());
         assert!(
             matches!(&f, Failure::Other(t) if t == "unexpected error: odd"),
             "{f:?}"
@@ -568,7 +607,7 @@ mod tests {
         let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
         loop {
             if let Err(e) = eventloop.poll().await {
-                return Failure::classify(&e);
+                return Failure::classify(&e.into());
             }
         }
     }

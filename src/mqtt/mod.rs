@@ -7,6 +7,8 @@ pub mod failure;
 pub mod poller;
 pub mod probe;
 pub mod profile;
+pub mod reason;
+pub mod session;
 pub mod sigv4;
 pub mod tls;
 
@@ -21,10 +23,9 @@ use rumqttc::{MqttOptions, TlsConfiguration};
 use serde::{Deserialize, Serialize};
 
 pub use address::Secret;
-/// One received message, as the handlers of every flow see it (the
-/// connection layer will give it its own type for MQTT 5 properties).
-pub use rumqttc::Publish as Message;
 pub use profile::Profile;
+pub use reason::Reason;
+pub use session::{Ack, Client, ConnError, Event, EventLoop, Message, Options, Props, Protocol};
 
 /// Topic a device publishes its telemetry to.
 pub fn telemetry_topic(device_id: &str) -> String {
@@ -34,6 +35,11 @@ pub fn telemetry_topic(device_id: &str) -> String {
 /// Topic a device receives its commands on.
 pub fn command_topic(device_id: &str) -> String {
     format!("devices/{device_id}/commands")
+}
+
+/// Where a device answers commands (MQTT 5 response topic).
+pub fn reply_topic(device_id: &str) -> String {
+    format!("devices/{device_id}/replies")
 }
 
 pub const ALL_TELEMETRY: &str = "devices/+/telemetry";
@@ -99,6 +105,15 @@ pub struct ConnectionArgs {
     /// MQTT client id.
     #[arg(long, short = 'i')]
     pub client_id: Option<String>,
+    /// MQTT protocol version. Without it: 5, and 3.1.1 when the broker
+    /// refuses 5 (said on stderr).
+    #[arg(
+        long = "protocol-version",
+        short = 'V',
+        value_name = "5|311",
+        value_enum
+    )]
+    pub protocol: Option<Protocol>,
     #[arg(long, value_enum)]
     pub transport: Option<Transport>,
     /// Plain MQTT over TCP (default port 1883): not encrypted, for local brokers.
@@ -164,6 +179,8 @@ pub struct ConnectSpec {
     /// Client certificate and key, overriding the profile's identity.
     pub identity: Option<(PathBuf, PathBuf)>,
     pub client_id: Option<String>,
+    /// `None`: MQTT 5, falling back to 3.1.1 when the broker refuses 5.
+    pub protocol: Option<Protocol>,
     pub transport: Option<Transport>,
     pub keepalive: Duration,
     /// Plain TCP (`--no-tls`), as `mqtt://` asks for it.
@@ -192,6 +209,7 @@ impl ConnectSpec {
             cafile: None,
             identity: None,
             client_id: None,
+            protocol: None,
             transport: None,
             keepalive: DEFAULT_KEEPALIVE,
             plain: false,
@@ -214,6 +232,7 @@ impl ConnectionArgs {
             cafile: self.cafile.clone(),
             identity: self.cert.clone().zip(self.key.clone()),
             client_id: self.client_id.clone(),
+            protocol: self.protocol,
             transport: self.transport,
             keepalive: self.keepalive,
             plain: self.no_tls,
@@ -278,6 +297,9 @@ pub struct Endpoint {
     pub identity: Option<(PathBuf, PathBuf)>,
     /// Client id from the flags or profile; commands choose one otherwise.
     pub client_id: Option<String>,
+    pub protocol: Protocol,
+    /// Whether 3.1.1 may stand in when the broker refuses MQTT 5 (no -V).
+    pub protocol_fallback: bool,
     pub tls: Arc<rustls::ClientConfig>,
     pub keepalive: Duration,
     pub region: Option<String>,
@@ -293,6 +315,7 @@ impl std::fmt::Debug for Endpoint {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("transport", &self.transport)
+            .field("protocol", &self.protocol)
             .field("identity", &self.identity)
             .finish()
     }
@@ -357,6 +380,8 @@ impl ConnectSpec {
             cafile,
             identity,
             client_id,
+            protocol: self.protocol.unwrap_or_default(),
+            protocol_fallback: self.protocol.is_none(),
             tls,
             keepalive: self.keepalive.max(Duration::from_secs(5)),
             region: p.and_then(|p| p.region.clone()),
@@ -476,48 +501,102 @@ fn identity_from_profile(p: &Profile, role: Role<'_>) -> Option<(PathBuf, PathBu
 pub use identity::files as identity_in;
 
 impl Endpoint {
-    /// rumqttc options for this endpoint (MQTT 3.1.1).
-    pub fn mqtt_options(&self, client_id: &str) -> MqttOptions {
-        let tls = TlsConfiguration::Rustls(self.tls.clone());
-        let mut opts = match self.transport {
+    /// rumqttc options for a 3.1.1 session.
+    pub(crate) fn mqtt_options_for(&self, o: &Options) -> MqttOptions {
+        let mut opts = MqttOptions::new(&o.client_id, self.broker_addr(), self.port);
+        match self.transport {
             // rumqttc's default transport is plain TCP.
-            Transport::Tcp => MqttOptions::new(client_id, self.host.clone(), self.port),
+            Transport::Tcp => {}
             Transport::Tls | Transport::Alpn => {
-                let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
-                o.set_transport(rumqttc::Transport::tls_with_config(tls));
-                o
+                opts.set_transport(rumqttc::Transport::tls_with_config(self.tls_config()));
             }
             Transport::Wss => {
-                // Port 443 stays out of the URL so the Host header (which SigV4 signs) is the bare host.
-                let url = match self.port {
-                    443 => format!("wss://{}/mqtt", self.host_for_url()),
-                    port => format!("wss://{}:{port}/mqtt", self.host_for_url()),
-                };
-                let mut o = MqttOptions::new(client_id, url, self.port);
-                o.set_transport(rumqttc::Transport::wss_with_config(tls));
+                opts.set_transport(rumqttc::Transport::wss_with_config(self.tls_config()));
                 // AWS IoT: presign each (re)connect with fresh credentials from aws-config.
                 if let Some(region) = self.sigv4_region() {
-                    o.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
+                    opts.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
                 }
-                o
             }
-        };
+        }
         opts.set_keep_alive(self.keepalive);
-        opts.set_max_packet_size(256 * 1024, 256 * 1024);
+        opts.set_max_packet_size(o.max_incoming, o.max_outgoing);
+        opts.set_clean_session(!o.persistent);
+        opts.set_manual_acks(o.manual_acks);
+        if let Some(n) = o.inflight {
+            opts.set_inflight(n);
+        }
         if let Some(user) = &self.username {
             let password = self.password.as_ref().map_or("", Secret::expose);
             opts.set_credentials(user.clone(), password);
         }
         if let Some(w) = &self.will {
-            let qos = qos(w.qos);
-            opts.set_last_will(rumqttc::LastWill::new(
+            let will = rumqttc::LastWill::new(&w.topic, w.payload.clone(), qos(w.qos), w.retain);
+            opts.set_last_will(will);
+        }
+        opts
+    }
+
+    /// rumqttc options for an MQTT 5 session.
+    pub(crate) fn mqtt5_options(&self, o: &Options) -> rumqttc::v5::MqttOptions {
+        use rumqttc::v5::mqttbytes::{v5::LastWill, QoS as Q5};
+        let mut opts = rumqttc::v5::MqttOptions::new(&o.client_id, self.broker_addr(), self.port);
+        match self.transport {
+            Transport::Tcp => {}
+            Transport::Tls | Transport::Alpn => {
+                opts.set_transport(rumqttc::Transport::tls_with_config(self.tls_config()));
+            }
+            Transport::Wss => {
+                opts.set_transport(rumqttc::Transport::wss_with_config(self.tls_config()));
+                if let Some(region) = self.sigv4_region() {
+                    opts.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
+                }
+            }
+        }
+        opts.set_keep_alive(self.keepalive);
+        // Enforced here, not announced: a broker told our maximum drops a
+        // larger message for us without a word; unannounced, it arrives and
+        // is reported (as over 3.1.1).
+        opts.set_default_max_incoming_size(o.max_incoming.min(u32::MAX as usize) as u32);
+        opts.set_clean_start(!o.persistent);
+        // 3.1.1's persistent session never expires; the same here.
+        opts.set_session_expiry_interval(o.persistent.then_some(u32::MAX));
+        opts.set_manual_acks(o.manual_acks);
+        if let Some(n) = o.inflight {
+            opts.set_outgoing_inflight_upper_limit(n);
+        }
+        opts.set_network_options(session::network_options(o));
+        if let Some(t) = o.connect_timeout {
+            opts.set_connection_timeout(t.as_secs().max(1));
+        }
+        if let Some(user) = &self.username {
+            let password = self.password.as_ref().map_or("", Secret::expose);
+            opts.set_credentials(user.clone(), password);
+        }
+        if let Some(w) = &self.will {
+            let q = [Q5::AtMostOnce, Q5::AtLeastOnce, Q5::ExactlyOnce][w.qos.min(2) as usize];
+            opts.set_last_will(LastWill::new(
                 &w.topic,
                 w.payload.clone(),
-                qos,
+                q,
                 w.retain,
+                None,
             ));
         }
         opts
+    }
+
+    fn tls_config(&self) -> TlsConfiguration {
+        TlsConfiguration::Rustls(self.tls.clone())
+    }
+
+    /// The host, or for WebSockets the URL (port 443 stays out of it so the
+    /// Host header, which SigV4 signs, is the bare host).
+    fn broker_addr(&self) -> String {
+        match (self.transport, self.port) {
+            (Transport::Wss, 443) => format!("wss://{}/mqtt", self.host_for_url()),
+            (Transport::Wss, port) => format!("wss://{}:{port}/mqtt", self.host_for_url()),
+            _ => self.host.clone(),
+        }
     }
 
     /// The same place, connecting as another identity (files in PEM).

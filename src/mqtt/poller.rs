@@ -1,4 +1,4 @@
-//! A cancel-safe wrapper around rumqttc's event loop.
+//! A cancel-safe wrapper around the session's event loop.
 //!
 //! rumqttc 0.25's `EventLoop::poll` is not cancel-safe: when the future is
 //! dropped while it writes a packet (the socket is full, e.g. under load),
@@ -15,10 +15,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing};
+use super::session::{Client, ConnError, Event, EventLoop};
 
 // Boxed: a poll moves the event loop in and out, and it is large.
-type PollOutput = (Box<EventLoop>, Result<Event, ConnectionError>);
+type PollOutput = (Box<EventLoop>, Result<Event, ConnError>);
 type PollFuture = Pin<Box<dyn Future<Output = PollOutput> + Send>>;
 
 /// Drives an [`EventLoop`] so that a poll, once started, always finishes.
@@ -44,7 +44,7 @@ impl Poller {
 
     /// The next event. Cancel-safe: a poll interrupted by dropping this
     /// future resumes on the next call, so no packet is lost.
-    pub async fn next(&mut self) -> Result<Event, ConnectionError> {
+    pub async fn next(&mut self) -> Result<Event, ConnError> {
         if let Some(eventloop) = self.idle.take() {
             self.polling = Some(Box::pin(poll_owned(eventloop)));
         }
@@ -70,7 +70,7 @@ impl Poller {
 
     /// The event loop back: finishes a paused poll first and returns the
     /// event it produced, so nothing it wrote or read goes unnoticed.
-    pub async fn into_inner(mut self) -> (EventLoop, Option<Result<Event, ConnectionError>>) {
+    pub async fn into_inner(mut self) -> (EventLoop, Option<Result<Event, ConnError>>) {
         if let Some(fut) = self.polling.take() {
             let (eventloop, ev) = fut.await;
             return (*eventloop, Some(ev));
@@ -84,14 +84,14 @@ impl Poller {
     /// Queues a DISCONNECT after everything already handed to `client`
     /// (publishes, acknowledgements) and polls until it is written, the
     /// connection fails, or `timeout` passes. Returns whether it was written.
-    pub async fn disconnect(&mut self, client: &AsyncClient, timeout: Duration) -> bool {
+    pub async fn disconnect(&mut self, client: &Client, timeout: Duration) -> bool {
         if client.try_disconnect().is_err() {
             return false;
         }
         tokio::time::timeout(timeout, async {
             loop {
                 match self.next().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return true,
+                    Ok(Event::SentDisconnect) => return true,
                     Err(_) => return false,
                     Ok(_) => {}
                 }

@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Packet};
-
 use super::failure::Failure;
+use super::session::{self, Event, Options};
 use super::Endpoint;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +29,11 @@ pub async fn connect_once(
     timeout: Duration,
 ) -> Result<Duration, ProbeError> {
     let start = Instant::now();
-    let opts = endpoint.mqtt_options(client_id);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let (client, mut eventloop) = session::open(endpoint, &Options::new(client_id));
     let result = tokio::time::timeout(timeout, async {
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(start.elapsed()),
+                Ok(Event::Connected { .. }) => return Ok(start.elapsed()),
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }

@@ -29,14 +29,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, Incoming, QoS, StateError, SubscribeFilter,
-};
-use rumqttc::{SubscribeReasonCode, SubscribeReasonCode::Failure};
+use rumqttc::QoS;
 
 use crate::mqtt::poller::Poller;
-use crate::mqtt::Message;
-use crate::mqtt::Endpoint;
+use crate::mqtt::{session, Client, Endpoint, Event, Message, Options, Reason};
 pub use reconnect::{Backoff, Reconnect};
 pub use shutdown::{Shutdown, Trigger};
 
@@ -131,6 +127,20 @@ pub trait Handler: Send {
     /// The subscription is in place: `resumed` when the broker kept it in
     /// the persistent session, so no SUBSCRIBE was sent.
     fn subscribed(&mut self, resumed: bool);
+
+    /// An answer to publish for a message just handled (MQTT 5
+    /// request/response: `sub command --reply`).
+    fn reply(&mut self, _p: &Message) -> Option<Reply> {
+        None
+    }
+}
+
+/// A message a handler sends back (QoS 1, on the same connection).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub props: crate::mqtt::Props,
 }
 
 /// Why a run ended.
@@ -266,6 +276,11 @@ impl Run<'_> {
             Handled::Repeated => {}
             Handled::Skipped => self.skipped += 1,
         }
+        if let Some(r) = handler.reply(&p) {
+            (session.client)
+                .try_publish(&r.topic, QoS::AtLeastOnce, false, r.payload, Some(&r.props))
+                .context("queueing a reply")?;
+        }
         self.uncommitted += 1;
         if session.manual_acks {
             self.pending.push((generation, p));
@@ -331,10 +346,10 @@ enum Delivery {
 
 /// The connection: its event loop, the subscription and reconnects.
 struct Session {
-    client: AsyncClient,
+    client: Client,
     poller: Poller,
     reconnect: Reconnect,
-    filters: Vec<SubscribeFilter>,
+    filters: Vec<(String, QoS)>,
     manual_acks: bool,
     subscribed: bool,
     /// Counts connections; acks of an older one are dropped.
@@ -347,45 +362,31 @@ struct Session {
     max_packet: usize,
 }
 
-/// The size of a packet rumqttc refused as larger than its limit.
-fn too_large(e: &ConnectionError) -> Option<usize> {
-    match e {
-        ConnectionError::MqttState(StateError::Deserialization(
-            rumqttc::Error::PayloadSizeLimitExceeded(n),
-        )) => Some(*n),
-        _ => None,
-    }
-}
-
 impl Session {
     fn connect(endpoint: &Endpoint, cfg: &SubscribeConfig) -> Self {
-        let mut opts = endpoint.mqtt_options(&cfg.client_id);
-        opts.set_clean_session(!cfg.persistent);
         let manual_acks = cfg.acks == Acks::AfterCommit;
-        opts.set_manual_acks(manual_acks);
-        // Every ack goes through this channel while we are the one polling,
-        // so it must hold as many as the broker can have in flight.
-        opts.set_max_packet_size(cfg.max_packet, MAX_OUTGOING);
-        let (client, mut eventloop) = AsyncClient::new(opts, u16::MAX as usize + 16);
-        // QoS 2: PUBREC and PUBCOMP are small writes answering the broker;
-        // Nagle would hold each behind the last one's delayed ACK.
-        if cfg.qos == QoS::ExactlyOnce {
-            eventloop.network_options.set_tcp_nodelay(true);
-        }
-        if let Some(t) = cfg.connect_timeout {
-            eventloop
-                .network_options
-                .set_connection_timeout(t.as_secs());
-        }
+        let opts = Options {
+            persistent: cfg.persistent,
+            manual_acks,
+            max_incoming: cfg.max_packet,
+            max_outgoing: MAX_OUTGOING,
+            // Every ack goes through this channel while we are the one
+            // polling, so it must hold as many as the broker can have in flight.
+            channel: u16::MAX as usize + 16,
+            // QoS 2: PUBREC and PUBCOMP are small writes answering the broker;
+            // Nagle would hold each behind the last one's delayed ACK.
+            nodelay: cfg.qos == QoS::ExactlyOnce,
+            connect_timeout: cfg.connect_timeout,
+            ..Options::new(&cfg.client_id)
+        };
+        let (client, eventloop) = session::open(endpoint, &opts);
         Session {
             client,
             // Cancel-safe: timers and commits interrupt polls, and an
             // interrupted write (an acknowledgement) must not be lost.
             poller: Poller::new(eventloop),
             reconnect: Reconnect::new(endpoint, cfg.reconnect_timeout),
-            filters: (cfg.filters.iter())
-                .map(|f| SubscribeFilter::new(f.clone(), cfg.qos))
-                .collect(),
+            filters: (cfg.filters.iter()).map(|f| (f.clone(), cfg.qos)).collect(),
             manual_acks,
             subscribed: false,
             generation: 0,
@@ -446,31 +447,29 @@ impl Session {
             self.retry_at = None;
         }
         match self.poller.next().await {
-            Ok(Event::Incoming(Incoming::Publish(p))) => {
-                Ok(Some(Delivery::Publish(self.generation, p)))
-            }
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+            Ok(Event::Message(p)) => Ok(Some(Delivery::Publish(self.generation, p))),
+            Ok(Event::Connected { session_present }) => {
                 self.reconnect.connected();
                 // A resumed session still has the subscription; subscribing
                 // again while mosquitto resends its in-flight messages gets
                 // the connection dropped with a protocol error.
-                if !ack.session_present {
+                if !session_present {
                     (self.client)
-                        .try_subscribe_many(self.filters.clone())
+                        .try_subscribe(&self.filters)
                         .context("subscribing")?;
                     Ok(None)
                 } else {
                     Ok(self.first_subscription(true))
                 }
             }
-            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                check_suback(&self.filters, &ack.return_codes)?;
+            Ok(Event::SubAck { codes, .. }) => {
+                check_suback(&self.filters, &codes, self.client.protocol())?;
                 Ok(self.first_subscription(false))
             }
             Ok(_) => Ok(None),
-            Err(e) if too_large(&e).is_some() => bail!(
+            Err(e) if e.too_large().is_some() => bail!(
                 "the broker sent a {}-byte packet, larger than --max-packet {}; raise --max-packet (up to 256MiB) to at least the broker's message_size_limit",
-                too_large(&e).unwrap_or_default(),
+                e.too_large().unwrap_or_default(),
                 self.max_packet
             ),
             Err(e) => {
@@ -498,8 +497,8 @@ impl Session {
     fn drain_read(&mut self) {
         let generation = self.generation;
         if let Some(eventloop) = self.poller.eventloop_mut() {
-            for ev in eventloop.state.events.drain(..) {
-                if let Event::Incoming(Incoming::Publish(p)) = ev {
+            for ev in eventloop.drain_buffered() {
+                if let Event::Message(p) = ev {
                     self.backlog.push_back((generation, p));
                 }
             }
@@ -522,19 +521,27 @@ impl Session {
 }
 
 /// Whether a SUBACK refused any of the filters.
-pub fn any_refused(codes: &[SubscribeReasonCode]) -> bool {
-    codes.iter().any(|c| matches!(c, Failure))
+pub fn any_refused(codes: &[Result<QoS, Reason>]) -> bool {
+    codes.iter().any(Result::is_err)
 }
 
 /// The broker's answer to our SUBSCRIBE: a refusal is the ACL's doing.
-fn check_suback(filters: &[SubscribeFilter], codes: &[SubscribeReasonCode]) -> Result<()> {
-    if !any_refused(codes) {
+fn check_suback(
+    filters: &[(String, QoS)],
+    codes: &[Result<QoS, Reason>],
+    protocol: session::Protocol,
+) -> Result<()> {
+    let refused: Vec<String> = (filters.iter().zip(codes))
+        .filter_map(|((f, _), c)| c.as_ref().err().map(|r| (f, r)))
+        .map(|(f, r)| match protocol {
+            // 3.1.1 has one refusal code (0x80) and no reason to name.
+            session::Protocol::V311 => f.clone(),
+            session::Protocol::V5 => format!("{f} ({r})"),
+        })
+        .collect();
+    if refused.is_empty() {
         return Ok(());
     }
-    let refused: Vec<&str> = (filters.iter().zip(codes))
-        .filter(|(_, c)| matches!(c, Failure))
-        .map(|(f, _)| f.path.as_str())
-        .collect();
     bail!(
         "the broker refused the subscription to {}: its ACL does not allow this identity to read it; use an identity the ACL lets read it (e.g. the server certificate for telemetry)",
         refused.join(", ")
@@ -558,12 +565,18 @@ mod tests {
     #[test]
     fn a_refused_filter_is_named() {
         let filters = vec![
-            SubscribeFilter::new("a/+".into(), QoS::AtLeastOnce),
-            SubscribeFilter::new("b/#".into(), QoS::AtLeastOnce),
+            ("a/+".to_string(), QoS::AtLeastOnce),
+            ("b/#".to_string(), QoS::AtLeastOnce),
         ];
-        let ok = [SubscribeReasonCode::Success(QoS::AtLeastOnce); 2];
-        assert!(check_suback(&filters, &ok).is_ok());
-        let err = check_suback(&filters, &[ok[0], Failure]).unwrap_err();
+        let ok = Ok(QoS::AtLeastOnce);
+        let v5 = session::Protocol::V5;
+        assert!(check_suback(&filters, &[ok.clone(), ok.clone()], v5).is_ok());
+        let denied = [ok, Err(Reason::new(0x87))];
+        let err = check_suback(&filters, &denied, v5).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("the broker refused the subscription to b/# (0x87 not authorized):"));
+        let err = check_suback(&filters, &denied, session::Protocol::V311).unwrap_err();
         assert!(err
             .to_string()
             .starts_with("the broker refused the subscription to b/#:"));

@@ -13,9 +13,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::mqtt::Message;
 use anyhow::{Context, Result};
 use base64::Engine;
-use crate::mqtt::Message;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::mqtt::ConnError as ConnectionError;
 use anyhow::{bail, Result};
-use rumqttc::ConnectionError;
 
 use crate::mqtt::failure::describe_connect_error_as;
 use crate::mqtt::Endpoint;

@@ -16,9 +16,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::mqtt::Message;
 use anyhow::{bail, Result};
 use prost::Message as _;
-use crate::mqtt::Message;
 use rumqttc::QoS;
 
 use super::{redact, SinkOptions, SinkUrl, Store, TelemetryRow};

@@ -38,6 +38,9 @@ pub enum ConnectionError {
     MqttState(#[from] StateError),
     #[error("Timeout")]
     Timeout(#[from] Elapsed),
+    /// mqttkit patch: the peer did not take a write in time.
+    #[error("Flush timeout")]
+    FlushTimeout,
     #[cfg(feature = "websocket")]
     #[error("Websocket: {0}")]
     Websocket(#[from] async_tungstenite::tungstenite::error::Error),
@@ -82,6 +85,17 @@ pub struct EventLoop {
     network: Option<Network>,
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
+}
+
+/// mqttkit patch: most requests written before one flush.
+const MAX_REQUEST_BATCH: usize = 128;
+
+/// mqttkit patch: flushes under a timeout.
+async fn flush_within(network: &mut Network, timeout: Duration) -> Result<(), ConnectionError> {
+    match time::timeout(timeout, network.flush()).await {
+        Ok(inner) => Ok(inner?),
+        Err(_) => Err(ConnectionError::FlushTimeout),
+    }
 }
 
 /// Events which can be yielded by the event loop
@@ -177,7 +191,10 @@ impl EventLoop {
     /// Select on network and requests and generate keepalive pings when necessary
     async fn select(&mut self) -> Result<Event, ConnectionError> {
         let network = self.network.as_mut().unwrap();
-        // let await_acks = self.state.await_acks;
+        // mqttkit patch: a flush that the peer does not take (it stopped
+        // reading) fails the connection instead of hanging the loop, as the
+        // 3.1.1 event loop does.
+        let network_timeout = Duration::from_secs(self.options.connection_timeout());
 
         let inflight_full = self.state.inflight >= self.state.max_outgoing_inflight;
         let collision = self.state.collision.is_some();
@@ -224,10 +241,39 @@ impl EventLoop {
                 self.options.pending_throttle
             ), if !self.pending.is_empty() || (!inflight_full && !collision) => match o {
                 Ok(request) => {
+                    // mqttkit patch: write what is already queued in the same
+                    // flush, one TLS record and one write for many packets
+                    // instead of one each (bytebeamio/rumqtt#810).
+                    let mut last = matches!(request, Request::Disconnect);
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
                     }
-                    network.flush().await?;
+                    let mut batched = 1;
+                    // Only while the buffer has room: every write stays in
+                    // memory and the one flush below runs under the timeout.
+                    while !last && batched < MAX_REQUEST_BATCH && network.has_room() {
+                        let request = if !self.pending.is_empty() {
+                            if !self.options.pending_throttle.is_zero() {
+                                break;
+                            }
+                            self.pending.pop_front().unwrap()
+                        } else if self.state.inflight < self.state.max_outgoing_inflight
+                            && self.state.collision.is_none()
+                        {
+                            match self.requests_rx.try_recv() {
+                                Ok(request) => request,
+                                Err(_) => break,
+                            }
+                        } else {
+                            break;
+                        };
+                        last = matches!(request, Request::Disconnect);
+                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                            network.write(outgoing).await?;
+                        }
+                        batched += 1;
+                    }
+                    flush_within(network, network_timeout).await?;
                     Ok(self.state.events.pop_front().unwrap())
                 }
                 Err(_) => Err(ConnectionError::RequestsDone),
@@ -236,7 +282,7 @@ impl EventLoop {
             o = network.readb(&mut self.state) => {
                 o?;
                 // flush all the acks and return first incoming packet
-                network.flush().await?;
+                flush_within(network, network_timeout).await?;
                 Ok(self.state.events.pop_front().unwrap())
             },
             // We generate pings irrespective of network activity. This keeps the ping logic
@@ -248,7 +294,7 @@ impl EventLoop {
                 if let Some(outgoing) = self.state.handle_outgoing_packet(Request::PingReq)? {
                     network.write(outgoing).await?;
                 }
-                network.flush().await?;
+                flush_within(network, network_timeout).await?;
                 Ok(self.state.events.pop_front().unwrap())
             }
         }

@@ -85,6 +85,13 @@ impl Network {
             .map_err(StateError::Deserialization)
     }
 
+    /// mqttkit patch: whether one more `write` only encodes into the buffer.
+    /// `Framed::feed` writes to the socket itself (outside any timeout) once
+    /// the buffer reaches its backpressure boundary; a batch stops before.
+    pub fn has_room(&self) -> bool {
+        self.framed.write_buffer().len() < self.framed.backpressure_boundary()
+    }
+
     pub async fn flush(&mut self) -> Result<(), StateError> {
         self.framed
             .flush()

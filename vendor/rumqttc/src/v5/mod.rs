@@ -314,6 +314,15 @@ impl MqttOptions {
         self.conn_timeout
     }
 
+    /// mqttkit patch: the largest packet accepted from the broker, enforced
+    /// here without telling the broker (no Maximum Packet Size in CONNECT,
+    /// so a larger message is an error the client sees, not one the broker
+    /// drops silently for this client).
+    pub fn set_default_max_incoming_size(&mut self, size: u32) -> &mut Self {
+        self.default_max_incoming_size = size;
+        self
+    }
+
     /// set connection properties
     pub fn set_connect_properties(&mut self, properties: ConnectProperties) -> &mut Self {
         self.connect_properties = Some(properties);

@@ -364,11 +364,13 @@ impl MqttState {
         if puback.reason != PubAckReason::Success
             && puback.reason != PubAckReason::NoMatchingSubscribers
         {
+            // mqttkit patch: the caller reads the reason from the event; a
+            // failed PUBACK still frees its packet id, so a publish that
+            // collided on it goes out now (it used to wait forever).
             warn!(
                 "PubAck Pkid = {:?}, reason: {:?}",
                 puback.pkid, puback.reason
             );
-            return Ok(None);
         }
 
         if let Some(publish) = self.check_collision(puback.pkid) {
@@ -404,6 +406,10 @@ impl MqttState {
                 "PubRec Pkid = {:?}, reason: {:?}",
                 pubrec.pkid, pubrec.reason
             );
+            // mqttkit patch: a PUBREC of 0x80 or more ends the exchange (MQTT
+            // 5, 4.3.3): no PUBREL, no PUBCOMP, so the in-flight slot is free
+            // now (it used to leak one slot per refused QoS 2 message).
+            self.inflight -= 1;
             return Ok(None);
         }
 
