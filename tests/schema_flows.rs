@@ -42,8 +42,9 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// The paho peer as `who` (its certificate from the broker's out dir).
-fn peer(b: &Broker, dir: &Path, who: &str, args: &[&str]) -> Command {
+/// The paho peer as `who` (its certificate from the broker's out dir),
+/// with code generated from `proto`.
+fn peer(b: &Broker, proto: &Path, who: &str, args: &[&str]) -> Command {
     let certs = b.certs();
     let mut c = Command::new(common::python());
     c.arg(concat!(
@@ -51,7 +52,7 @@ fn peer(b: &Broker, dir: &Path, who: &str, args: &[&str]) -> Command {
         "/tests/py/schema_peer.py"
     ))
     .arg("--proto")
-    .arg(dir.join("plant.proto"))
+    .arg(proto)
     .args(["--port", &b.port.to_string()])
     .arg("--cafile")
     .arg(certs.join("ca.crt"))
@@ -80,9 +81,10 @@ fn pub_command_sends_the_users_command_type_to_the_mapped_topic() {
     let (b, schema) = broker_for(tmp.path(), SCHEMA);
     let schema = schema.to_str().unwrap();
     // The independent client (as pump-a) and `sub command` both listen.
+    let plain = tmp.path().join("plant.proto");
     let mut paho = Proc::spawn(peer(
         &b,
-        tmp.path(),
+        &plain,
         "pump-a",
         &[
             "--message",
@@ -221,22 +223,19 @@ fn doctor(b: &Broker, schema: &Path, args: &[&str]) -> std::process::Output {
 fn doctor_proves_the_mapped_topics_and_names_the_one_the_acl_denies() {
     let tmp = tempfile::tempdir().unwrap();
     let (b, schema) = broker_for(tmp.path(), SCHEMA);
-    for args in [&["--device-id", "pump-a"][..], &["--server"][..]] {
+    // The device under test, and the server with the profile's device as its peer.
+    for (args, device) in [
+        (&["--device-id", "pump-a"][..], "pump-a"),
+        (&["--server"][..], "device-001"),
+    ] {
         let o = doctor(&b, &schema, args);
         let text = stdout(&o);
         assert!(o.status.success(), "{args:?}: {text}");
         assert!(text.contains("all checks passed"), "{text}");
         for topic in ["metrics", "commands"] {
+            let topic = format!("plant/osaka/{device}/{topic}");
             assert!(
-                text.lines().any(|l| l.starts_with("[ ok ]")
-                    && l.contains(&format!(
-                        "plant/osaka/{}/{topic}",
-                        if args[0] == "--server" {
-                            "device-001"
-                        } else {
-                            "pump-a"
-                        }
-                    ))),
+                (text.lines()).any(|l| l.starts_with("[ ok ]") && l.contains(&topic)),
                 "{topic}: {text}"
             );
         }
@@ -296,6 +295,7 @@ fn a_map_declared_in_the_proto_by_the_custom_option_decodes_sub() {
     let tmp = tempfile::tempdir().unwrap();
     let (b, _) = broker_for(tmp.path(), SCHEMA);
     let proto = tmp.path().join("plant_options.proto");
+    let plain = tmp.path().join("plant.proto");
     let mut c = b.mqttkit();
     c.args(["sub", "-t", "plant/#", "-C", "1", "-W", "30", "--proto"])
         .arg(&proto);
@@ -304,7 +304,7 @@ fn a_map_declared_in_the_proto_by_the_custom_option_decodes_sub() {
     let sent = stdout(ok(&run(
         &mut peer(
             &b,
-            tmp.path(),
+            &plain,
             "pump-a",
             &["publish", "plant/osaka/pump-a/metrics"],
         ),
@@ -317,6 +317,53 @@ fn a_map_declared_in_the_proto_by_the_custom_option_decodes_sub() {
     assert_eq!(line["type"], "acme.plant.v1.Metrics", "{line}");
     assert_eq!(line["labels"]["site"], "osaka");
     assert_eq!(line["labels"]["device"], "pump-a");
+    assert_eq!(line["message"], json(&sent));
+
+    // protoc (grpcio-tools) with a copy of the options file: its descriptor
+    // set carries the options, and the same map decodes.
+    std::fs::create_dir_all(tmp.path().join("mqttkit")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/proto/mqttkit/options.proto"),
+        tmp.path().join("mqttkit/options.proto"),
+    )
+    .unwrap();
+    let set = tmp.path().join("plant.binpb");
+    ok(&run(
+        &mut peer(
+            &b,
+            &proto,
+            "server",
+            &["descriptor-set", set.to_str().unwrap()],
+        ),
+        T,
+    ));
+    let mut c = b.mqttkit();
+    c.args([
+        "sub",
+        "-t",
+        "plant/#",
+        "-C",
+        "1",
+        "-W",
+        "30",
+        "--descriptor-set",
+    ])
+    .arg(&set);
+    let mut sub = Proc::spawn(c);
+    sub.wait_stderr("subscribed to");
+    ok(&run(
+        &mut peer(
+            &b,
+            &plain,
+            "pump-a",
+            &["publish", "plant/kobe/pump-a/metrics"],
+        ),
+        T,
+    ));
+    let (status, lines, err) = sub.finish(T);
+    assert!(status.success(), "{err}");
+    let line = json(&lines[0]);
+    assert_eq!(line["type"], "acme.plant.v1.Metrics", "{line}");
     assert_eq!(line["message"], json(&sent));
 
     // The role flows read the same map: a command, no schema file.
