@@ -254,6 +254,19 @@ fn doctor_proves_the_mapped_topics_and_names_the_one_the_acl_denies() {
     assert!(fail.contains("publish permission"), "{text}");
     assert!(fail.contains("'plant/osaka/pump-a/metrics'"), "{text}");
     assert!(text.contains("ACL"), "{text}");
+
+    // Without the server identity nothing can be proven by delivery: a
+    // failed step that says so, not a pass on acknowledgements.
+    std::fs::remove_file(b.certs().join("server.crt")).unwrap();
+    let o = doctor(&b, &schema, &["--device-id", "pump-a"]);
+    assert!(!o.status.success());
+    let text = stdout(&o);
+    let fail = text
+        .lines()
+        .find(|l| l.starts_with("[FAIL]"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(fail.contains("no peer identity"), "{text}");
+    assert!(fail.contains("the server identity"), "{text}");
 }
 
 #[test]
