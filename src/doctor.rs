@@ -2,6 +2,8 @@
 //! resolution, TCP, TLS, certificates, MQTT CONNECT, topic permissions) and
 //! names the fix at the first failing step.
 
+mod schema;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -41,6 +43,13 @@ pub struct DoctorArgs {
     /// Print the verdict and every step as one JSON object on stdout: {"ok", "steps": [...]}.
     #[arg(long)]
     pub json: bool,
+    /// Check the topics of this map (telemetry written, commands read)
+    /// instead of devices/ID/telemetry and devices/ID/commands.
+    #[command(flatten)]
+    pub schema: crate::schema::SchemaArgs,
+    /// A sample value for a {label} of the mapped topics (repeatable; default "doctor").
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = crate::schema::args::parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -114,6 +123,8 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
         (None, true) => None,
         (None, false) => (args.conn.spec().ok()).and_then(|s| s.default_device().ok().flatten()),
     };
+    // A bad map is an error before anything connects.
+    let probes = schema::plan(&args, device.as_deref())?;
     check_crl(&mut report, &args.conn.out);
     // Each check records its step; the first that fails ends the run.
     let Some(endpoint) = check_configuration(&mut report, &args, device.as_deref()) else {
@@ -147,7 +158,23 @@ pub async fn run(args: DoctorArgs) -> Result<ExitCode> {
     // The spec was built once already (by check_configuration): this cannot fail.
     if let Ok(spec) = args.conn.spec() {
         let device = device.as_deref();
-        check_permissions(&mut report, &spec, &endpoint, device, &client_id, timeout).await;
+        match &probes {
+            Some(p) => {
+                schema::check(
+                    &mut report,
+                    &spec,
+                    &endpoint,
+                    device,
+                    p,
+                    &client_id,
+                    timeout,
+                )
+                .await
+            }
+            None => {
+                check_permissions(&mut report, &spec, &endpoint, device, &client_id, timeout).await
+            }
+        }
     }
     report.finish()
 }
@@ -546,22 +573,9 @@ async fn check_permissions(
     client_id: &str,
     timeout: Duration,
 ) {
-    let peer_device = conn
-        .default_device()
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| crate::pki::DEFAULT_DEVICE.to_string());
+    let peer_device = peer_device(conn);
     let (filter, inbound, outbound, peer_role) = topics(device, &peer_device);
-    // The peer comes from the profile, not from --cert/--key (those are the identity under test).
-    let profile_only = ConnectSpec {
-        identity: None,
-        client_id: None,
-        ..conn.clone()
-    };
-    let peer = profile_only.resolve(peer_role).ok().filter(|p| {
-        p.identity != endpoint.identity && p.identity.as_ref().is_some_and(|(c, _)| c.exists())
-    });
-    let Some(peer) = peer else {
+    let Some(peer) = peer_endpoint(conn, endpoint, peer_role) else {
         acknowledged_only(report, endpoint, &filter, &outbound, client_id, timeout).await;
         return;
     };
@@ -590,6 +604,24 @@ async fn check_permissions(
             "the identity's ACL/policy does not allow publishing there: check the certificate CN and the broker's ACL",
         ),
     }
+}
+
+/// The device on the other end of the server's checks: the profile's.
+fn peer_device(conn: &ConnectSpec) -> String {
+    (conn.default_device().ok().flatten()).unwrap_or_else(|| crate::pki::DEFAULT_DEVICE.to_string())
+}
+
+/// The peer identity in `peer_role`, from the profile, not from --cert/--key
+/// (those are the identity under test); `None` when there is none.
+fn peer_endpoint(conn: &ConnectSpec, endpoint: &Endpoint, peer_role: Role<'_>) -> Option<Endpoint> {
+    let profile_only = ConnectSpec {
+        identity: None,
+        client_id: None,
+        ..conn.clone()
+    };
+    profile_only.resolve(peer_role).ok().filter(|p| {
+        p.identity != endpoint.identity && p.identity.as_ref().is_some_and(|(c, _)| c.exists())
+    })
 }
 
 /// (the filter the identity subscribes to, a topic in it, the topic it

@@ -57,6 +57,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "pipeline",
             "pki",
             "proto",
+            "schema",
             "telemetry",
             "units",
         ],
@@ -75,7 +76,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "doctor",
-        &["identity", "mqtt", "output", "pipeline", "pki", "units"],
+        &[
+            "identity", "mqtt", "output", "pipeline", "pki", "schema", "units",
+        ],
     ),
     (
         "quickstart",

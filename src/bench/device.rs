@@ -30,6 +30,8 @@ pub struct Plan {
     /// Messages per device; None = until the stop signal.
     pub count: Option<u64>,
     pub payload: PayloadKind,
+    /// `--schema`: the map's telemetry type instead of `payload`.
+    pub schema: Option<Arc<super::schema::BenchSchema>>,
     pub inflight: u16,
     pub devices: usize,
     pub handshakes: Arc<Semaphore>,
@@ -194,7 +196,7 @@ async fn produce(
     start: Instant,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut source = Source::new(plan.payload, &spec.device_id);
+    let mut source = Source::for_device(plan.payload, plan.schema.as_deref(), &spec.device_id);
     // Fixed-rate devices start spread over one interval, not all at once.
     let offset = plan
         .rate

@@ -6,6 +6,7 @@
 mod device;
 mod payload;
 mod report;
+mod schema;
 mod subscriber;
 
 use std::path::PathBuf;
@@ -71,6 +72,13 @@ pub struct BenchArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Publish the map's telemetry type on its telemetry topic (latency
+    /// from its mapped time field) instead of mqttkit's Telemetry.
+    #[command(flatten)]
+    pub schema: crate::schema::SchemaArgs,
+    /// A value for a {label} of the schema's telemetry topic (repeatable), e.g. --label site=osaka.
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = crate::schema::args::parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 /// Counters for the live progress line and the drain phase.
@@ -91,20 +99,25 @@ enum Identities {
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let duration = validate(&args)?;
+    let schema = schema::BenchSchema::load(&args.schema, &args.labels)?.map(Arc::new);
+    if schema.is_some() && args.payload != PayloadKind::Telemetry {
+        bail!("--payload: with --schema every payload is the map's telemetry type; drop --payload");
+    }
     let n = args.devices as usize;
     let m = args.subscribers as usize;
     raise_fd_limit(n + m)?;
     let baseline_rss = report::rss_kib();
 
     let server = args.conn.spec()?.resolve(Role::Server)?;
-    let (identities, device_specs) = device_specs(&args.conn.spec()?, &server, n)?;
+    let (identities, device_specs) =
+        device_specs(&args.conn.spec()?, &server, n, schema.as_deref())?;
     note_identities(&identities, &server, n);
     let qos = crate::pipeline::qos(args.qos);
     let live = Arc::new(Live::default());
     let progress = report::Progress::start(live.clone(), n);
 
     // Subscribers first: connected and subscribed before any device publishes.
-    let subs = match Subscribers::start(&server, qos, args.max_packet, &live, m).await {
+    let subs = match Subscribers::start(&server, (qos, args.max_packet), &schema, &live, m).await {
         Ok(subs) => subs,
         Err(e) => {
             progress.finish();
@@ -116,6 +129,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         rate: args.rate,
         count: args.count,
         payload: args.payload,
+        schema: schema.clone(),
         inflight: args.inflight,
         devices: n,
         handshakes: Arc::new(Semaphore::new(args.connect_parallel as usize)),
@@ -137,6 +151,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         per_device_identities: matches!(identities, Identities::PerDevice),
         rate: args.rate,
         payload: args.payload,
+        message_type: schema.as_ref().map(|s| s.type_name().to_string()),
         connect_elapsed: published.connect_elapsed,
         publish_elapsed: published.elapsed,
         start: published.start.into_std(),
@@ -187,8 +202,8 @@ impl Subscribers {
     /// Starts `m` subscribers and returns once each is subscribed.
     async fn start(
         server: &Endpoint,
-        qos: QoS,
-        max_packet: usize,
+        (qos, max_packet): (QoS, usize),
+        schema: &Option<Arc<schema::BenchSchema>>,
         live: &Arc<Live>,
         m: usize,
     ) -> Result<Self> {
@@ -199,6 +214,7 @@ impl Subscribers {
             tasks.push(tokio::spawn(subscriber::run(
                 server.clone(),
                 (qos, max_packet),
+                schema.clone(),
                 live.clone(),
                 ready_tx.clone(),
                 sub_stop.clone(),
@@ -376,6 +392,7 @@ fn device_specs(
     conn: &ConnectSpec,
     server: &Endpoint,
     n: usize,
+    schema: Option<&schema::BenchSchema>,
 ) -> Result<(Identities, Vec<device::DeviceSpec>)> {
     let profile = conn.load_profile()?;
     let fixed_identity =
@@ -400,15 +417,22 @@ fn device_specs(
             let mut endpoint = server.clone();
             endpoint.tls = tls::client_config_in_memory(roots.clone(), chain, key_der, alpn)?;
             endpoint.identity = None;
+            let topic = match schema {
+                Some(s) => s.topic(&name)?,
+                None => telemetry_topic(&name),
+            };
             specs.push(device::DeviceSpec {
                 index,
                 client_id: unique_client_id(&name),
-                topic: telemetry_topic(&name),
+                topic,
                 device_id: name,
                 endpoint,
             });
         }
         return Ok((Identities::PerDevice, specs));
+    }
+    if schema.is_some() {
+        bail!("--schema: bench tells devices apart by their topic's {{device}} level, so each needs its own identity: run it where out/certs/ca.key is (bench issues one certificate per device) and without a fixed --cert or profile certificate");
     }
     let shared = conn
         .default_device()?

@@ -43,6 +43,8 @@ pub fn parse_payload(s: &str) -> Result<PayloadKind, String> {
 /// One simulated device's payloads, seq 0, 1, 2, ...
 pub enum Source {
     Dummy(Box<DummyDevice>),
+    /// The map's telemetry type (`bench --schema`).
+    Generated(Box<crate::schema::generate::Generator>),
     Padded {
         device_id: String,
         size: usize,
@@ -64,10 +66,23 @@ impl Source {
         }
     }
 
+    /// `bench --schema`'s messages for `device_id`, else `Source::new`'s.
+    pub fn for_device(
+        kind: PayloadKind,
+        schema: Option<&super::schema::BenchSchema>,
+        device_id: &str,
+    ) -> Self {
+        match schema {
+            Some(s) => Source::Generated(Box::new(s.generator(device_id))),
+            None => Source::new(kind, device_id),
+        }
+    }
+
     /// The next message, stamped now.
     pub fn next_payload(&mut self) -> Bytes {
         match self {
             Source::Dummy(d) => d.next_payload().1,
+            Source::Generated(g) => g.next_payload(now_unix_nano()).1,
             Source::Padded {
                 device_id,
                 size,

@@ -84,6 +84,8 @@ pub struct Inputs {
     pub per_device_identities: bool,
     pub rate: Option<f64>,
     pub payload: PayloadKind,
+    /// `--schema`: the map's telemetry type, published instead of `payload`.
+    pub message_type: Option<String>,
     pub connect_elapsed: Duration,
     pub publish_elapsed: Duration,
     pub start: Instant,
@@ -221,9 +223,10 @@ pub fn build(inp: Inputs) -> BenchReport {
         } else {
             "shared"
         },
-        payload: match inp.payload {
-            PayloadKind::Telemetry => "telemetry".into(),
-            PayloadKind::Bytes(n) => format!("{n} bytes"),
+        payload: match (inp.message_type, inp.payload) {
+            (Some(t), _) => t,
+            (None, PayloadKind::Telemetry) => "telemetry".into(),
+            (None, PayloadKind::Bytes(n)) => format!("{n} bytes"),
         },
         rate_per_device: inp.rate,
         connect: connect_section(&t, inp.connect_elapsed),

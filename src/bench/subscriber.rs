@@ -15,6 +15,7 @@ use prost::Message as _;
 use rumqttc::QoS;
 use tokio::sync::mpsc;
 
+use super::schema::{BenchSchema, Reading};
 use super::Live;
 use crate::clock::now_unix_nano;
 use crate::mqtt::{unique_client_id, Endpoint, ALL_TELEMETRY};
@@ -66,16 +67,19 @@ pub fn histogram() -> Histogram<u64> {
 
 /// Runs one subscriber over the pipeline until `stop`; `ready` gets `Ok`
 /// once it is subscribed, or the error that kept it from subscribing.
-/// `(qos, max_packet)`: the subscription's QoS and `--max-packet`.
+/// `(qos, max_packet)`: the subscription's QoS and `--max-packet`;
+/// `schema`: the map's telemetry (`bench --schema`) instead of `Telemetry`.
 pub async fn run(
     endpoint: Endpoint,
     (qos, max_packet): (QoS, usize),
+    schema: Option<Arc<BenchSchema>>,
     live: Arc<Live>,
     ready: mpsc::Sender<Result<(), String>>,
     stop: Shutdown,
 ) -> SubResult {
+    let filter = (schema.as_ref()).map_or_else(|| ALL_TELEMETRY.to_string(), |s| s.filter());
     let cfg = SubscribeConfig {
-        filters: vec![ALL_TELEMETRY.to_string()],
+        filters: vec![filter],
         qos,
         client_id: unique_client_id("bench-sub"),
         persistent: false,
@@ -99,6 +103,7 @@ pub async fn run(
         },
         live,
         ready: Some(ready),
+        schema,
     };
     if let Err(e) = pipeline::run(&endpoint, &cfg, stop, &mut h).await {
         let msg = match h.ready.take() {
@@ -120,6 +125,22 @@ struct Recorder {
     live: Arc<Live>,
     /// Until subscribed: whom to tell.
     ready: Option<mpsc::Sender<Result<(), String>>>,
+    schema: Option<Arc<BenchSchema>>,
+}
+
+impl Recorder {
+    /// (device, seq, send time in Unix ns) of a bench message, or `None`.
+    fn decode(&self, p: &Message) -> Option<Reading> {
+        if let Some(s) = &self.schema {
+            return s.decode(p.topic.as_ref(), &p.payload);
+        }
+        // An empty payload decodes as an all-zero reading: it is none.
+        if p.payload.is_empty() {
+            return None;
+        }
+        let t = Telemetry::decode(p.payload.as_ref()).ok()?;
+        Some((t.device_id, Some(t.seq), t.time_unix_nano as i128))
+    }
 }
 
 impl Handler for Recorder {
@@ -129,22 +150,21 @@ impl Handler for Recorder {
         r.received += 1;
         self.live.delivered.fetch_add(1, Ordering::Relaxed);
         r.last_delivery = Some(Instant::now());
-        // An empty payload decodes as an all-zero reading: it is none.
-        let decoded = match p.payload.is_empty() {
-            true => None,
-            false => Telemetry::decode(p.payload.as_ref()).ok(),
-        };
+        let decoded = self.decode(p);
+        let r = &mut self.r;
         match decoded {
-            Some(t) if t.seq < MAX_SEQ => {
-                let lat_ns = now as i128 - t.time_unix_nano as i128;
+            Some((device, seq, time)) if seq.is_none_or(|s| s < MAX_SEQ) => {
+                let lat_ns = now as i128 - time;
                 if lat_ns < 0 {
                     r.below_zero += 1;
                 }
                 r.latency_us
                     .saturating_record((lat_ns.max(0) / 1000) as u64);
-                match r.seen.get_mut(t.device_id.as_str()) {
-                    Some(s) => s.mark(t.seq),
-                    None => r.seen.entry(t.device_id).or_default().mark(t.seq),
+                // Without a seq every message is a new one.
+                let mark = |s: &mut Seen| s.mark(seq.unwrap_or(s.received));
+                match r.seen.get_mut(device.as_str()) {
+                    Some(s) => mark(s),
+                    None => mark(r.seen.entry(device).or_default()),
                 }
                 Ok(Handled::Counted)
             }

@@ -9,6 +9,7 @@ pub mod props;
 pub mod publish;
 pub mod raw;
 mod reply;
+mod schema_command;
 mod schema_sub;
 pub mod subscribe;
 
@@ -147,18 +148,28 @@ pub struct PubCommandArgs {
     /// Device the command is for.
     #[arg(long, value_name = "ID")]
     pub device_id: String,
-    /// What the device should do, e.g. reboot or set_interval.
+    /// What the device should do, e.g. reboot or set_interval (mqttkit's
+    /// Command; with --schema the command is --json '{...}').
     #[arg(long)]
-    pub name: String,
+    pub name: Option<String>,
     /// A parameter KEY=VALUE; repeatable.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// QoS: 1 waits for PUBACK, 2 for PUBCOMP, 0 for nothing.
     #[arg(long, short = 'q', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
-    /// Print the sent command as JSON on stdout (default: its id).
-    #[arg(long)]
-    pub json: bool,
+    /// Print the sent command as JSON on stdout (default: its id). With
+    /// --schema: `--json '{...}'` is the command, your command type in the
+    /// canonical proto3 JSON mapping (what was sent is printed as JSON).
+    #[arg(long, value_name = "JSON", num_args = 0..=1)]
+    pub json: Option<Option<String>>,
+    /// Send the schema's command type on its command topic instead of
+    /// mqttkit's Command on devices/ID/commands.
+    #[command(flatten)]
+    pub schema: crate::schema::SchemaArgs,
+    /// A value for a {label} of the schema's command topic (repeatable), e.g. --label site=osaka.
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = crate::schema::args::parse_label)]
+    pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub props: props::PropsArgs,
     /// MQTT 5 request/response: name devices/ID/replies as the response
@@ -292,6 +303,10 @@ pub struct SubCommandArgs {
     /// command --wait-reply`) with a CommandReply (ok, and what was received).
     #[arg(long)]
     pub reply: bool,
+    /// Receive the schema's command type on the device's command topics
+    /// (printed as `sub -t` prints them) instead of mqttkit's Command.
+    #[command(flatten)]
+    pub schema: crate::schema::SchemaArgs,
 }
 
 pub async fn run_pub(args: PubArgs) -> Result<ExitCode> {

@@ -875,6 +875,21 @@ pub(crate) async fn disconnect(client: &Client, poller: &mut Poller) {
     poller.disconnect(client, Duration::from_secs(2)).await;
 }
 
+/// `--name` of mqttkit's own Command; the schema flags have no place here.
+fn builtin_command_name(args: &PubCommandArgs) -> Result<String> {
+    if let Some(Some(_)) = &args.json {
+        bail!("--json JSON: a command body needs --schema F (your command type); mqttkit's Command takes --name and --param, and a bare --json prints it");
+    }
+    if !args.labels.is_empty() {
+        bail!("--label: only with --schema (mqttkit's own topics have no labels)");
+    }
+    match args.name.as_deref() {
+        None => bail!("--name: missing; e.g. --name reboot (or with --schema F your command as --json '{{...}}')"),
+        Some("") => bail!("--name: must not be empty; e.g. --name reboot"),
+        Some(name) => Ok(name.to_string()),
+    }
+}
+
 #[derive(Serialize)]
 struct SentCommand<'a> {
     topic: &'a str,
@@ -888,10 +903,11 @@ struct SentCommand<'a> {
 }
 
 pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
-    validate_device_id(&args.device_id)?;
-    if args.name.is_empty() {
-        bail!("--name: must not be empty; e.g. --name reboot");
+    if let Some(schema) = super::raw::load_schema(&args.schema)? {
+        return super::schema_command::publish(args, schema).await;
     }
+    validate_device_id(&args.device_id)?;
+    let name = builtin_command_name(&args)?;
     let endpoint = args.conn.spec()?.resolve(Role::Server)?;
     let client_id = endpoint
         .client_id
@@ -901,7 +917,7 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
     let cmd = Command {
         id: super::new_uuid(),
         device_id: args.device_id.clone(),
-        name: args.name.clone(),
+        name,
         params: args.params.iter().cloned().collect(),
         time_unix_nano: now_unix_nano(),
     };
@@ -953,7 +969,7 @@ fn print_sent(
     reply: Option<crate::proto::CommandReply>,
 ) -> Result<ExitCode> {
     let ok = reply.as_ref().is_none_or(|r| r.ok);
-    if args.json {
+    if args.json.is_some() {
         crate::output::print_json(&SentCommand {
             topic,
             id: &cmd.id,

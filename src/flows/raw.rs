@@ -426,10 +426,21 @@ pub enum Format {
 
 /// Writes each payload like mosquitto_sub (bytes, then a newline), or as
 /// JSON decoded by the schema.
-struct RawPrinter {
+pub(crate) struct RawPrinter {
     print_topic: bool,
     format: Format,
     schema: Option<Schema>,
+}
+
+impl RawPrinter {
+    /// One JSON object per message, decoded by `schema` (`sub command --schema`).
+    pub(crate) fn decoding(schema: Schema) -> Self {
+        RawPrinter {
+            print_topic: false,
+            format: Format::Json,
+            schema: Some(schema),
+        }
+    }
 }
 
 /// One message as a JSON line. `message` when the schema decoded it;

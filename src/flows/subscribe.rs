@@ -114,6 +114,9 @@ async fn run_schema_telemetry(args: SubTelemetryArgs, schema: Schema) -> Result<
 }
 
 pub async fn run_command(args: SubCommandArgs) -> Result<ExitCode> {
+    if let Some(schema) = super::raw::load_schema(&args.schema)? {
+        return super::schema_command::subscribe(args, schema).await;
+    }
     let device = device_id(&args.conn, args.device_id.as_deref())?;
     let endpoint = args.conn.spec()?.resolve(Role::Device(&device))?;
     let filter = command_topic(&device);
@@ -231,7 +234,7 @@ pub(crate) trait Print: Send {
     }
 }
 
-async fn subscribe<P: Print>(
+pub(super) async fn subscribe<P: Print>(
     endpoint: &Endpoint,
     common: &SubCommonArgs,
     fixed_id: &str,

@@ -185,6 +185,36 @@ pub fn seq_of(rule: &Rule, msg: &DynamicMessage) -> Option<u64> {
     }
 }
 
+/// The device time of a decoded message in Unix nanoseconds (when the rule
+/// maps a time field and the message carries it).
+pub fn time_of(rule: &Rule, msg: &DynamicMessage) -> Option<i128> {
+    match rule.time.as_ref()? {
+        TimeField::Timestamp(f) => {
+            let value = msg.get_field(f);
+            let t = value.as_message()?;
+            let seconds = t.get_field_by_name("seconds")?.as_i64()?;
+            let nanos = t.get_field_by_name("nanos")?.as_i32()?;
+            Some(seconds as i128 * 1_000_000_000 + nanos as i128)
+        }
+        TimeField::Integer(f, unit) => {
+            let n: i128 = match &*msg.get_field(f) {
+                Value::I32(v) => *v as i128,
+                Value::I64(v) => *v as i128,
+                Value::U32(v) => *v as i128,
+                Value::U64(v) => *v as i128,
+                _ => return None,
+            };
+            let per = match unit {
+                TimeUnit::Ns => 1,
+                TimeUnit::Us => 1_000,
+                TimeUnit::Ms => 1_000_000,
+                TimeUnit::S => 1_000_000_000,
+            };
+            Some(n * per)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +239,6 @@ mod tests {
         assert_ne!(a_json["env"], b_json["env"], "numbers vary");
         let msg = codec::decode_message(&rule.message, &b).unwrap();
         assert_eq!(seq_of(rule, &msg), Some(6));
+        assert_eq!(time_of(rule, &msg), Some(1_700_000_000_456_000_000));
     }
 }

@@ -20,6 +20,10 @@
 //! time_unit = "ms"                 # ns | us | ms | s, for an integer time field
 //! ```
 //!
+//! The map may also be declared in the `.proto` by a custom message option,
+//! `(mqttkit.options.topic)` (see [`options`]); a schema file's `[[topic]]`s
+//! for a message replace that message's options.
+//!
 //! The first rule whose template matches a topic decides its type. Every
 //! problem is found here, before a connection is made: a syntax error with
 //! file:line:column, an unknown type with the closest names, a seq field that
@@ -28,6 +32,7 @@
 pub mod args;
 pub mod codec;
 pub mod generate;
+pub mod options;
 pub mod template;
 
 use std::path::{Path, PathBuf};
@@ -147,23 +152,12 @@ impl Schema {
             bail!("{label}: no .proto file and no descriptor set; add proto = [\"FILE.proto\"] (or --proto FILE / --descriptor-set FILE)");
         }
         let pool = build_pool(&proto, &includes, &sets)?;
-        let mut entries = file.topics;
-        if let Some(message) = &src.message {
-            // One type for every topic the command uses: a catch-all rule last.
-            entries.push(TopicEntry {
-                filter: "#".into(),
-                message: message.clone(),
-                role: None,
-                seq: None,
-                time: None,
-                time_unit: None,
-            });
-        }
+        let entries = entries(&pool, &label, file.topics, src.message.as_deref())?;
         if entries.is_empty() {
-            bail!("{label}: no topic is mapped to a message; add a [[topic]] with filter and message (or give --message TYPE)");
+            bail!("{label}: no topic is mapped to a message; add a [[topic]] with filter and message, declare option ({}) in the .proto, or give --message TYPE", options::EXTENSION);
         }
-        let rules = (entries.iter().enumerate())
-            .map(|(i, e)| rule(&pool, e).with_context(|| format!("{label}: [[topic]] #{}", i + 1)))
+        let rules = (entries.iter())
+            .map(|(place, e)| rule(&pool, e).with_context(|| place.clone()))
             .collect::<Result<Vec<_>>>()?;
         Ok(Schema { pool, rules })
     }
@@ -195,6 +189,43 @@ impl Schema {
     pub fn rule_of(&self, role: Role) -> Option<&Rule> {
         self.rules.iter().find(|r| r.role == Some(role))
     }
+}
+
+/// The map's entries, in the order they match, each with the place an
+/// error names: the schema file's `[[topic]]`s, then the `.proto` options of
+/// the messages the file does not map (a file's entries win over a
+/// message's options); with `--message` one catch-all rule instead of the
+/// options.
+fn entries(
+    pool: &DescriptorPool,
+    label: &str,
+    topics: Vec<TopicEntry>,
+    message: Option<&str>,
+) -> Result<Vec<(String, TopicEntry)>> {
+    let mapped: Vec<String> = (topics.iter())
+        .map(|t| t.message.trim_start_matches('.').to_string())
+        .collect();
+    let mut entries: Vec<(String, TopicEntry)> = (topics.into_iter().enumerate())
+        .map(|(i, e)| (format!("{label}: [[topic]] #{}", i + 1), e))
+        .collect();
+    match message {
+        // One type for every topic the command uses: a catch-all rule last.
+        Some(message) => entries.push((
+            format!("--message {message}"),
+            TopicEntry {
+                filter: "#".into(),
+                message: message.to_string(),
+                role: None,
+                seq: None,
+                time: None,
+                time_unit: None,
+            },
+        )),
+        None => entries.extend(options::entries(pool, |name| {
+            mapped.iter().any(|m| m == name)
+        })?),
+    }
+    Ok(entries)
 }
 
 fn read_schema_file(path: &Path) -> Result<SchemaFile> {
@@ -247,7 +278,15 @@ fn compile_protos(proto: &[PathBuf], includes: &[PathBuf]) -> Result<Vec<u8>> {
             }
         }
     }
-    let mut compiler = protox::Compiler::new(&includes).map_err(|e| proto_error(&e))?;
+    // protoc's resolution (the include paths, then the well-known types),
+    // with mqttkit/options.proto from the binary in between.
+    let mut resolver = protox::file::ChainFileResolver::new();
+    for dir in includes {
+        resolver.add(protox::file::IncludeFileResolver::new(dir));
+    }
+    resolver.add(options::Embedded);
+    resolver.add(protox::file::GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
     for p in proto {
         compiler.open_file(p).map_err(|e| proto_error(&e))?;

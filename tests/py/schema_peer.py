@@ -2,7 +2,7 @@
 paho-mqtt plus code generated from the .proto with grpcio-tools at test time.
 
   schema_peer.py --proto FILE [--descriptor-set-out F] publish TOPIC   -> prints MessageToDict of what it sent
-  schema_peer.py --proto FILE receive TOPIC                           -> prints MessageToDict of what it got
+  schema_peer.py --proto FILE [--message Command] receive TOPIC       -> prints MessageToDict of what it got
   schema_peer.py --proto FILE descriptor-set OUT                      -> protoc --include_imports --descriptor_set_out
 
 Connection flags: --host --port --cafile --cert --key. Output: one JSON
@@ -92,7 +92,7 @@ def receive(args, pb, topic):
         log(f"subscribed to {topic}")
 
     def on_message(c, userdata, msg):
-        m = pb.Metrics()
+        m = getattr(pb, args.message)()
         m.ParseFromString(msg.payload)
         got["m"] = json_format.MessageToDict(m)
         done.set()
@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--message", default="Metrics", help="the message type receive decodes")
     ap.add_argument("mode", choices=["publish", "receive", "descriptor-set", "sample"])
     ap.add_argument("arg")
     args = ap.parse_args()
