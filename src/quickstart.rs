@@ -198,7 +198,7 @@ async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> 
         100,
     );
     let (device_client, device_events) = AsyncClient::new(
-        device.mqtt_options(&mqtt::unique_client_id("quickstart-device")),
+        device.mqtt_options(&mqtt::client_id::unique_within(device, "quickstart")),
         100,
     );
     // Cancel-safe polling: the selects below interrupt the server's polls.

@@ -323,6 +323,10 @@ pub fn mosquitto_tls_args(broker: &Broker, name: Option<&str>) -> Vec<String> {
     ];
     if let Some(n) = name {
         v.extend([
+            // `broker up` lets identity NAME use only client ids NAME and NAME-*:
+            // NAME-<pid>.
+            "-I".into(),
+            format!("{n}-"),
             "--cert".into(),
             certs.join(format!("{n}.crt")).display().to_string(),
             "--key".into(),
