@@ -540,3 +540,49 @@ fn allow_any_client_id_runs_without_the_plugin() {
         ],
     ));
 }
+
+/// A plugin the real mosquitto cannot load (planted: a shim first on PATH
+/// truncates it just before exec'ing /usr/sbin/mosquitto, as a wrong
+/// architecture or a mosquitto 1.x would fail) fails `broker up` in one line
+/// and leaves nothing running.
+#[test]
+fn a_plugin_mosquitto_cannot_load_fails_up_in_one_line() {
+    let broker = Broker::start_with(BrokerOptions {
+        no_broker: true,
+        ..Default::default()
+    });
+    let real = common::mosquitto_path();
+    let shim_dir = broker.path().join("shim");
+    std::fs::create_dir(&shim_dir).unwrap();
+    let shim = shim_dir.join("mosquitto");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\nprintf 'not an ELF' > mqttkit_bind.so\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = broker.mqttkit();
+    c.env("PATH", path)
+        .args(["broker", "up", "--out", "out"])
+        .args(&broker.up_args);
+    let o = run(&mut c, T);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: mosquitto could not load the client-id binding plugin mqttkit_bind.so: Error: Unable to load auth plugin")
+            && err.contains("--allow-any-client-id"),
+        "{err}"
+    );
+    assert!(!broker.out().join("mosquitto/state.json").exists());
+    std::net::TcpListener::bind(("127.0.0.1", broker.port)).expect("nothing left on the port");
+}
