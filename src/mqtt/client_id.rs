@@ -5,11 +5,7 @@
 
 use super::{unique_client_id, Endpoint};
 
-/// Whether `id` belongs to `identity` by the broker's rule.
-pub fn belongs_to(id: &str, identity: &str) -> bool {
-    id.strip_prefix(identity)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-}
+pub use crate::identity::client_id_belongs_to as belongs_to;
 
 /// The identity the broker sees: the client certificate's CN, else the user name.
 pub fn identity_of(endpoint: &Endpoint) -> Option<String> {
