@@ -258,6 +258,30 @@ fn password_file_in_mosquitto_format() {
         T,
     );
     ok(&right);
+    // The right password, but bob's client id: the binding refuses it.
+    let theirs = run(
+        Command::new("mosquitto_pub").args(&base).args([
+            "-i",
+            "bob-1",
+            "-u",
+            "alice",
+            "-P",
+            "s3cret pass",
+            "-t",
+            "devices/alice/telemetry",
+            "-m",
+            "x",
+        ]),
+        T,
+    );
+    assert!(!theirs.status.success(), "alice connected as bob-1");
+    assert!(
+        broker
+            .log()
+            .contains("mqttkit_bind: refused client id 'bob-1' for identity 'alice'"),
+        "{}",
+        broker.log()
+    );
     let wrong = run(
         Command::new("mosquitto_pub").args(&base).args([
             // The binding lets user alice use only client ids alice and alice-*.
