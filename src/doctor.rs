@@ -557,7 +557,7 @@ fn client_id_for(endpoint: &Endpoint, prefix: &str) -> String {
     endpoint
         .client_id
         .clone()
-        .unwrap_or_else(|| mqtt::unique_client_id(prefix))
+        .unwrap_or_else(|| mqtt::client_id::unique_within(endpoint, prefix))
 }
 
 /// Proves the identity may read its inbound topics and write its outbound

@@ -51,6 +51,14 @@ pub fn validate_identity(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether client id `id` belongs to `identity` by the rule `broker up`'s
+/// client-id binding enforces (src/broker/plugin/mqttkit_bind.c): it is
+/// `identity` or starts with `identity-`.
+pub fn client_id_belongs_to(id: &str, identity: &str) -> bool {
+    id.strip_prefix(identity)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+}
+
 /// Parses one certificate file (PEM, or DER) into DER.
 pub fn read_cert_der(path: &Path) -> Result<Vec<u8>> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

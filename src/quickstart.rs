@@ -193,12 +193,14 @@ async fn until_suback(events: &mut Poller, who: &str, topic: &str) -> Result<()>
 }
 
 async fn demo(device: &Endpoint, server: &Endpoint, messages: u64, say: Say) -> Result<DemoResult> {
-    let opts = |prefix: &str| Options {
+    let opts = |id: String| Options {
         channel: 100,
-        ..Options::new(&mqtt::unique_client_id(prefix))
+        ..Options::new(&id)
     };
-    let (server_client, server_events) = session::open(server, &opts("quickstart-server"));
-    let (device_client, device_events) = session::open(device, &opts("quickstart-device"));
+    let server_id = mqtt::unique_client_id("quickstart-server");
+    let device_id = mqtt::client_id::unique_within(device, "quickstart");
+    let (server_client, server_events) = session::open(server, &opts(server_id));
+    let (device_client, device_events) = session::open(device, &opts(device_id));
     // Cancel-safe polling: the selects below interrupt the server's polls.
     let (mut server_events, mut device_events) =
         (Poller::new(server_events), Poller::new(device_events));

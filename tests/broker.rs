@@ -1,12 +1,14 @@
 //! `broker` against a real mosquitto (Debian package) on free loopback ports.
 
 mod common;
+mod sink_support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{mosquitto_tls_args, ok, run, stderr, stdout, Broker, BrokerOptions};
+use common::{mosquitto_tls_args, ok, run, stderr, stdout, Broker, BrokerOptions, Proc};
+use sink_support::{rows, SinkProc};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -16,7 +18,9 @@ fn up_status_down_lifecycle() {
     let out = broker.out();
     let conf = std::fs::read_to_string(out.join("mosquitto/mosquitto.conf")).unwrap();
     assert!(conf.contains("require_certificate true"));
-    assert!(conf.contains("use_identity_as_username true"));
+    // The binding plugin maps the CN to the user name (mosquitto would skip it otherwise).
+    assert!(conf.contains("use_identity_as_username false"));
+    assert!(conf.contains("\nplugin ./mqttkit_bind.so\n"));
     assert!(conf.contains("allow_anonymous false"));
     assert!(conf.contains("persistence true"));
     assert!(conf.contains(&format!("listener {} 127.0.0.1", broker.port)));
@@ -239,6 +243,9 @@ fn password_file_in_mosquitto_format() {
     let base = mosquitto_tls_args(&broker, None);
     let right = run(
         Command::new("mosquitto_pub").args(&base).args([
+            // The binding lets user alice use only client ids alice and alice-*.
+            "-I",
+            "alice-",
             "-u",
             "alice",
             "-P",
@@ -251,8 +258,35 @@ fn password_file_in_mosquitto_format() {
         T,
     );
     ok(&right);
+    // The right password, but bob's client id: the binding refuses it.
+    let theirs = run(
+        Command::new("mosquitto_pub").args(&base).args([
+            "-i",
+            "bob-1",
+            "-u",
+            "alice",
+            "-P",
+            "s3cret pass",
+            "-t",
+            "devices/alice/telemetry",
+            "-m",
+            "x",
+        ]),
+        T,
+    );
+    assert!(!theirs.status.success(), "alice connected as bob-1");
+    assert!(
+        broker
+            .log()
+            .contains("mqttkit_bind: refused client id 'bob-1' for identity 'alice'"),
+        "{}",
+        broker.log()
+    );
     let wrong = run(
         Command::new("mosquitto_pub").args(&base).args([
+            // The binding lets user alice use only client ids alice and alice-*.
+            "-I",
+            "alice-",
             "-u",
             "alice",
             "-P",
@@ -273,6 +307,9 @@ fn password_file_in_mosquitto_format() {
     std::thread::sleep(Duration::from_millis(500));
     let removed = run(
         Command::new("mosquitto_pub").args(&base).args([
+            // The binding lets user bob use only client ids bob and bob-*.
+            "-I",
+            "bob-",
             "-u",
             "bob",
             "-P",
@@ -304,4 +341,272 @@ fn a_compose_file_mqttkit_did_not_write_is_never_replaced() {
         std::fs::read_to_string(broker.path().join("compose.yaml")).unwrap(),
         mine
     );
+}
+
+/// `mqttkit ARGS` in the broker's dir, to completion.
+fn mqttkit(broker: &Broker, args: &[&str]) -> std::process::Output {
+    run(broker.mqttkit().args(args), T)
+}
+
+/// A refused CONNECT: non-zero exit and one error line naming the refusal
+/// (besides a warning or `pub`'s summary of what it sent: nothing).
+#[track_caller]
+fn assert_not_authorized(o: &std::process::Output, what: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "{what} was accepted: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{what}: {err}");
+    assert!(
+        errors[0].contains("the broker refused the MQTT CONNECT: not authorized"),
+        "{what}: {err}"
+    );
+}
+
+/// `sub command --persistent` for `device` until it has subscribed, then
+/// away: its session (and subscription) stays on the broker.
+fn leave_a_command_session(broker: &Broker, device: &str) {
+    let mut c = broker.mqttkit();
+    c.args(["sub", "command", "--device-id", device, "--persistent"]);
+    let mut p = Proc::spawn(c);
+    p.wait_stderr("subscribed to");
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, _, err) = p.finish(T);
+    assert!(status.success(), "{err}");
+}
+
+/// The sink's client id, from its banner.
+fn sink_client_id(sink: &SinkProc) -> String {
+    let err = sink.stderr();
+    let at = err
+        .find("(client id ")
+        .expect("the sink names its client id")
+        + 11;
+    err[at..].split(';').next().unwrap().to_string()
+}
+
+/// Issue 13: with device-001's certificate, the client ids of device-002's
+/// `sub command` session, of the sink's session and of device-002 itself are
+/// refused before mosquitto touches those sessions; everything queued for
+/// them arrives afterwards, and a running publisher is never kicked.
+#[test]
+fn an_identity_cannot_take_over_another_identitys_sessions() {
+    let broker = Broker::start_with(BrokerOptions {
+        clients: vec!["device-002".into()],
+        ..Default::default()
+    });
+    let conf = std::fs::read_to_string(broker.out().join("mosquitto/mosquitto.conf")).unwrap();
+    assert!(conf.contains("\nplugin ./mqttkit_bind.so\n"), "{conf}");
+    // Sessions that must survive: device-002's commands and the sink's backlog.
+    leave_a_command_session(&broker, "device-002");
+    let url = format!("sqlite:{}", broker.path().join("t.db").display());
+    let mut sink = SinkProc::start(&broker, &url, &[], &[]);
+    sink.wait_subscribed();
+    sink.terminate();
+    let sink_id = sink_client_id(&sink);
+    // The server identity queues 10 commands and device-001 100 readings.
+    for i in 0..10 {
+        let param = format!("i={i}");
+        let args = [
+            "pub",
+            "command",
+            "--device-id",
+            "device-002",
+            "--name",
+            "set",
+            "--param",
+            &param,
+        ];
+        ok(&mqttkit(&broker, &args));
+    }
+    ok(&mqttkit(
+        &broker,
+        &[
+            "pub",
+            "telemetry",
+            "--device-id",
+            "device-001",
+            "--count",
+            "100",
+        ],
+    ));
+
+    // A running publisher as device-002, attacked while it runs.
+    let mut publisher = broker.mqttkit();
+    publisher.args([
+        "pub",
+        "telemetry",
+        "--device-id",
+        "device-002",
+        "--rate",
+        "100",
+        "--count",
+        "300",
+    ]);
+    let publisher = Proc::spawn(publisher);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // device-001's certificate (the profile's device identity) with their ids,
+    // clean sessions (which would destroy what is queued).
+    // (-W: a subscriber let in would wait for one message; it must not be let in.)
+    let theirs = [
+        (["pub", "telemetry", "--rate"], "device-002"),
+        (["sub", "command", "-W"], "device-002-sub-commands"),
+        (["sub", "telemetry", "-W"], sink_id.as_str()),
+    ];
+    let certs = broker.certs();
+    let (cert, key) = (certs.join("device-001.crt"), certs.join("device-001.key"));
+    for (args, id) in theirs {
+        let mut c = broker.mqttkit();
+        c.args(args)
+            .args(["2", "--client-id", id, "--count", "1"])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key);
+        assert_not_authorized(&run(&mut c, T), &format!("device-001 as {id}"));
+        assert!(
+            broker.log().contains(&format!(
+                "mqttkit_bind: refused client id '{id}' for identity 'device-001'"
+            )),
+            "{}",
+            broker.log()
+        );
+    }
+    // Its own namespace is its own.
+    ok(&mqttkit(
+        &broker,
+        &[
+            "pub",
+            "telemetry",
+            "--device-id",
+            "device-001",
+            "--client-id",
+            "device-001-tool",
+            "--count",
+            "1",
+        ],
+    ));
+
+    let (status, _, err) = publisher.finish(T);
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("acked 300") && err.contains(" 0 reconnects"),
+        "the publisher was disturbed: {err}"
+    );
+
+    // device-002 resumes its session: all 10 commands, in order.
+    let mut c = broker.mqttkit();
+    c.args([
+        "sub",
+        "command",
+        "--device-id",
+        "device-002",
+        "--persistent",
+        "--json",
+        "--count",
+        "10",
+    ]);
+    let (status, lines, err) = Proc::spawn(c).finish(T);
+    assert!(status.success(), "{err}");
+    let got: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["params"]["i"].to_string())
+        .collect();
+    let want: Vec<String> = (0..10).map(|i| format!("\"{i}\"")).collect();
+    assert_eq!(got, want, "{lines:?}");
+
+    // The sink resumes its session: device-001's 100 readings and device-002's
+    // 300 (device-001-tool's seq 0 is device-001's seq 0 again: stored once).
+    let mut sink = SinkProc::start(&broker, &url, &[], &[]);
+    sink.wait_subscribed();
+    assert!(
+        sink.stderr().contains("resumed the session"),
+        "{}",
+        sink.stderr()
+    );
+    let deadline = std::time::Instant::now() + T;
+    while rows(&broker, &url, &[]) < 400 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sink.terminate();
+    let stats = sink_support::stats(&broker, &url, &[]);
+    assert_eq!(stats["rows"], 400, "{stats}");
+    assert!(
+        sink.stderr().contains("(1 already there)"),
+        "{}",
+        sink.stderr()
+    );
+}
+
+/// `--allow-any-client-id` renders mosquitto's own CN mapping and no plugin.
+#[test]
+fn allow_any_client_id_runs_without_the_plugin() {
+    let broker = Broker::start_with(BrokerOptions {
+        up_args: vec!["--allow-any-client-id".into()],
+        ..Default::default()
+    });
+    let conf = std::fs::read_to_string(broker.out().join("mosquitto/mosquitto.conf")).unwrap();
+    assert!(conf.contains("use_identity_as_username true"), "{conf}");
+    assert!(!conf.contains("\nplugin "), "{conf}");
+    assert!(!broker.out().join("mosquitto/mqttkit_bind.so").exists());
+    // Any id goes, as before (the ACL still holds).
+    ok(&mqttkit(
+        &broker,
+        &[
+            "pub",
+            "telemetry",
+            "--device-id",
+            "device-001",
+            "--client-id",
+            "anything",
+            "--count",
+            "1",
+        ],
+    ));
+}
+
+/// A plugin the real mosquitto cannot load (planted: a shim first on PATH
+/// truncates it just before exec'ing /usr/sbin/mosquitto, as a wrong
+/// architecture or a mosquitto 1.x would fail) fails `broker up` in one line
+/// and leaves nothing running.
+#[test]
+fn a_plugin_mosquitto_cannot_load_fails_up_in_one_line() {
+    let broker = Broker::start_with(BrokerOptions {
+        no_broker: true,
+        ..Default::default()
+    });
+    let real = common::mosquitto_path();
+    let shim_dir = broker.path().join("shim");
+    std::fs::create_dir(&shim_dir).unwrap();
+    let shim = shim_dir.join("mosquitto");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\nprintf 'not an ELF' > mqttkit_bind.so\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = broker.mqttkit();
+    c.env("PATH", path)
+        .args(["broker", "up", "--out", "out"])
+        .args(&broker.up_args);
+    let o = run(&mut c, T);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: mosquitto could not load the client-id binding plugin mqttkit_bind.so: Error: Unable to load auth plugin")
+            && err.contains("--allow-any-client-id"),
+        "{err}"
+    );
+    assert!(!broker.out().join("mosquitto/state.json").exists());
+    std::net::TcpListener::bind(("127.0.0.1", broker.port)).expect("nothing left on the port");
 }

@@ -250,6 +250,7 @@ fn lifecycle(engine: &Engine, compose: &'static str) {
     assert_eq!(json_lines(&lines)[0]["name"], "reboot", "{lines:?}");
 
     common::assert_acls_confine_devices(&d.broker);
+    client_ids_are_bound(&d);
 
     // The container's log, through `broker logs`.
     let logs = ok(&d.mqttkit_run(&["broker", "logs", "-n", "200"])).clone();
@@ -274,6 +275,90 @@ fn lifecycle(engine: &Engine, compose: &'static str) {
     let o = d.mqttkit_run(&["broker", "status"]);
     assert!(!o.status.success());
     assert!(stdout(&o).starts_with("down"), "{}", stdout(&o));
+}
+
+/// The container loads the client-id binding plugin: device-001's
+/// certificate cannot use device-002's `sub command` session, which still
+/// gets every command queued for it.
+fn client_ids_are_bound(d: &Docker<'_>) {
+    let mut c = d.mqttkit();
+    c.args([
+        "sub",
+        "command",
+        "--device-id",
+        "device-002",
+        "--persistent",
+    ]);
+    let mut away = Proc::spawn(c);
+    away.wait_stderr("subscribed to");
+    away.signal(nix::sys::signal::Signal::SIGINT);
+    let (st, _, err) = away.finish(T);
+    assert!(st.success(), "{err}");
+    for i in 0..5 {
+        let param = format!("i={i}");
+        let args = [
+            "pub",
+            "command",
+            "--device-id",
+            "device-002",
+            "--name",
+            "set",
+            "--param",
+            &param,
+        ];
+        ok(&d.mqttkit_run(&args));
+    }
+    // A clean session under device-002's id would destroy the queue.
+    let o = d.mqttkit_run(&[
+        "sub",
+        "command",
+        "--device-id",
+        "device-001",
+        "--client-id",
+        "device-002-sub-commands",
+        "--count",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success(),
+        "device-001 took device-002's session: {err}"
+    );
+    assert!(
+        err.contains("refused the MQTT CONNECT: not authorized"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let mut c = d.mqttkit();
+    c.args([
+        "sub",
+        "command",
+        "--device-id",
+        "device-002",
+        "--persistent",
+        "--json",
+        "--count",
+        "5",
+    ]);
+    let (st, lines, err) = Proc::spawn(c).finish(T);
+    assert!(st.success(), "{err}");
+    let got: Vec<String> = json_lines(&lines)
+        .iter()
+        .map(|v| v["params"]["i"].to_string())
+        .collect();
+    assert_eq!(
+        got,
+        ["\"0\"", "\"1\"", "\"2\"", "\"3\"", "\"4\""],
+        "{lines:?}"
+    );
+    let log = stdout(&d.mqttkit_run(&["broker", "logs"]));
+    assert!(log.contains("Loading plugin: ./mqttkit_bind.so"), "{log}");
+    assert!(
+        log.contains(
+            "mqttkit_bind: refused client id 'device-002-sub-commands' for identity 'device-001'"
+        ),
+        "{log}"
+    );
 }
 
 /// `broker logs -f --json` prints the container's new lines as they come, until SIGINT.
@@ -354,6 +439,9 @@ fn passwords(engine: &Engine, compose: &'static str) {
     let connects = |user: &str, pass: &str| {
         let mut c = Command::new("mosquitto_pub");
         c.args(common::mosquitto_tls_args(&d.broker, None)).args([
+            // The binding lets USER use only client ids USER and USER-*.
+            "-I",
+            &format!("{user}-"),
             "-u",
             user,
             "-P",

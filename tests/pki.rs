@@ -635,3 +635,30 @@ fn a_leaf_that_outlives_its_ca_is_warned_about() {
     .clone();
     assert!(!stderr(&o).contains("outlives"), "{}", stderr(&o));
 }
+
+/// `broker up` lets identity NAME use client ids NAME and NAME-*: issuing an
+/// identity that is another plus "-…" (either order) is warned about, and
+/// an unrelated one is not.
+#[test]
+fn issuing_an_identity_nested_in_another_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&run(mqttkit(dir.path()).args(["pki", "init"]), T));
+    let issue = |name: &str| {
+        let o = run(mqttkit(dir.path()).args(["pki", "issue", name]), T);
+        stderr(ok(&o)).to_string()
+    };
+    let nested = issue("device-001-pump-3");
+    assert!(
+        nested.contains(
+            "warning: identity 'device-001' may use the client ids of 'device-001-pump-3'"
+        ),
+        "{nested}"
+    );
+    let shorter = issue("device");
+    assert!(
+        shorter.contains("warning: identity 'device' may use the client ids of 'device-001"),
+        "{shorter}"
+    );
+    let unrelated = issue("sensor-7");
+    assert!(!unrelated.contains("warning"), "{unrelated}");
+}

@@ -444,7 +444,8 @@ fn device_specs(
         .enumerate()
         .map(|(index, name)| device::DeviceSpec {
             index,
-            client_id: unique_client_id(&name),
+            // The shared identity's namespace: the broker binds client ids to it.
+            client_id: crate::mqtt::client_id::unique_within(&endpoint, &name),
             topic: topic.clone(),
             device_id: name,
             endpoint: endpoint.clone(),

@@ -9,6 +9,7 @@ mod docker;
 mod logs;
 mod native;
 pub mod passwd;
+mod plugin;
 mod render;
 mod up;
 
@@ -170,6 +171,12 @@ pub struct UpArgs {
     /// change; slower). A clean `broker down` saves everything either way.
     #[arg(long, value_enum, default_value_t)]
     pub durability: Durability,
+    /// Let any identity connect with any client id (no client-id binding
+    /// plugin; for a mosquitto that cannot load it, e.g. 1.x): then one
+    /// identity can take over, or with a clean session destroy, another's
+    /// session.
+    #[arg(long)]
+    pub allow_any_client_id: bool,
     /// Render the ACL from this schema's topic map (its telemetry and
     /// command topics, {device} = the identity) instead of devices/{id}/...
     #[arg(long, value_name = "FILE", env = "MQTTKIT_SCHEMA")]
@@ -387,8 +394,15 @@ async fn wait_healthy(
     timeout: Duration,
 ) -> Result<Duration> {
     let deadline = Instant::now() + timeout;
-    loop {
+    for attempt in 0u64.. {
         if state.runtime == Runtime::Native && state.pid.is_some_and(native::has_exited) {
+            bail!("mosquitto exited during start-up");
+        }
+        // A container restarts a mosquitto that cannot load the plugin; its log says so.
+        if state.runtime == Runtime::Docker
+            && attempt % 10 == 9
+            && plugin::load_failure(&docker::log_tail(20)).is_some()
+        {
             bail!("mosquitto exited during start-up");
         }
         let err = match probe(out, state, auth).await {
@@ -400,6 +414,7 @@ async fn wait_healthy(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    unreachable!("the loop above returns")
 }
 
 /// One health check: a real TLS + MQTT CONNECT with the server identity.
@@ -439,12 +454,10 @@ async fn probe(out: &Path, state: &BrokerState, auth: Auth) -> Result<Duration> 
         // serves our certificate and accepts our client (`up` warns about the name).
         endpoint = endpoint.verifying_name("localhost")?;
     }
-    Ok(mqtt::probe::connect_once(
-        &endpoint,
-        &mqtt::unique_client_id("mqttkit-health"),
-        Duration::from_secs(3),
-    )
-    .await?)
+    // An id in the identity's namespace: the binding lets it in even when the
+    // profile's server is not a --server-identity of this broker.
+    let id = mqtt::client_id::unique_within(&endpoint, "mqttkit-health");
+    Ok(mqtt::probe::connect_once(&endpoint, &id, Duration::from_secs(3)).await?)
 }
 
 /// DNS names and IP addresses in the broker certificate.
@@ -678,8 +691,9 @@ fn write_passwd(out: &Path, path: &Path, text: &str) -> Result<()> {
 /// `crlfile` and `require_certificate`, which `up` renders), so NAME can no
 /// longer connect; then NAME's live connections under mqttkit's client ids
 /// (`NAME`, `NAME-sub-commands`) are ended by taking those ids over with the
-/// server identity. A connection under another id lasts until it reconnects
-/// (mosquitto checks certificates only at the handshake).
+/// server identity, which the client-id binding (plugin.rs) lets use any id.
+/// A connection under another id lasts until it reconnects (mosquitto checks
+/// certificates only at the handshake).
 pub async fn enforce_revocation(out: &Path, name: &str) -> Result<()> {
     let Some(state) = load_state(out)?.filter(native::is_running) else {
         return Ok(());

@@ -33,6 +33,12 @@ pub struct ConfVars<'a> {
     pub max_inflight_messages: u64,
     pub autosave_on_changes: bool,
     pub autosave_interval: u32,
+    /// Load the client-id binding plugin (plugin.rs) from `plugin_file`.
+    pub bind_client_ids: bool,
+    pub plugin_file: &'a str,
+    /// Its options: `cert` or `username`, and the server identities (a,b).
+    pub plugin_identity: &'a str,
+    pub plugin_servers: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,6 +153,10 @@ mod tests {
             max_inflight_messages: MAX_INFLIGHT_MESSAGES,
             autosave_on_changes: false,
             autosave_interval: 10,
+            bind_client_ids: true,
+            plugin_file: "mqttkit_bind.so",
+            plugin_identity: if auth == "cert" { "cert" } else { "username" },
+            plugin_servers: "server,ops",
         }
     }
 
@@ -156,7 +166,18 @@ mod tests {
         assert!(c.contains("listener 8883 127.0.0.1\nprotocol mqtt\ncafile ../certs/ca.crt"));
         assert!(c.contains("listener 8884 127.0.0.1\nprotocol websockets"));
         assert_eq!(c.matches("require_certificate true").count(), 2);
-        assert_eq!(c.matches("use_identity_as_username true").count(), 2);
+        // The binding plugin sets the CN as user name: mosquitto would skip it otherwise.
+        assert_eq!(c.matches("use_identity_as_username false").count(), 2);
+        assert!(c.contains(
+            "\nplugin ./mqttkit_bind.so\nplugin_opt_identity cert\nplugin_opt_servers server,ops\n"
+        ));
+        let unbound = mosquitto_conf(&ConfVars {
+            bind_client_ids: false,
+            ..vars("cert")
+        })
+        .unwrap();
+        assert_eq!(unbound.matches("use_identity_as_username true").count(), 2);
+        assert!(!unbound.contains("\nplugin "), "{unbound}");
         assert!(c.contains("allow_anonymous false"));
         assert!(c.contains("max_queued_messages 1000000"));
         assert!(c.contains("\nautosave_on_changes false\nautosave_interval 10\n"));
@@ -164,6 +185,7 @@ mod tests {
         let p = mosquitto_conf(&vars("password")).unwrap();
         assert!(p.contains("password_file passwd"));
         assert!(p.contains("require_certificate false"));
+        assert!(p.contains("plugin_opt_identity username\n"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{
     relative_to, render, require_certs, state_path, wait_healthy, Auth, BrokerState, Compose,
     Durability, Runtime, UpArgs, COMPOSE_MARKER, MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES,
 };
-use super::{docker, native};
+use super::{docker, native, plugin};
 use crate::fsutil::{write_atomic, StagedFiles, MODE_PUBLIC};
 use crate::mqtt::{self, profile};
 use crate::schema::{Schema, SchemaSource};
@@ -43,6 +43,8 @@ pub struct UpConfig {
     /// A schema whose topic map the ACL follows.
     pub schema: Option<PathBuf>,
     pub server_identities: Vec<String>,
+    /// Load the plugin that binds client ids to identities (plugin.rs).
+    pub bind_client_ids: bool,
     pub timeout: Duration,
     pub json: bool,
 }
@@ -62,6 +64,7 @@ impl UpConfig {
             durability: Durability::default(),
             schema: None,
             server_identities: vec![crate::identity::DEFAULT_SERVER.to_string()],
+            bind_client_ids: true,
             timeout: DEFAULT_TIMEOUT,
             json: false,
         }
@@ -82,6 +85,7 @@ impl UpArgs {
             durability: self.durability,
             schema: self.schema.clone(),
             server_identities: self.server_identities.clone(),
+            bind_client_ids: !self.allow_any_client_id,
             timeout: self.timeout,
             json: self.json,
         }
@@ -128,6 +132,7 @@ pub async fn up(cfg: &UpConfig) -> Result<ExitCode> {
             .map(|ws| format!("wss://{host}:{ws}/mqtt")),
         auth: cfg.auth.as_str(),
         durability: cfg.durability,
+        client_id_binding: cfg.bind_client_ids,
         healthy_after_ms: started.elapsed().as_millis(),
         config: plan.dir.join("mosquitto.conf"),
         compose: plan.compose_file.map(Path::to_path_buf),
@@ -149,6 +154,7 @@ fn validate(cfg: &UpConfig) -> Result<PathBuf> {
         crate::pki::validate_identity(s)
             .map_err(|e| anyhow::anyhow!("--server-identity '{s}': {e}"))?;
     }
+    plugin::options(cfg.auth == Auth::Cert, &cfg.server_identities)?;
     if cfg.websockets_port == Some(cfg.port) {
         bail!("--websockets-port must differ from --port ({})", cfg.port);
     }
@@ -241,6 +247,8 @@ fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
     // In a container mosquitto listens on all of the container's addresses
     // (docker publishes the ports on --bind) and already runs as its user.
     let native = plan.runtime == Runtime::Native;
+    let (plugin_identity, plugin_servers) =
+        plugin::options(cfg.auth == Auth::Cert, &cfg.server_identities)?;
     let conf = render::mosquitto_conf(&render::ConfVars {
         port: cfg.port,
         bind: cfg.bind.as_deref().filter(|_| native),
@@ -259,9 +267,16 @@ fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
         max_inflight_messages: MAX_INFLIGHT_MESSAGES,
         autosave_on_changes: cfg.durability.autosave().0,
         autosave_interval: cfg.durability.autosave().1,
+        bind_client_ids: cfg.bind_client_ids,
+        plugin_file: plugin::FILE,
+        plugin_identity: &plugin_identity,
+        plugin_servers: &plugin_servers,
     })?;
     let mut files = StagedFiles::new();
     files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);
+    if cfg.bind_client_ids {
+        files.add(dir.join(plugin::FILE), plugin::LIBRARY, MODE_PUBLIC);
+    }
     files.add(
         dir.join("acl"),
         render::acl(
@@ -374,6 +389,9 @@ async fn wait(cfg: &UpConfig, state: &BrokerState) -> Result<()> {
         _ => native::stop(state, Duration::from_secs(5)),
     }
     let _ = std::fs::remove_file(state_path(&cfg.out));
+    if let Some(why) = plugin::load_failure(&tail).filter(|_| cfg.bind_client_ids) {
+        return Err(plugin::load_error(&why));
+    }
     bail!(
         "the broker did not become healthy: {e:#}\n--- {} (last lines) ---\n{tail}",
         match state.runtime {
@@ -412,6 +430,8 @@ struct UpReport {
     websockets_url: Option<String>,
     auth: &'static str,
     durability: Durability,
+    /// Client ids are bound to identities (plugin.rs).
+    client_id_binding: bool,
     healthy_after_ms: u128,
     config: PathBuf,
     /// None when `--runtime native` left a foreign compose file alone.
@@ -445,6 +465,11 @@ impl UpReport {
             self.durability.as_str(),
             self.durability.loss_window()
         ));
+        s.push_str(if self.client_id_binding {
+            "  client ids  bound: NAME or NAME-* for identity NAME, any for server identities\n"
+        } else {
+            "  client ids  unbound (--allow-any-client-id): any identity may use any client id\n"
+        });
         s.push_str(&format!("  config      {}\n", self.config.display()));
         if let Some(compose) = &self.compose {
             s.push_str(&format!("  compose     {}\n", compose.display()));

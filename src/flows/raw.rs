@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::publish::{publish_stream, Source, Stream};
 use super::subscribe::{Print, Printing};
 use super::{Out, SubCommonArgs};
-use crate::mqtt::{device_of_topic, telemetry_topic, unique_client_id, ConnectionArgs, Role};
+use crate::mqtt::{device_of_topic, telemetry_topic, ConnectionArgs, Role};
 use crate::pipeline::{self, Acks, Handled, Shutdown, SubscribeConfig};
 use crate::schema::{codec, Labels, Schema, SchemaArgs};
 use prost_reflect::MessageDescriptor;
@@ -173,7 +173,9 @@ pub async fn run_pub(args: RawPubArgs) -> Result<ExitCode> {
             .props
             .resolve(args.conn.protocol, protobuf_type.as_deref())?,
     };
-    let client_id = client_id.unwrap_or_else(|| unique_client_id("mqttkit-pub"));
+    // In the identity's namespace (`broker up` binds client ids to identities).
+    let client_id = client_id
+        .unwrap_or_else(|| crate::mqtt::client_id::unique_within(&endpoint, "mqttkit-pub"));
     let code = publish_stream(&endpoint, &client_id, stream, source).await?;
     if input.failed.load(Ordering::Relaxed) {
         return Ok(ExitCode::FAILURE);
@@ -320,7 +322,7 @@ pub async fn run_sub(args: RawSubArgs) -> Result<ExitCode> {
     let client_id = match (&endpoint.client_id, persistent) {
         (Some(id), _) => id.clone(),
         (None, true) => bail!("--persistent: needs a fixed client id; pass -i CLIENT_ID"),
-        (None, false) => unique_client_id("mqttkit-sub"),
+        (None, false) => crate::mqtt::client_id::unique_within(&endpoint, "mqttkit-sub"),
     };
     let cfg = SubscribeConfig {
         filters: args.filters.clone(),

@@ -209,13 +209,7 @@ fn warn_if_not_the_server(spec: &crate::mqtt::ConnectSpec, endpoint: &Endpoint) 
 }
 
 fn identity_name(endpoint: &Endpoint, fallback: &str) -> String {
-    endpoint
-        .identity
-        .as_ref()
-        .and_then(|(cert, _)| cert.file_stem())
-        .and_then(|s| s.to_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| fallback.to_string())
+    crate::mqtt::client_id::identity_of(endpoint).unwrap_or_else(|| fallback.to_string())
 }
 
 /// Prints messages to stdout.
@@ -244,7 +238,8 @@ pub(super) async fn subscribe<P: Print>(
     let client_id = match (&endpoint.client_id, common.persistent) {
         (Some(id), _) => id.clone(),
         (None, true) => fixed_id.to_string(),
-        (None, false) => unique_client_id("mqttkit-sub"),
+        // In the identity's namespace, which the broker binds to it.
+        (None, false) => unique_client_id(fixed_id),
     };
     let banner = format!(
         "subscribed to {} on {} as {client_id}{}",

@@ -353,7 +353,7 @@ impl Failure {
             Failure::ClientCertOutOfDate => "check the client certificate's dates (`mqttkit pki list`) and this machine's clock; reissue it with `mqttkit pki issue NAME --force`".into(),
             Failure::NotTls => "check --port (8883 is MQTT over TLS; 1883 is plain MQTT: for that, --host mqtt://HOST:1883 or --no-tls)".into(),
             Failure::BadCredentials => "check the user name and password (-u USER with -P, --password-stdin or MQTTKIT_PASSWORD); on a broker from `mqttkit broker up --auth password`, set it with `mqttkit broker user add USER --password-stdin`".into(),
-            Failure::NotAuthorized => "the identity is not allowed: pass -u USER and a password (--password-stdin or MQTTKIT_PASSWORD) if the broker has a password file, else check the certificate's CN".into(),
+            Failure::NotAuthorized => "the identity is not allowed: pass -u USER and a password (--password-stdin or MQTTKIT_PASSWORD) if the broker has a password file, else check the certificate's CN; a `mqttkit broker up` broker also refuses a client id that is not the identity's NAME or NAME-… (--client-id)".into(),
             Failure::BadClientId => "pass another --client-id".into(),
             Failure::ServerUnavailable => "retry later".into(),
             Failure::Refused(_) => "see the broker log (`mqttkit broker logs`)".into(),

@@ -3,6 +3,7 @@
 //! then rumqttc options over rustls.
 
 pub mod address;
+pub mod client_id;
 pub mod failure;
 pub mod poller;
 pub mod probe;

@@ -336,6 +336,9 @@ pub fn issue(args: IssueConfig) -> Result<()> {
     } else {
         client_params_for(&subject, &args.name, args.days)
     };
+    if !args.server {
+        warn_if_nested(&dir, &args.name);
+    }
     let issued = sign(params, args.key_type, &issuer)?;
     stage_identity(&mut files, &dir, &args.name, &issued, true);
     let written = files.commit(args.force)?;
@@ -348,6 +351,34 @@ pub fn issue(args: IssueConfig) -> Result<()> {
             dir.join("ca.crt").display()
         ))
     })
+}
+
+/// `broker up` lets identity NAME use the client ids NAME and NAME-*, so of
+/// two identities where one is the other plus "-…" (`line-1`,
+/// `line-1-pump-3`) the shorter may use the longer's ids: warn.
+fn warn_if_nested(certs_dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(certs_dir) else {
+        return;
+    };
+    let others = entries.flatten().filter_map(|e| {
+        let file = e.file_name().into_string().ok()?;
+        let stem = file.strip_suffix(".crt")?.to_string();
+        (!RESERVED_NAMES.contains(&stem.as_str()) && stem != name).then_some(stem)
+    });
+    for other in others {
+        let (short, long) = match (
+            crate::identity::client_id_belongs_to(name, &other),
+            crate::identity::client_id_belongs_to(&other, name),
+        ) {
+            (true, _) => (other.as_str(), name),
+            (_, true) => (name, other.as_str()),
+            _ => continue,
+        };
+        crate::note!(
+            "warning: identity '{short}' may use the client ids of '{long}' (`broker up` lets NAME use NAME and NAME-*, so it can take over {long}'s sessions); choose names where neither is the other plus '-…'"
+        );
+        return;
+    }
 }
 
 /// The CA's subject attributes other than CN: what leaves inherit.

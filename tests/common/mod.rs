@@ -33,6 +33,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The real mosquitto binary (Debian: /usr/sbin, often not on PATH).
+pub fn mosquitto_path() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("mosquitto"))
+            .find(|p| p.is_file())
+    });
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+}
+
 /// The venv's Python with paho-mqtt, protobuf, grpcio-tools (and moto).
 pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("MQTTKIT_TEST_PYTHON") {
@@ -323,6 +333,10 @@ pub fn mosquitto_tls_args(broker: &Broker, name: Option<&str>) -> Vec<String> {
     ];
     if let Some(n) = name {
         v.extend([
+            // `broker up` lets identity NAME use only client ids NAME and NAME-*:
+            // NAME-<pid>.
+            "-I".into(),
+            format!("{n}-"),
             "--cert".into(),
             certs.join(format!("{n}.crt")).display().to_string(),
             "--key".into(),

@@ -51,6 +51,12 @@ def generate(proto_dir):
     return importlib.import_module("mqttkit_pb2")
 
 
+def identity(args):
+    """The certificate's identity (mqttkit names it NAME.crt): `broker up` lets
+    it use only client ids that are NAME or start with NAME-."""
+    return os.path.splitext(os.path.basename(args.cert))[0]
+
+
 def connect(args, client_id):
     c = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
@@ -95,7 +101,7 @@ def subscribe(args, pb, topic, decode, count):
             if got >= count:
                 done.set()
 
-    c = connect(args, f"py-sub-{uuid.uuid4().hex[:8]}")
+    c = connect(args, f"{identity(args)}-py-sub-{uuid.uuid4().hex[:8]}")
     c.on_connect = on_connect
     c.on_subscribe = on_subscribe
     c.on_message = on_message
@@ -118,7 +124,7 @@ def publish(args, topic, payloads):
             os._exit(2)
         connected.set()
 
-    c = connect(args, f"py-pub-{uuid.uuid4().hex[:8]}")
+    c = connect(args, f"{identity(args)}-py-pub-{uuid.uuid4().hex[:8]}")
     c.on_connect = on_connect
     c.connect(args.host, args.port, keepalive=30)
     c.loop_start()

@@ -45,7 +45,11 @@ def generate(proto):
 
 
 def client(args):
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311, clean_session=True)
+    # `broker up` lets identity NAME (the certificate NAME.crt) use only client
+    # ids that are NAME or start with NAME-.
+    name = os.path.splitext(os.path.basename(args.cert))[0]
+    client_id = f"{name}-py-{os.getpid()}"
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
     c.tls_set(ca_certs=args.cafile, certfile=args.cert, keyfile=args.key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     return c
 
