@@ -218,6 +218,7 @@ fn paho(b: &Broker, mode: &str, topic: &str, identity: &str) -> Command {
         .arg(c.join(format!("{identity}.crt")))
         .arg("--key")
         .arg(c.join(format!("{identity}.key")))
+        .args(["--client-id", &format!("{identity}-paho-v5")])
         .args([mode, topic]);
     cmd
 }

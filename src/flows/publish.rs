@@ -32,8 +32,8 @@ use crate::clock::now_unix_nano;
 use crate::mqtt::failure::describe_connect_error_as;
 use crate::mqtt::poller::Poller;
 use crate::mqtt::{
-    command_topic, session, telemetry_topic, unique_client_id, Ack, Client, Event, Options, Props,
-    Protocol, Reason, Role,
+    command_topic, session, telemetry_topic, Ack, Client, Event, Options, Props, Protocol, Reason,
+    Role,
 };
 use crate::pipeline::{Reconnect, Shutdown};
 use crate::proto::Command;
@@ -912,7 +912,7 @@ pub async fn run_command(args: PubCommandArgs) -> Result<ExitCode> {
     let client_id = endpoint
         .client_id
         .clone()
-        .unwrap_or_else(|| unique_client_id("mqttkit-cmd"));
+        .unwrap_or_else(|| crate::mqtt::client_id::unique_within(&endpoint, "mqttkit-cmd"));
     let topic = command_topic(&args.device_id);
     let cmd = Command {
         id: super::new_uuid(),

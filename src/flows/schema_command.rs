@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::publish::{publish_stream, Source, Stream};
 use super::raw::RawPrinter;
 use super::{device_id, validate_device_id, PubCommandArgs, SubCommandArgs};
-use crate::mqtt::{command_topic, unique_client_id, Role};
+use crate::mqtt::{command_topic, Role};
 use crate::schema::{codec, template, Labels, Role as SchemaRole, Rule, Schema};
 
 /// What `pub command --schema` prints on stdout once the broker has it.
@@ -94,7 +94,8 @@ pub async fn publish(args: PubCommandArgs, schema: Schema) -> Result<ExitCode> {
         device_id: args.device_id.clone(),
         props: args.props.resolve(args.conn.protocol, Some(type_name))?,
     };
-    let client_id = client_id.unwrap_or_else(|| unique_client_id("mqttkit-cmd"));
+    let client_id = client_id
+        .unwrap_or_else(|| crate::mqtt::client_id::unique_within(&endpoint, "mqttkit-cmd"));
     let code = publish_stream(&endpoint, &client_id, stream, one(payload)).await?;
     if code == ExitCode::SUCCESS {
         crate::output::print_json(&Sent {

@@ -41,7 +41,7 @@ def client(args, client_id):
 
 
 def receive(args):
-    c = client(args, "paho-v5-receiver")
+    c = client(args, args.client_id + "-receiver")
     got = threading.Event()
 
     def on_connect(c, userdata, flags, reason, props):
@@ -76,7 +76,7 @@ def receive(args):
 
 
 def publish(args):
-    c = client(args, "paho-v5-publisher")
+    c = client(args, args.client_id + "-publisher")
     c.connect(args.host, args.port)
     c.loop_start()
     props = Properties(PacketTypes.PUBLISH)
@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--cafile", required=True)
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
+    # mqttkit's broker binds client ids to the identity: NAME or NAME-*.
+    ap.add_argument("--client-id", required=True)
     ap.add_argument("mode", choices=["receive", "publish"])
     ap.add_argument("topic")
     args = ap.parse_args()
