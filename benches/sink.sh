@@ -3,6 +3,9 @@
 # PostgreSQL and InfluxDB, against a local mosquitto (release build with line tables).
 #
 #   benches/sink.sh [N]        (N messages per run, default 100000)
+#   SCHEMA=1 benches/sink.sh [N]   the same with a user schema: tests/proto/plant.proto's
+#                                  Metrics on plant/{site}/{device}/metrics, stored by
+#                                  `sub telemetry --schema F --sink` into its own table
 #
 # Two runs per store:
 #   drain: N messages queued for the sink's session while it is stopped, then
@@ -14,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
 RATE=${RATE:-20000}   # live-run publisher rate, msg/s
+STORES=${STORES:-sqlite postgres influx}   # e.g. STORES=sqlite for one store
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --profile profiling --quiet
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/profiling/mqttkit
@@ -32,10 +36,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 now() { date +%s.%N; }
 wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
+INIT_ARGS=() UP_ARGS=() PUB_ARGS=()
+if [ -n "${SCHEMA:-}" ]; then
+  cp tests/proto/plant.proto tests/proto/plant.toml "$WORK/"
+  export MQTTKIT_SCHEMA="$WORK/plant.toml" # pub, sub and sink stats all take it
+  INIT_ARGS=(--client pump-a --client server) # naming clients replaces the default ones
+  UP_ARGS=(--schema "$MQTTKIT_SCHEMA")
+  PUB_ARGS=(--device-id pump-a --label site=osaka)
+fi
+
 cd "$WORK"
-"$BIN" pki init --out out >/dev/null 2>&1
+"$BIN" pki init --out out "${INIT_ARGS[@]}" >/dev/null 2>&1
 MQTT_PORT=$(free_port)
-"$BIN" broker up --out out --runtime native --bind 127.0.0.1 --port "$MQTT_PORT" >/dev/null 2>&1
+"$BIN" broker up --out out --runtime native --bind 127.0.0.1 --port "$MQTT_PORT" "${UP_ARGS[@]}" >/dev/null 2>&1
 
 # PostgreSQL (as the postgres user when root: it refuses to run as root).
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -86,7 +99,7 @@ rows_per_s() { python3 -c "import sys; n,t=float(sys.argv[1]),float(sys.argv[2])
 bench() {
   local name=$1 drain_url=$2 live_url=$3
   prime "$drain_url"
-  "$BIN" pub telemetry --out out --count "$N" >/dev/null 2>pub.log || { echo "$name: pub telemetry failed" >&2; tail -n 3 pub.log >&2; exit 1; }
+  "$BIN" pub telemetry --out out --count "$N" "${PUB_ARGS[@]}" >/dev/null 2>pub.log || { echo "$name: pub telemetry failed" >&2; tail -n 3 pub.log >&2; exit 1; }
   local t0 t1
   t0=$(now)
   "$BIN" sub telemetry --out out --sink "$drain_url" --count "$N" 2>>sink.log ||
@@ -99,7 +112,7 @@ bench() {
   local sink=$!
   sleep 0.3
   t0=$(now)
-  "$BIN" pub telemetry --out out --count "$N" --rate "$RATE" >/dev/null 2>pub.log || { echo "$name: pub telemetry failed" >&2; tail -n 3 pub.log >&2; exit 1; }
+  "$BIN" pub telemetry --out out --count "$N" --rate "$RATE" "${PUB_ARGS[@]}" >/dev/null 2>pub.log || { echo "$name: pub telemetry failed" >&2; tail -n 3 pub.log >&2; exit 1; }
   local tp
   tp=$(now)
   wait "$sink" || { echo "$name live: the sink exited with $?" >&2; tail -n 5 sink.log >&2; exit 1; }
@@ -108,8 +121,14 @@ bench() {
     "$name" "$(rows_per_s "$N" "$(echo "$t1 - $t0" | bc)")" "$RATE" "$(echo "$tp - $t0" | bc)" "$(echo "$t1 - $tp" | bc)"
 }
 
-echo "== $N QoS 1 messages per run; $(nproc) cores; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
-bench sqlite "sqlite:$WORK/drain.db" "sqlite:$WORK/live.db"
-psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'CREATE DATABASE drain' -c 'CREATE DATABASE live' postgres
-bench postgres "postgres://postgres@127.0.0.1:$PG_PORT/drain" "postgres://postgres@127.0.0.1:$PG_PORT/live"
-bench influx "influx://127.0.0.1:$INFLUX_PORT/drain" "influx://127.0.0.1:$INFLUX_PORT/live"
+echo "== $N QoS 1 messages per run${SCHEMA:+ (user schema: acme.plant.v1.Metrics)}; $(nproc) cores; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
+for store in $STORES; do
+  case $store in
+    sqlite) bench sqlite "sqlite:$WORK/drain.db" "sqlite:$WORK/live.db" ;;
+    postgres)
+      psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'CREATE DATABASE drain' -c 'CREATE DATABASE live' postgres
+      bench postgres "postgres://postgres@127.0.0.1:$PG_PORT/drain" "postgres://postgres@127.0.0.1:$PG_PORT/live" ;;
+    influx) bench influx "influx://127.0.0.1:$INFLUX_PORT/drain" "influx://127.0.0.1:$INFLUX_PORT/live" ;;
+    *) echo "STORES: unknown store $store (sqlite, postgres, influx)" >&2; exit 2 ;;
+  esac
+done

@@ -43,6 +43,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "output",
             "pipeline",
             "proto",
+            "schema",
             "telemetry",
             "units",
         ],

@@ -55,7 +55,7 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
         None => ALL_TELEMETRY.to_string(),
     };
     if args.sink.is_some() {
-        return run_sink(args, filter).await;
+        return run_sink(args, vec![filter], crate::sink::Tables::Telemetry).await;
     }
     let spec = args.conn.spec()?;
     let endpoint = spec.resolve(Role::Server)?;
@@ -80,9 +80,6 @@ pub async fn run_telemetry(args: SubTelemetryArgs) -> Result<ExitCode> {
 
 /// `sub telemetry --schema`: the schema's telemetry filters, decoded by it.
 async fn run_schema_telemetry(args: SubTelemetryArgs, schema: Schema) -> Result<ExitCode> {
-    if args.sink.is_some() {
-        bail!("--sink with --schema: storing your own message types is not built yet; store mqttkit's Telemetry, or read yours with `sub telemetry --schema F --json`");
-    }
     let filters = match &args.device_id {
         Some(id) => schema.device_topics(SchemaRole::Telemetry, id),
         None => schema.filters(SchemaRole::Telemetry),
@@ -97,6 +94,12 @@ async fn run_schema_telemetry(args: SubTelemetryArgs, schema: Schema) -> Result<
             "--schema: no [[topic]] has role = \"telemetry\"; mark the telemetry topics with it"
         ),
     };
+    if args.sink.is_some() {
+        // Each telemetry type into its own table (crate::sink::user).
+        let tables = crate::sink::UserTables::new(schema)?;
+        let tables = crate::sink::Tables::User(std::sync::Arc::new(tables));
+        return run_sink(args, filters, tables).await;
+    }
     let spec = args.conn.spec()?;
     let endpoint = spec.resolve(Role::Server)?;
     let identity = identity_name(&endpoint, "server");
@@ -139,24 +142,31 @@ fn dead_letter_dir(args: &SubTelemetryArgs) -> PathBuf {
 
 /// Storing, not printing: see crate::sink (acks only after commit). The
 /// sink takes `sub`'s options or refuses them here, before anything runs.
-async fn run_sink(args: SubTelemetryArgs, filter: String) -> Result<ExitCode> {
+async fn run_sink(
+    args: SubTelemetryArgs,
+    filters: Vec<String>,
+    tables: crate::sink::Tables,
+) -> Result<ExitCode> {
     if args.common.timeout.is_some() {
         bail!("--timeout/-W: not used with --sink (a sink runs until stopped); stop it with SIGTERM instead");
     }
     if args.common.json {
         bail!("--json: not used with --sink (the messages go to the store, not to stdout); drop --json and read the rows with `mqttkit sink stats URL --json`");
     }
-    let sink = crate::sink::Sink::open(&args.sink, &dead_letter_dir(&args)).await?;
+    let sink = crate::sink::Sink::open(&args.sink, &dead_letter_dir(&args), tables).await?;
     let spec = args.conn.spec()?;
     let endpoint = spec.resolve(Role::Server)?;
     warn_if_not_the_server(&spec, &endpoint);
     let client_id = match &endpoint.client_id {
         Some(id) => id.clone(),
-        None => (args.share).client_id(sink.default_client_id(args.device_id.as_deref()), true)?,
+        None => {
+            let id = sink.default_client_id(args.device_id.as_deref(), &filters);
+            (args.share).client_id(id, true)?
+        }
     };
     // Always persistent: the session keeps what arrives while the sink is
     // down (the at-least-once guarantee); --persistent says it again.
-    let filters = args.share.filters(vec![filter]);
+    let filters = args.share.filters(filters);
     let cfg = subscribe_config(&args.common, filters, client_id, true);
     sink.run(&endpoint, &cfg).await
 }

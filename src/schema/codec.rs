@@ -5,7 +5,10 @@
 
 use anyhow::{bail, Result};
 use prost::Message;
-use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage,
+    SerializeOptions,
+};
 use serde_json::Value;
 
 /// Decodes `payload` as `desc` into its JSON value. An empty payload is
@@ -20,6 +23,20 @@ pub fn to_json(msg: &DynamicMessage) -> Result<Value> {
     let mut out = serde_json::Serializer::new(Vec::new());
     msg.serialize_with_options(&mut out, &SerializeOptions::new())?;
     Ok(serde_json::from_slice(&out.into_inner())?)
+}
+
+/// One field of `msg` in the canonical JSON mapping: a repeated field as its
+/// array, a map as its object, a Timestamp as its RFC 3339 string; an unset
+/// or empty one as `[]`, `{}` or `null`.
+pub fn field_json(msg: &DynamicMessage, field: &FieldDescriptor) -> Result<Value> {
+    let mut one = DynamicMessage::new(msg.descriptor());
+    one.set_field(field, msg.get_field(field).into_owned());
+    let found = to_json(&one)?.get(field.json_name()).cloned();
+    Ok(found.unwrap_or_else(|| match field {
+        f if f.is_map() => Value::Object(Default::default()),
+        f if f.is_list() => Value::Array(Vec::new()),
+        _ => Value::Null,
+    }))
 }
 
 /// Decodes `payload` as `desc`.

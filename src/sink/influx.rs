@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use reqwest::{Client, RequestBuilder, StatusCode, Url};
 
-use super::{gaps_of, DeviceStats, Rejected, RejectedStats, TelemetryRow, Written};
+use std::sync::Arc;
+
+use super::user::{Cell, UserRow, UserTables};
+use super::{fill_gaps, DeviceStats, Rejected, RejectedStats, TelemetryRow, Written};
 
 /// The environment variable holding an InfluxDB API token.
 pub const TOKEN_ENV: &str = "INFLUX_TOKEN";
@@ -98,10 +101,12 @@ pub struct InfluxStore {
     target: InfluxTarget,
     http: Client,
     token: Option<String>,
+    /// The user's tables (measurements), when storing a schema's types.
+    user: Option<Arc<UserTables>>,
 }
 
 impl InfluxStore {
-    pub async fn open(target: &InfluxTarget) -> Result<Self> {
+    pub async fn open(target: &InfluxTarget, user: Option<Arc<UserTables>>) -> Result<Self> {
         let mut builder = Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
@@ -127,6 +132,7 @@ impl InfluxStore {
             target: target.clone(),
             http,
             token,
+            user,
         };
         let ping = store
             .auth(store.http.get(format!("{}/ping", target.base())))
@@ -193,21 +199,35 @@ impl InfluxStore {
     /// points one by one, so only the poison one is refused. Anything else
     /// (unreachable, 5xx) is an error: retried, nothing acknowledged.
     pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
-        let mut body = String::with_capacity(rows.len() * 200);
-        for r in rows {
-            line(&mut body, r);
+        self.write_points(rows.len(), |out, i| line(out, &rows[i]))
+            .await
+    }
+
+    /// The user's rows, one point each in its message type's measurement.
+    pub async fn write_user(&mut self, rows: &[UserRow]) -> Result<Written> {
+        let tables = (self.user.clone()).ok_or_else(|| anyhow::anyhow!("no user tables"))?;
+        self.write_points(rows.len(), |out, i| user_line(out, &tables, &rows[i]))
+            .await
+    }
+
+    /// Points 0..n (`line` appends point i) in one write; refused as a bad
+    /// request, one by one.
+    async fn write_points(&self, n: usize, line: impl Fn(&mut String, usize)) -> Result<Written> {
+        let mut body = String::with_capacity(n * 200);
+        for i in 0..n {
+            line(&mut body, i);
         }
         let mut written = Written::default();
         match self.write(body).await? {
             None => {
-                written.stored = rows.len();
+                written.stored = n;
                 return Ok(written);
             }
             Some(why) => tracing::debug!("batch refused ({why}); writing its points one by one"),
         }
-        for (i, r) in rows.iter().enumerate() {
+        for i in 0..n {
             let mut one = String::new();
-            line(&mut one, r);
+            line(&mut one, i);
             match self.write(one).await? {
                 None => written.stored += 1,
                 Some(why) => written
@@ -315,12 +335,16 @@ impl InfluxStore {
         Ok(v)
     }
 
-    pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
+    /// Per device of `telemetry`, or of the user's `measurement`. Every
+    /// point has `received_unix_nano`, so that counts them; `seq` only when
+    /// mapped.
+    pub async fn stats(&mut self, measurement: Option<&str>) -> Result<Vec<DeviceStats>> {
+        let m = format!("\"{}\"", measurement.unwrap_or(MEASUREMENT));
         let v = self
             .query(&format!(
-                "SELECT count(seq), min(seq), max(seq) FROM {MEASUREMENT} GROUP BY device_id; \
-                 SELECT first(seq) FROM {MEASUREMENT} GROUP BY device_id; \
-                 SELECT last(seq) FROM {MEASUREMENT} GROUP BY device_id"
+                "SELECT count(received_unix_nano), min(seq), max(seq) FROM {m} GROUP BY device_id; \
+                 SELECT first(received_unix_nano) FROM {m} GROUP BY device_id; \
+                 SELECT last(received_unix_nano) FROM {m} GROUP BY device_id"
             ))
             .await?;
         let series = |i: usize| {
@@ -332,16 +356,15 @@ impl InfluxStore {
         let mut devices: Vec<DeviceStats> = Vec::new();
         for s in series(0) {
             let vals = &s["values"][0];
-            let rows = vals[1].as_u64().unwrap_or(0);
-            let last_seq = vals[3].as_i64().unwrap_or(-1);
             devices.push(DeviceStats {
+                table: None,
                 device_id: s["tags"]["device_id"].as_str().unwrap_or("").to_string(),
-                rows,
-                first_seq: vals[2].as_i64().unwrap_or(0),
-                last_seq,
+                rows: vals[1].as_u64().unwrap_or(0),
+                first_seq: vals[2].as_i64(),
+                last_seq: vals[3].as_i64(),
                 first_time_unix_nano: 0,
                 last_time_unix_nano: 0,
-                missing: ((last_seq + 1).max(0) as u64).saturating_sub(rows),
+                missing: 0,
                 gaps: Vec::new(),
             });
         }
@@ -359,20 +382,23 @@ impl InfluxStore {
             }
         }
         for d in &mut devices {
-            if d.missing > 0 {
-                let q = format!(
-                    "SELECT seq FROM {MEASUREMENT} WHERE device_id = '{}'",
-                    d.device_id.replace('\\', "\\\\").replace('\'', "\\'")
-                );
-                let v = self.query(&q).await?;
-                let mut seqs: Vec<i64> = v["results"][0]["series"][0]["values"]
-                    .as_array()
+            let q = format!(
+                "SELECT seq FROM {m} WHERE device_id = '{}'",
+                d.device_id.replace('\\', "\\\\").replace('\'', "\\'")
+            );
+            let seqs = match d.last_seq.is_some() {
+                true => Some(self.query(&q).await?),
+                false => None,
+            };
+            fill_gaps(d, |_| {
+                let mut seqs: Vec<i64> = (seqs.as_ref())
+                    .and_then(|v| v["results"][0]["series"][0]["values"].as_array())
                     .map(|vals| vals.iter().filter_map(|r| r[1].as_i64()).collect())
                     .unwrap_or_default();
                 seqs.sort_unstable();
                 seqs.dedup();
-                d.gaps = gaps_of(seqs);
-            }
+                Ok::<_, anyhow::Error>(seqs)
+            })?;
         }
         devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         Ok(devices)
@@ -437,6 +463,50 @@ pub fn line(out: &mut String, r: &TelemetryRow) {
         let _ = write!(out, ",nonfinite={}", quoted(&flag));
     }
     let _ = writeln!(out, ",status={} {}", quoted(&r.status), r.time_unix_nano);
+}
+
+/// One point for a user's row: measurement = its table's name, tags =
+/// device_id and the labels, fields = `seq`, `received_unix_nano` and the
+/// numbers and booleans (a NaN/±Inf one left out and named in
+/// `nonfinite`), time = the device's time (else the received time).
+pub fn user_line(out: &mut String, tables: &UserTables, r: &UserRow) {
+    use std::fmt::Write;
+    let t = &tables.tables[r.table];
+    // Table and column names are letters, digits and _ (user::ident).
+    out.push_str(&t.name);
+    out.push_str(",device_id=");
+    push_tag(out, &r.device_id);
+    for ((_, column), value) in t.labels.iter().zip(&r.labels) {
+        // An empty tag value is not allowed: such a label is left out.
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            out.push(',');
+            out.push_str(column);
+            out.push('=');
+            push_tag(out, v);
+        }
+    }
+    let _ = write!(out, " received_unix_nano={}i", r.received_unix_nano);
+    if let Some(seq) = r.seq {
+        let _ = write!(out, ",seq={seq}i");
+    }
+    for (c, cell) in t.fields.iter().zip(&r.cells) {
+        if !c.ty.is_measure() {
+            continue;
+        }
+        let value = match cell {
+            Cell::Int(v) => format!("{v}i"),
+            Cell::Real(v) if v.is_finite() => format!("{v:?}"),
+            Cell::Bool(v) => v.to_string(),
+            _ => continue,
+        };
+        out.push(',');
+        out.push_str(&c.name);
+        let _ = write!(out, "={value}");
+    }
+    if let Some(flag) = r.nonfinite(t) {
+        let _ = write!(out, ",nonfinite={}", quoted(&flag));
+    }
+    let _ = writeln!(out, " {}", r.time_or_received());
 }
 
 #[cfg(test)]

@@ -18,9 +18,11 @@ mod postgres;
 mod sqlite;
 pub mod subscriber;
 mod timestream;
+pub mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -32,6 +34,49 @@ use crate::proto::Telemetry;
 use crate::telemetry::{rfc3339_nanos, Escaped, HumanTime};
 
 pub use subscriber::Sink;
+pub use user::{UserRow, UserTables};
+
+/// What a sink stores: mqttkit's Telemetry in `telemetry`, or the user's
+/// telemetry types of a schema, each in its own table ([`user`]).
+#[derive(Debug, Clone)]
+pub enum Tables {
+    Telemetry,
+    User(Arc<UserTables>),
+}
+
+/// The rows of one commit.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    Telemetry(Vec<TelemetryRow>),
+    User(Vec<UserRow>),
+}
+
+impl Batch {
+    pub fn new(tables: &Tables) -> Batch {
+        match tables {
+            Tables::Telemetry => Batch::Telemetry(Vec::new()),
+            Tables::User(_) => Batch::User(Vec::new()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Telemetry(r) => r.len(),
+            Batch::User(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        match self {
+            Batch::Telemetry(r) => r.clear(),
+            Batch::User(r) => r.clear(),
+        }
+    }
+}
 
 /// The schemes `--sink` accepts, for error messages and help.
 pub const ACCEPTED: &str =
@@ -262,10 +307,14 @@ impl TelemetryRow {
 /// What arrived for one device.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceStats {
+    /// The user's table (`sub telemetry --schema`); none for `telemetry`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     pub device_id: String,
     pub rows: u64,
-    pub first_seq: i64,
-    pub last_seq: i64,
+    /// `None` (null) in a table without seq.
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
     /// Device timestamps (ns since the Unix epoch) of the earliest and latest rows.
     pub first_time_unix_nano: i64,
     pub last_time_unix_nano: i64,
@@ -330,28 +379,44 @@ pub struct Written {
 }
 
 impl Store {
-    /// Connects and creates the schema; fails when the store is unusable.
-    pub async fn open(url: &SinkUrl) -> Result<Store> {
+    /// Connects and creates (or, for the user's tables, evolves) the schema;
+    /// fails when the store is unusable or a table cannot hold the rows.
+    pub async fn open(url: &SinkUrl, tables: &Tables) -> Result<Store> {
+        Store::connect(url, tables, true).await
+    }
+
+    /// `create`: make the tables; without it (`sink stats`), the user's
+    /// tables are only read.
+    async fn connect(url: &SinkUrl, tables: &Tables, create: bool) -> Result<Store> {
+        let user = match tables {
+            Tables::User(t) => Some(t.clone()),
+            Tables::Telemetry => None,
+        };
+        let prepare = Prepare { user, create };
         Ok(match url {
-            SinkUrl::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::open(path).await?),
-            SinkUrl::Postgres(u) => Store::Postgres(postgres::PgStore::open(u).await?),
-            SinkUrl::Influx(t) => Store::Influx(influx::InfluxStore::open(t).await?),
-            SinkUrl::Timestream { database, table } => {
-                Store::Timestream(timestream::TimestreamStore::open(database, table).await?)
-            }
+            SinkUrl::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::open(path, prepare).await?),
+            SinkUrl::Postgres(u) => Store::Postgres(postgres::PgStore::open(u, prepare).await?),
+            SinkUrl::Influx(t) => Store::Influx(influx::InfluxStore::open(t, prepare.user).await?),
+            SinkUrl::Timestream { database, table } => Store::Timestream(
+                timestream::TimestreamStore::open(database, table, prepare.user).await?,
+            ),
         })
     }
 
-    /// Commits `rows` idempotently: a row already stored is left as it is.
-    pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
-        if rows.is_empty() {
+    /// Commits `batch` idempotently: a row already stored is left as it is.
+    pub async fn write_batch(&mut self, batch: &Batch) -> Result<Written> {
+        if batch.is_empty() {
             return Ok(Written::default());
         }
-        match self {
-            Store::Sqlite(s) => s.write_batch(rows).await,
-            Store::Postgres(s) => s.write_batch(rows).await,
-            Store::Influx(s) => s.write_batch(rows).await,
-            Store::Timestream(s) => s.write_batch(rows).await,
+        match (self, batch) {
+            (Store::Sqlite(s), Batch::Telemetry(rows)) => s.write_batch(rows).await,
+            (Store::Postgres(s), Batch::Telemetry(rows)) => s.write_batch(rows).await,
+            (Store::Influx(s), Batch::Telemetry(rows)) => s.write_batch(rows).await,
+            (Store::Timestream(s), Batch::Telemetry(rows)) => s.write_batch(rows).await,
+            (Store::Sqlite(s), Batch::User(rows)) => s.write_user(rows).await,
+            (Store::Postgres(s), Batch::User(rows)) => s.write_user(rows).await,
+            (Store::Influx(s), Batch::User(rows)) => s.write_user(rows).await,
+            (Store::Timestream(s), Batch::User(rows)) => s.write_user(rows).await,
         }
     }
 
@@ -389,14 +454,51 @@ impl Store {
         }
     }
 
-    pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
-        match self {
-            Store::Sqlite(s) => s.stats().await,
-            Store::Postgres(s) => s.stats().await,
-            Store::Influx(s) => s.stats().await,
-            Store::Timestream(s) => s.stats().await,
+    /// Per device of `telemetry`, or of every user table (each device named
+    /// with its table).
+    pub async fn stats(&mut self, tables: &Tables) -> Result<Vec<DeviceStats>> {
+        let names: Vec<Option<&str>> = match tables {
+            Tables::Telemetry => vec![None],
+            Tables::User(t) => t.tables.iter().map(|t| Some(t.name.as_str())).collect(),
+        };
+        let mut out = Vec::new();
+        for table in names {
+            let mut devices = match self {
+                Store::Sqlite(s) => s.stats(table).await?,
+                Store::Postgres(s) => s.stats(table).await?,
+                Store::Influx(s) => s.stats(table).await?,
+                Store::Timestream(s) => s.stats().await?,
+            };
+            for d in &mut devices {
+                d.table = table.map(str::to_string);
+            }
+            out.extend(devices);
         }
+        Ok(out)
     }
+}
+
+/// What a store makes when it opens: `telemetry` (no `user`), or the user's
+/// tables; `create: false` (`sink stats`) reads the user's tables only.
+pub(crate) struct Prepare {
+    pub user: Option<Arc<UserTables>>,
+    pub create: bool,
+}
+
+/// Missing seqs and their gaps from a device's row count and last seq; the
+/// seqs are read (`seqs`) only when some are missing.
+pub(crate) fn fill_gaps<E>(
+    d: &mut DeviceStats,
+    seqs: impl FnOnce(&str) -> Result<Vec<i64>, E>,
+) -> Result<(), E> {
+    let Some(last) = d.last_seq else {
+        return Ok(());
+    };
+    d.missing = ((last + 1).max(0) as u64).saturating_sub(d.rows);
+    if d.missing > 0 {
+        d.gaps = gaps_of(seqs(&d.device_id)?);
+    }
+    Ok(())
 }
 
 /// `--sink` and its batching knobs, flattened into `sub telemetry`.
@@ -405,7 +507,13 @@ pub struct SinkOptions {
     /// Store every message: sqlite:PATH, postgres://USER@HOST:PORT/DB,
     /// influx://HOST:PORT/DB (or /BUCKET?org=ORG for the v2 API, token in
     /// INFLUX_TOKEN), timestream://DATABASE/TABLE. Messages are acknowledged
-    /// only once stored.
+    /// only once stored. With --schema: each telemetry type in a table of its
+    /// own (named from it: acme.plant.v1.Metrics -> acme_plant_v1_metrics),
+    /// keyed by (device_id, seq) when seq is mapped, else by (device_id,
+    /// time_unix_nano) when time is (a second message with the same device
+    /// time is taken for a redelivery), else no key (a message redelivered
+    /// after a crash is a second row); a field added to the .proto adds its
+    /// column, a changed field type is an error before subscribing.
     #[arg(long, value_name = "URL")]
     pub sink: Option<String>,
     /// With --sink: most rows per commit; keep it at most half the broker's
@@ -451,6 +559,10 @@ pub struct StatsArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The tables of this schema's telemetry types (what `sub telemetry
+    /// --schema F --sink URL` stores) instead of mqttkit's `telemetry`.
+    #[command(flatten)]
+    pub schema: crate::schema::SchemaArgs,
 }
 
 pub async fn run(args: SinkArgs) -> Result<ExitCode> {
@@ -461,8 +573,14 @@ pub async fn run(args: SinkArgs) -> Result<ExitCode> {
 
 async fn stats(args: StatsArgs) -> Result<ExitCode> {
     let url: SinkUrl = args.url.parse()?;
-    let mut store = Store::open_existing(&url).await?;
-    let devices = store.stats().await?;
+    let tables = match args.schema.source() {
+        src if src.is_empty() => Tables::Telemetry,
+        src => Tables::User(Arc::new(UserTables::new(crate::schema::Schema::load(
+            &src,
+        )?)?)),
+    };
+    let mut store = Store::open_existing(&url, &tables).await?;
+    let devices = store.stats(&tables).await?;
     let rejected_devices = store.rejected_stats().await?;
     let stats = Stats {
         sink: redact(&args.url),
@@ -482,7 +600,7 @@ async fn stats(args: StatsArgs) -> Result<ExitCode> {
 impl Store {
     /// Like [`Store::open`], but SQLite must already exist: stats of a typo'd
     /// path should not create an empty database.
-    async fn open_existing(url: &SinkUrl) -> Result<Store> {
+    async fn open_existing(url: &SinkUrl, tables: &Tables) -> Result<Store> {
         if let SinkUrl::Sqlite(path) = url {
             if !path.exists() {
                 anyhow::bail!(
@@ -491,7 +609,7 @@ impl Store {
                 );
             }
         }
-        Store::open(url).await
+        Store::connect(url, tables, false).await
     }
 }
 
@@ -585,34 +703,40 @@ fn render_rows(s: &Stats) -> String {
     if s.devices.is_empty() {
         return out;
     }
-    let rows = s
-        .devices
-        .iter()
+    let with_table = s.devices.iter().any(|d| d.table.is_some());
+    let opt = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    let rows = (s.devices.iter())
         .map(|d| {
-            vec![
+            let mut row = vec![
                 Escaped(&d.device_id).to_string(),
                 d.rows.to_string(),
-                d.first_seq.to_string(),
-                d.last_seq.to_string(),
+                opt(d.first_seq),
+                opt(d.last_seq),
                 d.missing.to_string(),
                 HumanTime(d.first_time_unix_nano.into()).to_string(),
                 HumanTime(d.last_time_unix_nano.into()).to_string(),
-            ]
+            ];
+            if with_table {
+                row.insert(0, d.table.clone().unwrap_or_default());
+            }
+            row
         })
         .collect();
-    out.push_str(&crate::output::table(
-        &[
-            "DEVICE",
-            "ROWS",
-            "FIRST_SEQ",
-            "LAST_SEQ",
-            "MISSING",
-            "FIRST",
-            "LAST",
-        ],
-        &[false, true, true, true, true, false, false],
-        rows,
-    ));
+    let mut head = vec![
+        "DEVICE",
+        "ROWS",
+        "FIRST_SEQ",
+        "LAST_SEQ",
+        "MISSING",
+        "FIRST",
+        "LAST",
+    ];
+    let mut right = vec![false, true, true, true, true, false, false];
+    if with_table {
+        head.insert(0, "TABLE");
+        right.insert(0, false);
+    }
+    out.push_str(&crate::output::table(&head, &right, rows));
     for d in s.devices.iter().filter(|d| !d.gaps.is_empty()) {
         out.push_str(&format!(
             "{} gaps: {}\n",

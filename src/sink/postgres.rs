@@ -1,23 +1,32 @@
 //! PostgreSQL via tokio-postgres: one table keyed by (device_id, seq), with a
 //! time index; a TimescaleDB hypertable when that extension is installed.
 
+use std::future::Future;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::time::Duration;
 
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::pgpass;
-use super::{gaps_of, redact, DeviceStats, Rejected, RejectedStats, TelemetryRow, Written};
+use super::user::{self, quote, Cell, ColType, Dialect, Existing, Table, UserRow, UserTables};
+use super::{
+    fill_gaps, redact, DeviceStats, Prepare, Rejected, RejectedStats, TelemetryRow, Written,
+};
 
 pub struct PgStore {
     url: String,
     client: Client,
     conn_task: tokio::task::JoinHandle<()>,
+    /// The user's tables, when storing a schema's types.
+    user: Option<Arc<UserTables>>,
 }
 
 impl Drop for PgStore {
@@ -220,7 +229,7 @@ async fn connect(
 }
 
 impl PgStore {
-    pub async fn open(url: &str) -> Result<Self> {
+    pub(crate) async fn open(url: &str, prepare: Prepare) -> Result<Self> {
         let what = || format!("--sink {}", redact(url));
         let Resolved { config, rootcert } = resolve(url).map_err(|e| anyhow!("{}: {e}", what()))?;
         let limit = config
@@ -242,12 +251,73 @@ impl PgStore {
             url: url.to_string(),
             client,
             conn_task,
+            user: prepare.user,
         };
-        store
-            .create_schema()
-            .await
-            .with_context(|| format!("{}: cannot create the telemetry table", what()))?;
+        match &store.user {
+            None => (store.create_schema().await)
+                .with_context(|| format!("{}: cannot create the telemetry table", what()))?,
+            Some(tables) => {
+                (store.client.batch_execute(REJECTED).await)
+                    .with_context(|| format!("{}: cannot create the rejected table", what()))?;
+                if prepare.create {
+                    store.create_user_tables(tables, &what()).await?;
+                }
+            }
+        }
         Ok(store)
+    }
+
+    /// Creates the user's tables, or adds the columns an existing one lacks;
+    /// every table is checked before anything changes, all in one transaction.
+    async fn create_user_tables(&self, tables: &UserTables, what: &str) -> Result<()> {
+        let mut ddl = Vec::new();
+        for t in &tables.tables {
+            let existing = self.existing(&t.name).await?;
+            if existing.columns.is_empty() {
+                ddl.push(t.create_sql(Dialect::Postgres));
+                continue;
+            }
+            for c in user::evolve(t, &existing, Dialect::Postgres, what)? {
+                let ty = c.ty.sql(Dialect::Postgres);
+                crate::note!("sink: table {}: adding column {} ({ty})", t.name, c.name);
+                ddl.push(user::add_column_sql(&t.name, &c, Dialect::Postgres));
+            }
+        }
+        if ddl.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("BEGIN; {}; COMMIT;", ddl.join(";\n"));
+        (self.client.batch_execute(&sql).await)
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("{what}: cannot create or alter the tables"))
+    }
+
+    /// A table's columns (with their types) and primary key, in the current
+    /// schema; no columns when there is no such table.
+    async fn existing(&self, table: &str) -> Result<Existing> {
+        let cols = self
+            .client
+            .query(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                &[&table],
+            )
+            .await?;
+        let key = self
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indrelid \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+                 WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace \
+                 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+                &[&table],
+            )
+            .await?;
+        Ok(Existing {
+            columns: cols.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            key: key.iter().map(|r| r.get(0)).collect(),
+        })
     }
 
     async fn create_schema(&self) -> Result<()> {
@@ -288,38 +358,66 @@ impl PgStore {
     /// content (a data exception, a constraint, a limit), the rows one by
     /// one, so only the poison row is refused. A lost connection is an error
     /// (retried by the caller, nothing acknowledged).
-    pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
-        let what = || format!("writing to {}", redact(&self.url));
-        match self.insert(rows).await {
-            Ok(new) => {
-                return Ok(Written {
-                    stored: rows.len(),
-                    duplicates: rows.len().saturating_sub(new as usize),
-                    refused: Vec::new(),
-                })
-            }
-            Err(e) if rows.len() > 1 && row_fault(&e) => {
-                tracing::debug!("batch refused ({e}); writing its rows one by one");
-            }
-            Err(e) if row_fault(&e) => {}
-            Err(e) => return Err(anyhow::Error::new(e)).with_context(what),
-        }
+    pub async fn write_batch(&self, rows: &[TelemetryRow]) -> Result<Written> {
+        let this = self;
+        let what = || format!("writing to {}", redact(&this.url));
+        write_or_split(rows.len(), what, move |r| this.insert(&rows[r])).await
+    }
+
+    /// The user's rows: one statement per table in the batch, split like
+    /// [`PgStore::write_batch`] when a row is refused.
+    pub async fn write_user(&self, rows: &[UserRow]) -> Result<Written> {
+        let tables = (self.user.clone()).ok_or_else(|| anyhow!("no user tables"))?;
+        let this = self;
+        let what = || format!("writing to {}", redact(&this.url));
         let mut written = Written::default();
-        for (i, row) in rows.iter().enumerate() {
-            match self.insert(std::slice::from_ref(row)).await {
-                Ok(new) => {
-                    written.stored += 1;
-                    written.duplicates += usize::from(new == 0);
-                }
-                Err(e) if row_fault(&e) => written
-                    .refused
-                    .push((i, format!("the store refused the row: {}", db_message(&e)))),
-                Err(e) => return Err(anyhow::Error::new(e)).with_context(what),
+        for (t, table) in tables.tables.iter().enumerate() {
+            let index: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].table == t).collect();
+            if index.is_empty() {
+                continue;
             }
+            let mine: Vec<&UserRow> = index.iter().map(|&i| &rows[i]).collect();
+            let mine = mine.as_slice();
+            let insert = move |r: Range<usize>| this.insert_user(table, &mine[r]);
+            let w = write_or_split(mine.len(), &what, insert).await?;
+            written.stored += w.stored;
+            written.duplicates += w.duplicates;
+            (written.refused).extend(w.refused.into_iter().map(|(i, why)| (index[i], why)));
         }
         Ok(written)
     }
 
+    /// One `INSERT ... SELECT FROM UNNEST(...)` of `rows` into `table`.
+    async fn insert_user(
+        &self,
+        table: &Table,
+        rows: &[&UserRow],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let mut arrays = vec![Array::Text(
+            rows.iter().map(|r| Some(r.device_id.as_str())).collect(),
+        )];
+        for l in 0..table.labels.len() {
+            arrays.push(Array::Text(
+                rows.iter().map(|r| r.labels[l].as_deref()).collect(),
+            ));
+        }
+        arrays.push(Array::Int(rows.iter().map(|r| r.seq).collect()));
+        arrays.push(Array::Int(rows.iter().map(|r| r.time_unix_nano).collect()));
+        arrays.push(Array::Int(
+            rows.iter().map(|r| Some(r.received_unix_nano)).collect(),
+        ));
+        for (f, col) in table.fields.iter().enumerate() {
+            arrays.push(Array::of(col.ty, rows.iter().map(|r| &r.cells[f])));
+        }
+        let types: Vec<ColType> = table
+            .columns(Dialect::Postgres)
+            .iter()
+            .map(|c| c.ty)
+            .collect();
+        let sql = unnest_insert(table, &types);
+        let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(Array::param).collect();
+        self.client.execute(&sql, &params).await
+    }
     /// NaN and ±Infinity go in as they are: double precision holds them.
     async fn insert(&self, rows: &[TelemetryRow]) -> Result<u64, tokio_postgres::Error> {
         let mut cols = Cols::default();
@@ -409,43 +507,186 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
+    /// Per device of `telemetry`, or of the user's `table` (none when it
+    /// does not exist).
+    pub async fn stats(&mut self, table: Option<&str>) -> Result<Vec<DeviceStats>> {
+        let table = table.unwrap_or("telemetry");
+        if self.existing(table).await?.columns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = quote(table);
         let rows = self
             .client
             .query(
-                "SELECT device_id, COUNT(*), MIN(seq), MAX(seq), MIN(time_unix_nano), \
-                 MAX(time_unix_nano) FROM telemetry GROUP BY device_id ORDER BY device_id",
+                &format!(
+                    "SELECT device_id, COUNT(*), MIN(seq), MAX(seq), \
+                     MIN(COALESCE(time_unix_nano, received_unix_nano)), \
+                     MAX(COALESCE(time_unix_nano, received_unix_nano)) \
+                     FROM {t} GROUP BY device_id ORDER BY device_id"
+                ),
                 &[],
             )
             .await?;
+        let seq_sql =
+            format!("SELECT seq FROM {t} WHERE device_id = $1 AND seq IS NOT NULL ORDER BY seq");
         let mut out = Vec::new();
         for r in rows {
-            let rows: i64 = r.get(1);
-            let last_seq: i64 = r.get(3);
             let mut d = DeviceStats {
+                table: None,
                 device_id: r.get(0),
-                rows: rows as u64,
+                rows: r.get::<_, i64>(1) as u64,
                 first_seq: r.get(2),
-                last_seq,
+                last_seq: r.get(3),
                 first_time_unix_nano: r.get(4),
                 last_time_unix_nano: r.get(5),
-                missing: ((last_seq + 1).max(0) - rows).max(0) as u64,
+                missing: 0,
                 gaps: Vec::new(),
             };
-            if d.missing > 0 {
-                let seqs = self
-                    .client
-                    .query(
-                        "SELECT seq FROM telemetry WHERE device_id = $1 ORDER BY seq",
-                        &[&d.device_id],
-                    )
-                    .await?;
-                d.gaps = gaps_of(seqs.iter().map(|r| r.get::<_, i64>(0)));
-            }
+            let seqs = match d.last_seq.is_some() {
+                true => self.client.query(&seq_sql, &[&d.device_id]).await?,
+                false => Vec::new(),
+            };
+            fill_gaps(&mut d, |_| {
+                Ok::<_, anyhow::Error>(seqs.iter().map(|r| r.get::<_, i64>(0)).collect())
+            })?;
             out.push(d);
         }
         Ok(out)
     }
+}
+
+/// One statement for a batch; when the server refuses it for a row's
+/// content, `insert` row by row so only the poison rows are refused.
+async fn write_or_split<F, Fut>(n: usize, what: impl Fn() -> String, insert: F) -> Result<Written>
+where
+    F: Fn(Range<usize>) -> Fut,
+    Fut: Future<Output = Result<u64, tokio_postgres::Error>>,
+{
+    match insert(0..n).await {
+        Ok(new) => {
+            return Ok(Written {
+                stored: n,
+                duplicates: n.saturating_sub(new as usize),
+                refused: Vec::new(),
+            })
+        }
+        Err(e) if n > 1 && row_fault(&e) => {
+            tracing::debug!("batch refused ({e}); writing its rows one by one");
+        }
+        Err(e) if row_fault(&e) => {}
+        Err(e) => return Err(anyhow::Error::new(e)).with_context(&what),
+    }
+    let mut written = Written::default();
+    for i in 0..n {
+        match insert(i..i + 1).await {
+            Ok(new) => {
+                written.stored += 1;
+                written.duplicates += usize::from(new == 0);
+            }
+            Err(e) if row_fault(&e) => written
+                .refused
+                .push((i, format!("the store refused the row: {}", db_message(&e)))),
+            Err(e) => return Err(anyhow::Error::new(e)).with_context(&what),
+        }
+    }
+    Ok(written)
+}
+
+/// One column of a user batch, as the array UNNEST takes.
+enum Array<'a> {
+    Int(Vec<Option<i64>>),
+    Real(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Text(Vec<Option<&'a str>>),
+    Bytes(Vec<Option<&'a [u8]>>),
+}
+
+impl<'a> Array<'a> {
+    /// NaN and ±Infinity go in as they are: double precision holds them.
+    fn of(ty: ColType, cells: impl Iterator<Item = &'a Cell>) -> Array<'a> {
+        match ty {
+            ColType::Int => Array::Int(
+                cells
+                    .map(|c| match c {
+                        Cell::Int(v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            ColType::Real => Array::Real(
+                cells
+                    .map(|c| match c {
+                        Cell::Real(v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            ColType::Bool => Array::Bool(
+                cells
+                    .map(|c| match c {
+                        Cell::Bool(v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            ColType::Text | ColType::Json => Array::Text(
+                cells
+                    .map(|c| match c {
+                        Cell::Text(s) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            ColType::Bytes => Array::Bytes(
+                cells
+                    .map(|c| match c {
+                        Cell::Bytes(b) => Some(b.as_slice()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Array::Int(v) => v,
+            Array::Real(v) => v,
+            Array::Bool(v) => v,
+            Array::Text(v) => v,
+            Array::Bytes(v) => v,
+        }
+    }
+}
+
+/// `INSERT INTO t (cols) SELECT c0, c1::jsonb, ... FROM UNNEST($1::text[], ...)`;
+/// JSON travels as text and is cast on the server.
+fn unnest_insert(table: &Table, types: &[ColType]) -> String {
+    let array = |ty: ColType| match ty {
+        ColType::Int => "int8[]",
+        ColType::Real => "float8[]",
+        ColType::Bool => "bool[]",
+        ColType::Text | ColType::Json => "text[]",
+        ColType::Bytes => "bytea[]",
+    };
+    let params: Vec<String> = (types.iter().enumerate())
+        .map(|(i, ty)| format!("${}::{}", i + 1, array(*ty)))
+        .collect();
+    let select: Vec<String> = (types.iter().enumerate())
+        .map(|(i, ty)| match ty {
+            ColType::Json => format!("c{i}::jsonb"),
+            _ => format!("c{i}"),
+        })
+        .collect();
+    let names: Vec<String> = (0..types.len()).map(|i| format!("c{i}")).collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}) AS u({}) ON CONFLICT DO NOTHING",
+        quote(&table.name),
+        table.column_list(Dialect::Postgres),
+        select.join(", "),
+        params.join(", "),
+        names.join(", ")
+    )
 }
 
 #[derive(Default)]

@@ -4,14 +4,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OpenFlags, ToSql};
 
-use super::{gaps_of, DeviceStats, Rejected, RejectedStats, TelemetryRow, Written};
+use super::user::{self, quote, Cell, Dialect, Existing, UserRow, UserTables};
+use super::{fill_gaps, DeviceStats, Prepare, Rejected, RejectedStats, TelemetryRow, Written};
 
 /// The measurements are nullable: a NaN or infinite reading is stored as
 /// NULL (SQLite REAL cannot hold NaN) and named in `nonfinite`
 /// (`temperature_c=NaN,battery_v=+Inf`); NULL there means all are finite.
-const SCHEMA: &str = "
+const TELEMETRY: &str = "
 CREATE TABLE IF NOT EXISTS telemetry (
     device_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -27,6 +29,11 @@ CREATE TABLE IF NOT EXISTS telemetry (
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS telemetry_time ON telemetry (time_unix_nano);
+";
+
+/// Messages quarantined by the sink (see `pipeline::quarantine`), whichever
+/// tables it stores into.
+const REJECTED: &str = "
 CREATE TABLE IF NOT EXISTS rejected (
     received_unix_nano INTEGER NOT NULL,
     topic TEXT NOT NULL,
@@ -43,16 +50,42 @@ CREATE INDEX IF NOT EXISTS rejected_device ON rejected (device_id);
 pub struct SqliteStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// The user's tables, when storing a schema's types.
+    user: Option<Arc<UserTables>>,
 }
 
 impl SqliteStore {
-    pub async fn open(path: &Path) -> Result<Self> {
+    pub(crate) async fn open(path: &Path, prepare: Prepare) -> Result<Self> {
         let p = path.to_path_buf();
-        let conn = tokio::task::spawn_blocking(move || open_sync(&p)).await??;
+        let (user, create) = (prepare.user.clone(), prepare.create);
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = open_sync(&p)?;
+            match &user {
+                None => create_telemetry(&conn, &p)?,
+                Some(tables) if create => create_user_tables(&conn, tables, &p)?,
+                Some(_) => {}
+            }
+            Ok::<_, anyhow::Error>(conn)
+        })
+        .await??;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
+            user: prepare.user,
         })
+    }
+
+    /// The user's rows, each into its message type's table, in one transaction.
+    pub async fn write_user(&mut self, rows: &[UserRow]) -> Result<Written> {
+        let rows = rows.to_vec();
+        let tables = (self.user.clone()).ok_or_else(|| anyhow!("no user tables"))?;
+        let path = self.path.clone();
+        self.with_conn(move |conn| {
+            let (new, refused) = insert_user(conn, &tables, &rows)
+                .with_context(|| format!("writing to sqlite:{}", path.display()))?;
+            Ok(written(rows.len(), new, refused))
+        })
+        .await
     }
 
     pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
@@ -65,11 +98,7 @@ impl SqliteStore {
                 .map_err(|_| anyhow!("sqlite connection poisoned"))?;
             let (new, refused) = insert(&mut conn, &rows)
                 .with_context(|| format!("writing to sqlite:{}", path.display()))?;
-            Ok(Written {
-                stored: rows.len() - refused.len(),
-                duplicates: rows.len() - refused.len() - new,
-                refused,
-            })
+            Ok(written(rows.len(), new, refused))
         })
         .await?
     }
@@ -102,15 +131,18 @@ impl SqliteStore {
         .await?
     }
 
-    pub async fn stats(&mut self) -> Result<Vec<DeviceStats>> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .map_err(|_| anyhow!("sqlite connection poisoned"))?;
-            stats_sync(&conn)
-        })
-        .await?
+    /// Per device of `telemetry`, or of the user's `table`.
+    pub async fn stats(&mut self, table: Option<&str>) -> Result<Vec<DeviceStats>> {
+        let table = table.unwrap_or("telemetry").to_string();
+        self.with_conn(move |conn| stats_sync(conn, &table)).await
+    }
+}
+
+fn written(rows: usize, new: usize, refused: Vec<(usize, String)>) -> Written {
+    Written {
+        stored: rows - refused.len(),
+        duplicates: rows - refused.len() - new,
+        refused,
     }
 }
 
@@ -152,14 +184,66 @@ fn open_sync(path: &Path) -> Result<Connection> {
         anyhow::bail!("{}: could not switch to WAL mode (got {mode})", what());
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute_batch(SCHEMA)
-        .with_context(|| format!("{}: cannot create the telemetry table (read-only?)", what()))?;
-    add_nonfinite_column(&conn)
-        .with_context(|| format!("{}: cannot add the nonfinite column", what()))?;
+    conn.execute_batch(REJECTED)
+        .with_context(|| format!("{}: cannot create the rejected table (read-only?)", what()))?;
     // Opening a read-only file succeeds; find out now, not at the first batch.
     conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
         .with_context(|| format!("{}: the database is not writable", what()))?;
     Ok(conn)
+}
+
+fn create_telemetry(conn: &Connection, path: &Path) -> Result<()> {
+    let what = || format!("--sink sqlite:{}", path.display());
+    conn.execute_batch(TELEMETRY)
+        .with_context(|| format!("{}: cannot create the telemetry table (read-only?)", what()))?;
+    add_nonfinite_column(conn)
+        .with_context(|| format!("{}: cannot add the nonfinite column", what()))
+}
+
+/// Creates the user's tables, or adds the columns an existing one lacks;
+/// every table is checked before anything changes, all in one transaction.
+fn create_user_tables(conn: &Connection, tables: &UserTables, path: &Path) -> Result<()> {
+    let what = format!("--sink sqlite:{}", path.display());
+    let mut ddl = Vec::new();
+    for t in &tables.tables {
+        let existing = existing(conn, &t.name)?;
+        if existing.columns.is_empty() {
+            ddl.push(t.create_sql(Dialect::Sqlite));
+            continue;
+        }
+        for c in user::evolve(t, &existing, Dialect::Sqlite, &what)? {
+            crate::note!(
+                "sink: table {}: adding column {} ({})",
+                t.name,
+                c.name,
+                c.ty.sql(Dialect::Sqlite)
+            );
+            ddl.push(user::add_column_sql(&t.name, &c, Dialect::Sqlite));
+        }
+    }
+    if ddl.is_empty() {
+        return Ok(());
+    }
+    let sql = format!("BEGIN IMMEDIATE; {}; COMMIT;", ddl.join(";\n"));
+    conn.execute_batch(&sql)
+        .with_context(|| format!("{what}: cannot create or alter the tables"))
+}
+
+/// A table's columns (with their declared types) and primary key; no
+/// columns when there is no such table.
+fn existing(conn: &Connection, table: &str) -> Result<Existing> {
+    let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let mut cols: Vec<(String, String, i64)> = stmt
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Existing::default();
+    cols.sort_by_key(|c| c.2);
+    out.key = (cols.iter())
+        .filter(|c| c.2 > 0)
+        .map(|c| c.0.clone())
+        .collect();
+    out.columns = cols.into_iter().map(|(n, t, _)| (n, t)).collect();
+    Ok(out)
 }
 
 /// A table made before NaN was stored lacks `nonfinite` (and has NOT NULL
@@ -191,9 +275,7 @@ fn row_fault(e: &rusqlite::Error) -> bool {
 /// Returns how many rows were new, and the refused ones with the reason.
 fn insert(conn: &mut Connection, rows: &[TelemetryRow]) -> Result<(usize, Vec<(usize, String)>)> {
     let tx = conn.transaction()?;
-    let mut new = 0;
-    let mut refused = Vec::new();
-    {
+    let done = {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO telemetry (device_id, seq, time_unix_nano, received_unix_nano, \
              temperature_c, humidity_pct, pressure_hpa, battery_v, rssi_dbm, status, nonfinite) \
@@ -201,8 +283,9 @@ fn insert(conn: &mut Connection, rows: &[TelemetryRow]) -> Result<(usize, Vec<(u
              ON CONFLICT (device_id, seq) DO NOTHING",
         )?;
         let finite = |v: f64| v.is_finite().then_some(v);
-        for (i, r) in rows.iter().enumerate() {
-            let done = stmt.execute(params![
+        insert_each(rows.len(), |i| {
+            let r = &rows[i];
+            stmt.execute(params![
                 r.device_id,
                 r.seq,
                 r.time_unix_nano,
@@ -214,18 +297,85 @@ fn insert(conn: &mut Connection, rows: &[TelemetryRow]) -> Result<(usize, Vec<(u
                 r.rssi_dbm,
                 r.status,
                 r.nonfinite()
-            ]);
-            match done {
-                Ok(n) => new += n,
-                Err(e) if row_fault(&e) => {
-                    refused.push((i, format!("the store refused the row: {e}")))
-                }
-                Err(e) => return Err(e.into()),
-            }
+            ])
+        })?
+    };
+    tx.commit()?;
+    Ok(done)
+}
+
+/// Runs `exec` for rows 0..n: how many were new, and the ones refused for
+/// their content with the reason (the transaction stays usable); any other
+/// error ends it.
+fn insert_each(
+    n: usize,
+    mut exec: impl FnMut(usize) -> rusqlite::Result<usize>,
+) -> Result<(usize, Vec<(usize, String)>)> {
+    let mut new = 0;
+    let mut refused = Vec::new();
+    for i in 0..n {
+        match exec(i) {
+            Ok(k) => new += k,
+            Err(e) if row_fault(&e) => refused.push((i, format!("the store refused the row: {e}"))),
+            Err(e) => return Err(e.into()),
         }
     }
-    tx.commit()?;
     Ok((new, refused))
+}
+
+/// A cell as SQLite takes it: a NaN or infinite float is NULL (named in
+/// `nonfinite`), a bool 0/1.
+struct SqlCell<'a>(&'a Cell);
+
+impl ToSql for SqlCell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            Cell::Null => ValueRef::Null,
+            Cell::Int(v) => ValueRef::Integer(*v),
+            Cell::Real(v) if v.is_finite() => ValueRef::Real(*v),
+            Cell::Real(_) => ValueRef::Null,
+            Cell::Bool(v) => ValueRef::Integer(i64::from(*v)),
+            Cell::Text(s) => ValueRef::Text(s.as_bytes()),
+            Cell::Bytes(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn insert_user(
+    conn: &mut Connection,
+    tables: &UserTables,
+    rows: &[UserRow],
+) -> Result<(usize, Vec<(usize, String)>)> {
+    let sql: Vec<String> = (tables.tables.iter())
+        .map(|t| {
+            let n = t.columns(Dialect::Sqlite).len();
+            let marks = vec!["?"; n].join(", ");
+            let cols = t.column_list(Dialect::Sqlite);
+            format!(
+                "INSERT OR IGNORE INTO {} ({cols}) VALUES ({marks})",
+                quote(&t.name)
+            )
+        })
+        .collect();
+    let tx = conn.transaction()?;
+    let done = insert_each(rows.len(), |i| {
+        let r = &rows[i];
+        let t = &tables.tables[r.table];
+        let nonfinite = r.nonfinite(t);
+        let cells: Vec<SqlCell> = r.cells.iter().map(SqlCell).collect();
+        let mut values: Vec<&dyn ToSql> = vec![&r.device_id];
+        values.extend(r.labels.iter().map(|l| l as &dyn ToSql));
+        values.extend([
+            &r.seq as &dyn ToSql,
+            &r.time_unix_nano,
+            &r.received_unix_nano,
+        ]);
+        values.extend(cells.iter().map(|c| c as &dyn ToSql));
+        values.push(&nonfinite);
+        tx.prepare_cached(&sql[r.table])?.execute(values.as_slice())
+    })?;
+    tx.commit()?;
+    Ok(done)
 }
 
 fn insert_rejected(conn: &mut Connection, rejected: &[Rejected]) -> Result<()> {
@@ -269,14 +419,22 @@ fn rejected_stats_sync(conn: &Connection) -> Result<Vec<RejectedStats>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-fn stats_sync(conn: &Connection) -> Result<Vec<DeviceStats>> {
-    let mut stmt = conn.prepare(
-        "SELECT device_id, COUNT(*), MIN(seq), MAX(seq), MIN(time_unix_nano), MAX(time_unix_nano) \
-         FROM telemetry GROUP BY device_id ORDER BY device_id",
-    )?;
+/// Per device of `table` (`telemetry` or a user's): a missing table has none.
+fn stats_sync(conn: &Connection, table: &str) -> Result<Vec<DeviceStats>> {
+    if existing(conn, table)?.columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let t = quote(table);
+    let mut stmt = conn.prepare(&format!(
+        "SELECT device_id, COUNT(*), MIN(seq), MAX(seq), \
+         MIN(COALESCE(time_unix_nano, received_unix_nano)), \
+         MAX(COALESCE(time_unix_nano, received_unix_nano)) \
+         FROM {t} GROUP BY device_id ORDER BY device_id"
+    ))?;
     let mut devices = stmt
         .query_map([], |r| {
             Ok(DeviceStats {
+                table: None,
                 device_id: r.get(0)?,
                 rows: r.get::<_, i64>(1)? as u64,
                 first_seq: r.get(2)?,
@@ -288,16 +446,13 @@ fn stats_sync(conn: &Connection) -> Result<Vec<DeviceStats>> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let sql = format!("SELECT seq FROM {t} WHERE device_id = ?1 AND seq IS NOT NULL ORDER BY seq");
     for d in &mut devices {
-        d.missing = (d.last_seq + 1).max(0) as u64 - d.rows;
-        if d.missing > 0 {
-            let mut s =
-                conn.prepare_cached("SELECT seq FROM telemetry WHERE device_id = ?1 ORDER BY seq")?;
-            let seqs = s
-                .query_map([&d.device_id], |r| r.get::<_, i64>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            d.gaps = gaps_of(seqs);
-        }
+        fill_gaps(d, |device| {
+            let mut s = conn.prepare_cached(&sql)?;
+            let seqs = s.query_map([device], |r| r.get::<_, i64>(0))?;
+            seqs.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
     }
     Ok(devices)
 }
@@ -305,6 +460,13 @@ fn stats_sync(conn: &Connection) -> Result<Vec<DeviceStats>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn builtin() -> Prepare {
+        Prepare {
+            user: None,
+            create: true,
+        }
+    }
 
     fn row(seq: i64) -> TelemetryRow {
         TelemetryRow {
@@ -324,11 +486,13 @@ mod tests {
     #[tokio::test]
     async fn idempotent_writes_and_gaps() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db"), builtin())
+            .await
+            .unwrap();
         let rows: Vec<_> = [0, 1, 2, 5, 6].into_iter().map(row).collect();
         s.write_batch(&rows).await.unwrap();
         s.write_batch(&rows[1..3]).await.unwrap(); // a redelivery
-        let st = s.stats().await.unwrap();
+        let st = s.stats(None).await.unwrap();
         assert_eq!(st.len(), 1);
         assert_eq!((st[0].rows, st[0].missing), (5, 2));
         assert_eq!(st[0].gaps, vec![[3, 4]]);
@@ -353,7 +517,7 @@ mod tests {
                  PRIMARY KEY (device_id, seq)) WITHOUT ROWID",
             )
             .unwrap();
-        let mut s = SqliteStore::open(&path).await.unwrap();
+        let mut s = SqliteStore::open(&path, builtin()).await.unwrap();
         let mut rows: Vec<_> = (0..4).map(row).collect();
         rows[1].humidity_pct = f64::NAN;
         rows[1].battery_v = f64::INFINITY;
@@ -378,10 +542,71 @@ mod tests {
         );
     }
 
+    /// A user's row of seq `seq` on `topic`, from the plant fixture's Metrics.
+    fn user_row(tables: &UserTables, topic: &str, seq: u64) -> UserRow {
+        let desc = &tables.tables[0].message;
+        let json = format!(r#"{{"sequence": "{seq}", "env": {{"temperatureC": "NaN"}}}}"#);
+        let payload = crate::schema::codec::encode_json(desc, &json).unwrap();
+        let p = crate::mqtt::Message::new(topic, rumqttc::QoS::AtLeastOnce, payload);
+        tables.row(&p).unwrap()
+    }
+
+    async fn user_store(path: &Path, tables: &Arc<UserTables>) -> SqliteStore {
+        let prepare = Prepare {
+            user: Some(tables.clone()),
+            create: true,
+        };
+        SqliteStore::open(path, prepare).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn user_rows_are_keyed_by_device_and_seq_and_keyless_without_a_seq() {
+        let (schema, dir) = crate::schema::tests::plant_schema();
+        let keyed = Arc::new(UserTables::new(schema).unwrap());
+        let mut s = user_store(&dir.path().join("keyed.db"), &keyed).await;
+        let rows: Vec<_> = (0..3)
+            .map(|seq| user_row(&keyed, "plant/osaka/p1/metrics", seq))
+            .collect();
+        let w = s.write_user(&rows).await.unwrap();
+        assert_eq!((w.stored, w.duplicates), (3, 0));
+        let w = s.write_user(&rows).await.unwrap(); // a redelivery
+        assert_eq!((w.stored, w.duplicates), (3, 3));
+        s.write_user(&[user_row(&keyed, "plant/osaka/p1/metrics", 5)])
+            .await
+            .unwrap();
+        let st = s.stats(Some("acme_plant_v1_metrics")).await.unwrap();
+        assert_eq!((st[0].rows, st[0].last_seq, st[0].missing), (4, Some(5), 2));
+        assert_eq!(st[0].gaps, vec![[3, 4]]);
+        let flag: String = (s.conn.lock().unwrap())
+            .query_row("SELECT nonfinite FROM acme_plant_v1_metrics", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(flag, "env_temperature_c=NaN");
+
+        // --proto --message: no seq, no time, no key; a redelivery is a second row.
+        let one_off = crate::schema::Schema::load(&crate::schema::SchemaSource {
+            proto: vec![dir.path().join("plant.proto")],
+            message: Some("acme.plant.v1.Metrics".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let keyless = Arc::new(UserTables::new(one_off).unwrap());
+        let mut s = user_store(&dir.path().join("keyless.db"), &keyless).await;
+        let rows = vec![user_row(&keyless, "devices/d1/telemetry", 0)];
+        s.write_user(&rows).await.unwrap();
+        s.write_user(&rows).await.unwrap();
+        let st = s.stats(Some("acme_plant_v1_metrics")).await.unwrap();
+        assert_eq!(
+            (st[0].device_id.as_str(), st[0].rows, st[0].last_seq),
+            ("d1", 2, None)
+        );
+    }
+
     #[tokio::test]
     async fn missing_directory_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = SqliteStore::open(&dir.path().join("nope/t.db"))
+        let e = SqliteStore::open(&dir.path().join("nope/t.db"), builtin())
             .await
             .err()
             .unwrap();

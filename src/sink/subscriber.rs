@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use prost::Message as _;
 use rumqttc::QoS;
 
-use super::{redact, SinkOptions, SinkUrl, Store, TelemetryRow};
+use super::{redact, Batch, SinkOptions, SinkUrl, Store, Tables, TelemetryRow};
 use crate::mqtt::Endpoint;
 use crate::pipeline::quarantine::{payload_problem, DeadLetterFile, Rejected};
 use crate::pipeline::{self, Backoff, Batching, Handled, Handler, Shutdown, SubscribeConfig};
@@ -31,11 +31,14 @@ use crate::proto::Telemetry;
 const STORE_RETRY_MIN: Duration = Duration::from_millis(200);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// A stable client id per destination, so a restarted sink resumes its session.
-pub fn default_client_id(sink_url: &str, device_id: Option<&str>) -> String {
+/// A stable client id per destination, so a restarted sink resumes its
+/// session. `topics`: the user schema's filters (empty for mqttkit's own
+/// telemetry), so a schema's sink never resumes the built-in one's session.
+pub fn default_client_id(sink_url: &str, device_id: Option<&str>, topics: &str) -> String {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in sink_url.bytes().chain(device_id.unwrap_or("+").bytes()) {
+    let salt = topics.bytes();
+    for b in (sink_url.bytes().chain(device_id.unwrap_or("+").bytes())).chain(salt) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x100000001b3);
     }
@@ -47,6 +50,7 @@ pub fn default_client_id(sink_url: &str, device_id: Option<&str>) -> String {
 pub struct Sink {
     raw_url: String,
     url: SinkUrl,
+    tables: Tables,
     store: Store,
     batching: Batching,
     /// Where quarantined messages' payloads go when not into the store.
@@ -56,12 +60,17 @@ pub struct Sink {
 impl Sink {
     /// `default_dead_letter`: the dead-letter directory without `--dead-letter`
     /// (used for stores that do not keep payloads: InfluxDB, Timestream).
-    pub async fn open(opts: &SinkOptions, default_dead_letter: &Path) -> Result<Sink> {
+    /// `tables`: mqttkit's telemetry, or a schema's types (each in its table).
+    pub async fn open(
+        opts: &SinkOptions,
+        default_dead_letter: &Path,
+        tables: Tables,
+    ) -> Result<Sink> {
         let Some(raw_url) = opts.sink.clone() else {
             bail!("--sink: no URL given; pass --sink sqlite:PATH (or another store URL)");
         };
         let url: SinkUrl = raw_url.parse()?;
-        let store = Store::open(&url).await?;
+        let store = Store::open(&url, &tables).await?;
         let dead_letter = match &opts.dead_letter {
             Some(dir) => Some(DeadLetterFile::new(dir)),
             None if !store.keeps_payloads() => Some(DeadLetterFile::new(default_dead_letter)),
@@ -70,6 +79,7 @@ impl Sink {
         Ok(Sink {
             raw_url,
             url,
+            tables,
             store,
             batching: Batching {
                 max_wait: Duration::from_millis(opts.batch_ms.max(1)),
@@ -79,8 +89,12 @@ impl Sink {
         })
     }
 
-    pub fn default_client_id(&self, device_id: Option<&str>) -> String {
-        default_client_id(&self.raw_url, device_id)
+    pub fn default_client_id(&self, device_id: Option<&str>, filters: &[String]) -> String {
+        let topics = match self.tables {
+            Tables::Telemetry => String::new(),
+            Tables::User(_) => filters.join(" "),
+        };
+        default_client_id(&self.raw_url, device_id, &topics)
     }
 
     /// Where quarantined messages are kept, for people.
@@ -111,6 +125,16 @@ impl Sink {
             redact(&self.raw_url),
             cfg.client_id
         );
+        if let Tables::User(t) = &self.tables {
+            for t in &t.tables {
+                crate::note!(
+                    "sink: {} -> table {}, {}",
+                    t.message.full_name(),
+                    t.name,
+                    t.key.describe()
+                );
+            }
+        }
         if cfg.qos == QoS::AtMostOnce {
             crate::note!("sink: QoS 0: messages are not acknowledged; what arrives while the sink is down or before a crash's last commit is lost");
         }
@@ -121,7 +145,8 @@ impl Sink {
             url: self.url,
             batching: self.batching,
             shutdown: shutdown.clone(),
-            rows: Vec::new(),
+            rows: Batch::new(&self.tables),
+            tables: self.tables,
             sources: Vec::new(),
             rejects: Vec::new(),
             dead_letter: self.dead_letter,
@@ -151,11 +176,12 @@ impl Sink {
 struct Storing {
     store: Store,
     url: SinkUrl,
+    tables: Tables,
     batching: Batching,
     shutdown: Shutdown,
     topic: String,
     /// The open batch, and the message each row came from.
-    rows: Vec<TelemetryRow>,
+    rows: Batch,
     sources: Vec<Message>,
     /// Quarantined, not yet written to the dead-letter place.
     rejects: Vec<Rejected>,
@@ -182,19 +208,26 @@ fn decode_row(p: &Message) -> Result<TelemetryRow, String> {
 
 impl Handler for Storing {
     fn handle(&mut self, p: &Message) -> Result<Handled> {
-        match decode_row(p) {
-            Ok(r) => {
-                self.rows.push(r);
-                self.sources.push(p.clone());
-                Ok(Handled::Counted)
-            }
-            Err(reason) => {
-                // It can never be stored: quarantined and acknowledged, so
-                // it cannot block the session.
-                self.reject(Rejected::new(p, reason));
-                Ok(Handled::Skipped)
-            }
+        // The row goes into the batch; what can never be one is quarantined.
+        match (&self.tables, &mut self.rows) {
+            (Tables::Telemetry, Batch::Telemetry(rows)) => match decode_row(p) {
+                Ok(r) => rows.push(r),
+                Err(reason) => return Ok(self.reject(Rejected::new(p, reason))),
+            },
+            (Tables::User(t), Batch::User(rows)) => match t.row(p) {
+                Ok(r) => rows.push(r),
+                Err(unfit) => {
+                    let r = Rejected {
+                        device_id: unfit.device_id,
+                        ..Rejected::new(p, unfit.reason)
+                    };
+                    return Ok(self.reject(r));
+                }
+            },
+            _ => unreachable!("the batch is made for its tables"),
         }
+        self.sources.push(p.clone());
+        Ok(Handled::Counted)
     }
 
     fn commit(&mut self) -> impl Future<Output = Result<()>> + Send {
@@ -215,9 +248,12 @@ impl Handler for Storing {
 }
 
 impl Storing {
-    fn reject(&mut self, r: Rejected) {
+    /// It can never be stored: quarantined and acknowledged, so it cannot
+    /// block the session.
+    fn reject(&mut self, r: Rejected) -> Handled {
         r.warn(&self.place);
         self.rejects.push(r);
+        Handled::Skipped
     }
 
     /// Commits the open batch, retrying with backoff while the store fails;
@@ -242,7 +278,7 @@ impl Storing {
                 ),
             }
             // A dropped database connection needs a new one.
-            match Store::open(&self.url).await {
+            match Store::open(&self.url, &self.tables).await {
                 Ok(s) => self.store = s,
                 Err(e) => tracing::debug!("reopening the store: {e:#}"),
             }
@@ -285,10 +321,14 @@ mod tests {
 
     #[test]
     fn client_id_is_stable_and_per_destination() {
-        let a = default_client_id("sqlite:a.db", None);
-        assert_eq!(a, default_client_id("sqlite:a.db", None));
-        assert_ne!(a, default_client_id("sqlite:b.db", None));
-        assert_ne!(a, default_client_id("sqlite:a.db", Some("d1")));
+        let a = default_client_id("sqlite:a.db", None, "");
+        assert_eq!(a, default_client_id("sqlite:a.db", None, ""));
+        assert_ne!(a, default_client_id("sqlite:b.db", None, ""));
+        assert_ne!(a, default_client_id("sqlite:a.db", Some("d1"), ""));
+        assert_ne!(
+            a,
+            default_client_id("sqlite:a.db", None, "plant/+/+/metrics")
+        );
         assert!(a.starts_with("mqttkit-sink-") && a.len() <= 23);
     }
 }

@@ -7,6 +7,9 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, Record, TimeUnit};
 use aws_sdk_timestreamwrite::Client;
 
+use std::sync::Arc;
+
+use super::user::{Cell, UserRow, UserTables};
 use super::{DeviceStats, TelemetryRow, Written};
 
 /// WriteRecords takes at most 100 records per call.
@@ -20,6 +23,8 @@ pub struct TimestreamStore {
     client: Client,
     database: String,
     table: String,
+    /// The user's tables, when storing a schema's types.
+    user: Option<Arc<UserTables>>,
     /// Keeps the endpoint-discovery reloader alive.
     _reloader: Option<tokio::task::JoinHandle<()>>,
 }
@@ -37,7 +42,7 @@ fn describe(database: &str, table: &str) -> String {
 }
 
 impl TimestreamStore {
-    pub async fn open(database: &str, table: &str) -> Result<Self> {
+    pub async fn open(database: &str, table: &str, user: Option<Arc<UserTables>>) -> Result<Self> {
         let what = describe(database, table);
         let conf = crate::aws::load_config(None).await;
         crate::aws::region(&conf, &what)?;
@@ -57,6 +62,7 @@ impl TimestreamStore {
             client,
             database: database.to_string(),
             table: table.to_string(),
+            user,
             _reloader: reloader,
         };
         store.ensure_table().await.with_context(|| what.clone())?;
@@ -115,16 +121,29 @@ impl TimestreamStore {
     }
 
     pub async fn write_batch(&mut self, rows: &[TelemetryRow]) -> Result<Written> {
+        let records = rows.iter().map(record).collect::<Result<Vec<_>>>()?;
+        self.write_records(records).await
+    }
+
+    /// The user's rows, one record each, measure name = its table's name.
+    pub async fn write_user(&mut self, rows: &[UserRow]) -> Result<Written> {
+        let tables = (self.user.clone()).ok_or_else(|| anyhow::anyhow!("no user tables"))?;
+        let records = (rows.iter())
+            .map(|r| user_record(&tables, r))
+            .collect::<Result<Vec<_>>>()?;
+        self.write_records(records).await
+    }
+
+    async fn write_records(&mut self, records: Vec<Record>) -> Result<Written> {
         let mut written = Written::default();
-        for (n, chunk) in rows.chunks(MAX_RECORDS_PER_WRITE).enumerate() {
+        for (n, chunk) in records.chunks(MAX_RECORDS_PER_WRITE).enumerate() {
             let offset = n * MAX_RECORDS_PER_WRITE;
-            let records = chunk.iter().map(record).collect::<Result<Vec<_>>>()?;
             let res = self
                 .client
                 .write_records()
                 .database_name(&self.database)
                 .table_name(&self.table)
-                .set_records(Some(records))
+                .set_records(Some(chunk.to_vec()))
                 .send()
                 .await;
             match res {
@@ -203,16 +222,66 @@ where
     anyhow::anyhow!("{what}: {detail}")
 }
 
+fn measure(name: &str, value: String, t: MeasureValueType) -> Result<MeasureValue> {
+    Ok(MeasureValue::builder()
+        .name(name)
+        .value(value)
+        .r#type(t)
+        .build()?)
+}
+
+fn dimension(name: &str, value: &str) -> Result<Dimension> {
+    Ok(Dimension::builder().name(name).value(value).build()?)
+}
+
+/// One multi-measure record for a user's row: dimensions device_id and the
+/// labels, measures `seq`, `received_unix_nano` and the numbers and booleans
+/// (a NaN/±Inf one left out and named in `nonfinite`); the device's time
+/// (else the received time).
+pub fn user_record(tables: &UserTables, r: &UserRow) -> Result<Record> {
+    let t = &tables.tables[r.table];
+    let mut dims = vec![dimension("device_id", &r.device_id)?];
+    for ((_, column), value) in t.labels.iter().zip(&r.labels) {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            dims.push(dimension(column, v)?);
+        }
+    }
+    let big = MeasureValueType::Bigint;
+    let mut measures = vec![measure(
+        "received_unix_nano",
+        r.received_unix_nano.to_string(),
+        big.clone(),
+    )?];
+    if let Some(seq) = r.seq {
+        measures.push(measure("seq", seq.to_string(), big.clone())?);
+    }
+    for (c, cell) in t.fields.iter().zip(&r.cells) {
+        let (value, ty) = match cell {
+            Cell::Int(v) => (v.to_string(), big.clone()),
+            Cell::Real(v) if v.is_finite() => (v.to_string(), MeasureValueType::Double),
+            Cell::Bool(v) => (v.to_string(), MeasureValueType::Boolean),
+            _ => continue,
+        };
+        measures.push(measure(&c.name, value, ty)?);
+    }
+    if let Some(flag) = r.nonfinite(t) {
+        measures.push(measure("nonfinite", flag, MeasureValueType::Varchar)?);
+    }
+    Ok(Record::builder()
+        .set_dimensions(Some(dims))
+        .measure_name(&t.name)
+        .measure_value_type(MeasureValueType::Multi)
+        .set_measure_values(Some(measures))
+        .time(r.time_or_received().to_string())
+        .time_unit(TimeUnit::Nanoseconds)
+        .version(VERSION)
+        .build())
+}
+
 /// One multi-measure record for `r`; non-finite readings are left out
 /// (named in the `nonfinite` measure).
 pub fn record(r: &TelemetryRow) -> Result<Record> {
-    let mv = |name: &str, value: String, t: MeasureValueType| {
-        MeasureValue::builder()
-            .name(name)
-            .value(value)
-            .r#type(t)
-            .build()
-    };
+    let mv = measure;
     let mut measures = vec![
         mv("seq", r.seq.to_string(), MeasureValueType::Bigint)?,
         mv(
@@ -233,12 +302,7 @@ pub fn record(r: &TelemetryRow) -> Result<Record> {
         measures.push(mv("nonfinite", flag, MeasureValueType::Varchar)?);
     }
     Ok(Record::builder()
-        .dimensions(
-            Dimension::builder()
-                .name("device_id")
-                .value(&r.device_id)
-                .build()?,
-        )
+        .dimensions(dimension("device_id", &r.device_id)?)
         .measure_name(MEASURE_NAME)
         .measure_value_type(MeasureValueType::Multi)
         .set_measure_values(Some(measures))

@@ -138,16 +138,52 @@ pub fn rows(broker: &Broker, url: &str, env: &[(&str, &str)]) -> u64 {
 /// some (not all) are stored and started again with the same client id;
 /// then every row must be there exactly once.
 pub fn kill_restart_flow(broker: &Broker, url: &str, total: u64, env: &[(&str, &str)]) {
+    kill_restart_flow_of(broker, url, total, env, &Publisher::default());
+}
+
+/// Who publishes in [`kill_restart_flow_of`]: `pub telemetry` with these
+/// arguments, at this rate, as this device.
+pub struct Publisher<'a> {
+    pub args: &'a [&'a str],
+    pub rate: u32,
+    pub device: &'a str,
+}
+
+impl Default for Publisher<'_> {
+    fn default() -> Self {
+        Publisher {
+            args: &[],
+            rate: 2500,
+            device: DEVICE,
+        }
+    }
+}
+
+/// [`kill_restart_flow`] with another publisher; `env` goes to every
+/// command (e.g. `MQTTKIT_SCHEMA`).
+pub fn kill_restart_flow_of(
+    broker: &Broker,
+    url: &str,
+    total: u64,
+    env: &[(&str, &str)],
+    publisher: &Publisher,
+) {
     let mut sink = SinkProc::start(broker, url, &[], env);
     sink.wait_subscribed();
-    let mut publisher = broker.mqttkit();
-    publisher
-        .args(["pub", "telemetry", "--out", "out", "--count"])
-        .arg(total.to_string())
-        .args(["--rate", "2500", "--qos", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let rate = publisher.rate.to_string();
+    let device = publisher.device;
+    let mut publisher = {
+        let mut c = broker.mqttkit();
+        c.args(["pub", "telemetry", "--out", "out", "--count"])
+            .arg(total.to_string())
+            .args(["--rate", &rate, "--qos", "1"])
+            .args(publisher.args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
     let publisher = publisher.spawn().expect("spawning pub telemetry");
 
     // Kill the sink part way: after some rows are committed, well before all.
@@ -199,7 +235,7 @@ pub fn kill_restart_flow(broker: &Broker, url: &str, total: u64, env: &[(&str, &
     let devices = s["devices"].as_array().expect("devices");
     assert_eq!(devices.len(), 1, "{s}");
     let d = &devices[0];
-    assert_eq!(d["device_id"], DEVICE, "{s}");
+    assert_eq!(d["device_id"], device, "{s}");
     assert_eq!(d["rows"], total, "{s}");
     assert_eq!(d["first_seq"], 0, "{s}");
     assert_eq!(d["last_seq"], total - 1, "{s}");
