@@ -94,12 +94,13 @@ broker_note() {
 declare -A BROKER_US
 run_mosquitto() {
   local q=$1; local out="mosq_q$q.txt"
-  mosquitto_sub "${TLS[@]}" --cert "$C/server.crt" --key "$C/server.key" \
+  mosquitto_sub "${TLS[@]}" -I server- --cert "$C/server.crt" --key "$C/server.key" \
     -t 'devices/+/telemetry' -q "$q" -C "$N" -W "$SUB_TIMEOUT" >"$out" 2>mosq_sub_q$q.err &
   local sub=$!; PIDS+=("$sub")
   sleep 1  # subscribed before the first message
   local t0 c0; t0=$(now); c0=$(broker_cpu)
-  mosquitto_pub "${TLS[@]}" --cert "$C/device-001.crt" --key "$C/device-001.key" \
+  # -I NAME-: `broker up` binds client ids to the identity (NAME or NAME-*).
+  mosquitto_pub "${TLS[@]}" -I device-001- --cert "$C/device-001.crt" --key "$C/device-001.key" \
     -t devices/device-001/telemetry -q "$q" -l <lines.txt 2>mosq_pub_q$q.err || echo "  (mosquitto_pub exited $?)" >&2
   read -r n secs < <(wait_arrivals "$out" "$t0" "$sub")
   COUNT[mosq$q]=$n; SECS[mosq$q]=$secs
