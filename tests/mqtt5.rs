@@ -464,15 +464,17 @@ fn falls_back_to_3_1_1_when_the_broker_refuses_5() {
         text.push_str("user root\n");
     }
     std::fs::write(&conf, text).unwrap();
-    let mut mosquitto = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mosquitto = KillOnDrop(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Ready when it logs its listener.
-    let mut log = BufReader::new(mosquitto.stderr.take().unwrap());
+    let mut log = BufReader::new(mosquitto.0.stderr.take().unwrap());
     let mut line = String::new();
     while log.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listen socket") {}
     let relay = old_broker_relay(port);
@@ -497,6 +499,14 @@ fn falls_back_to_3_1_1_when_the_broker_refuses_5() {
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("pass -V 311"), "{err}");
-    let _ = mosquitto.kill();
-    let _ = mosquitto.wait();
+}
+
+/// Stops the mosquitto this test started, also when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
