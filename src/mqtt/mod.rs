@@ -505,19 +505,11 @@ impl Endpoint {
     /// rumqttc options for a 3.1.1 session.
     pub(crate) fn mqtt_options_for(&self, o: &Options) -> MqttOptions {
         let mut opts = MqttOptions::new(&o.client_id, self.broker_addr(), self.port);
-        match self.transport {
-            // rumqttc's default transport is plain TCP.
-            Transport::Tcp => {}
-            Transport::Tls | Transport::Alpn => {
-                opts.set_transport(rumqttc::Transport::tls_with_config(self.tls_config()));
-            }
-            Transport::Wss => {
-                opts.set_transport(rumqttc::Transport::wss_with_config(self.tls_config()));
-                // AWS IoT: presign each (re)connect with fresh credentials from aws-config.
-                if let Some(region) = self.sigv4_region() {
-                    opts.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
-                }
-            }
+        if let Some(t) = self.rumqttc_transport() {
+            opts.set_transport(t);
+        }
+        if let Some(region) = self.wss_sigv4_region() {
+            opts.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
         }
         opts.set_keep_alive(self.keepalive);
         opts.set_max_packet_size(o.max_incoming, o.max_outgoing);
@@ -541,17 +533,11 @@ impl Endpoint {
     pub(crate) fn mqtt5_options(&self, o: &Options) -> rumqttc::v5::MqttOptions {
         use rumqttc::v5::mqttbytes::{v5::LastWill, QoS as Q5};
         let mut opts = rumqttc::v5::MqttOptions::new(&o.client_id, self.broker_addr(), self.port);
-        match self.transport {
-            Transport::Tcp => {}
-            Transport::Tls | Transport::Alpn => {
-                opts.set_transport(rumqttc::Transport::tls_with_config(self.tls_config()));
-            }
-            Transport::Wss => {
-                opts.set_transport(rumqttc::Transport::wss_with_config(self.tls_config()));
-                if let Some(region) = self.sigv4_region() {
-                    opts.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
-                }
-            }
+        if let Some(t) = self.rumqttc_transport() {
+            opts.set_transport(t);
+        }
+        if let Some(region) = self.wss_sigv4_region() {
+            opts.set_request_modifier(move |req| sigv4::sign_request(req, region.clone()));
         }
         opts.set_keep_alive(self.keepalive);
         // Enforced here, not announced: a broker told our maximum drops a
@@ -586,8 +572,23 @@ impl Endpoint {
         opts
     }
 
-    fn tls_config(&self) -> TlsConfiguration {
-        TlsConfiguration::Rustls(self.tls.clone())
+    /// The transport for either protocol's options; `None`: rumqttc's
+    /// default, plain TCP.
+    fn rumqttc_transport(&self) -> Option<rumqttc::Transport> {
+        let tls = TlsConfiguration::Rustls(self.tls.clone());
+        match self.transport {
+            Transport::Tcp => None,
+            Transport::Tls | Transport::Alpn => Some(rumqttc::Transport::tls_with_config(tls)),
+            Transport::Wss => Some(rumqttc::Transport::wss_with_config(tls)),
+        }
+    }
+
+    /// AWS IoT over WebSockets: presign each (re)connect for this region
+    /// with fresh credentials from aws-config.
+    fn wss_sigv4_region(&self) -> Option<String> {
+        (self.transport == Transport::Wss)
+            .then(|| self.sigv4_region())
+            .flatten()
     }
 
     /// The host, or for WebSockets the URL (port 443 stays out of it so the

@@ -391,35 +391,19 @@ impl Client {
 
     /// Subscribes to every filter in one SUBSCRIBE (answered by one SUBACK).
     pub fn try_subscribe(&self, filters: &[(String, QoS)]) -> Result<(), RequestError> {
-        match self.active() {
-            Active::V4(c) => c
-                .try_subscribe_many(
-                    (filters.iter()).map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), *q)),
-                )
-                .map_err(|_| RequestError),
-            Active::V5(c) => c
-                .try_subscribe_many(
-                    (filters.iter()).map(|(f, q)| p5::Filter::new(f.clone(), qos_to_v5(*q))),
-                )
-                .map_err(|_| RequestError),
-        }
+        let sent = match self.active() {
+            Active::V4(c) => c.try_subscribe_many(filters_v4(filters)).is_ok(),
+            Active::V5(c) => c.try_subscribe_many(filters_v5(filters)).is_ok(),
+        };
+        sent.then_some(()).ok_or(RequestError)
     }
 
     pub async fn subscribe(&self, filters: &[(String, QoS)]) -> Result<(), RequestError> {
-        match self.active() {
-            Active::V4(c) => c
-                .subscribe_many(
-                    (filters.iter()).map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), *q)),
-                )
-                .await
-                .map_err(|_| RequestError),
-            Active::V5(c) => c
-                .subscribe_many(
-                    (filters.iter()).map(|(f, q)| p5::Filter::new(f.clone(), qos_to_v5(*q))),
-                )
-                .await
-                .map_err(|_| RequestError),
-        }
+        let sent = match self.active() {
+            Active::V4(c) => c.subscribe_many(filters_v4(filters)).await.is_ok(),
+            Active::V5(c) => c.subscribe_many(filters_v5(filters)).await.is_ok(),
+        };
+        sent.then_some(()).ok_or(RequestError)
     }
 
     /// Queues the acknowledgement of a received message (manual acks).
@@ -668,6 +652,14 @@ fn success(pkid: u16) -> Ack {
         pkid,
         reason: Reason::SUCCESS,
     }
+}
+
+fn filters_v4(filters: &[(String, QoS)]) -> impl Iterator<Item = rumqttc::SubscribeFilter> + '_ {
+    (filters.iter()).map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), *q))
+}
+
+fn filters_v5(filters: &[(String, QoS)]) -> impl Iterator<Item = p5::Filter> + '_ {
+    (filters.iter()).map(|(f, q)| p5::Filter::new(f.clone(), qos_to_v5(*q)))
 }
 
 fn qos_to_v5(q: QoS) -> Q5 {
