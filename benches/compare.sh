@@ -5,7 +5,7 @@
 #   2. mqttkit pub telemetry -> mqttkit sub telemetry,               QoS 0 and 1,
 #      over MQTT 5 (the default) and again with -V 311 (the ratio 5 / 3.1.1)
 #   2b. mqttkit pub -t -l -> mqttkit sub -t (raw lines, the same text as 1), QoS 0 and 1
-#   2c. the same telemetry as 2 through a user schema (--schema: proto/mqttkit.proto
+#   2c. the built-in `sub telemetry --json`, QoS 0 and 1, and the same telemetry as 2 through a user schema (--schema: proto/mqttkit.proto
 #       loaded at run time, decoded by reflection), sub --json, QoS 0 and 1
 #   3. mqttkit bench: 1 device, 100 devices, and 1,000 devices with per-device
 #      certificates (connect rate, latency, memory per connection)
@@ -15,6 +15,7 @@
 #
 # Usage: benches/compare.sh            (N=200000 messages per pub/sub run)
 #        N=50000 SKIP_BUILD=1 benches/compare.sh
+#        ONLY="v5 schema" benches/compare.sh   (parts: c v5 raw json schema bench)
 # Needs: mosquitto, mosquitto-clients, python3. Stops everything it starts.
 set -euo pipefail
 
@@ -106,15 +107,17 @@ run_mosquitto() {
   COUNT[mosq$q]=$n; SECS[mosq$q]=$secs
   RATE[mosq$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
   broker_note "mosq$q" "$c0" "$(broker_cpu)" "$secs" "$n"
-  echo "mosquitto_pub -l -> mosquitto_sub  QoS $q: $n of $N arrived in $secs s: ${RATE[mosq$q]} msg/s (broker ${BROKER_US[mosq$q]} us CPU per message, busy ${BUSY[mosq$q]})" >&2
+  echo "mosquitto_pub -l -> mosquitto_sub  QoS $q: $n of $N arrived in $secs s: ${RATE[mosq$q]:-} msg/s (broker ${BROKER_US[mosq$q]:-} us CPU per message, busy ${BUSY[mosq$q]:-})" >&2
 }
 
-# run_mqttkit QOS [PROTOCOL]: MQTT 5 (the default) or 311, keyed mqttkitQ / mqttkit311_Q.
+# run_mqttkit QOS [PROTOCOL] [json]: MQTT 5 (the default) or 311, keyed
+# mqttkitQ / mqttkit311_Q; with json, `sub telemetry --json` (mqttkitjsonQ).
 run_mqttkit() {
-  local q=$1; local v=${2:-5}; local key="mqttkit$q"
+  local q=$1; local v=${2:-5}; local key="mqttkit$q"; local fmt=()
   [ "$v" = 311 ] && key="mqttkit311_$q"
+  [ "${3:-}" = json ] && { key="mqttkitjson$q"; fmt=(--json); }
   local out="${key}.txt"
-  "$BIN" sub telemetry --out out -V "$v" --qos "$q" --count "$N" --reconnect-timeout 5 >"$out" 2>${key}_sub.err &
+  "$BIN" sub telemetry --out out -V "$v" --qos "$q" --count "$N" --reconnect-timeout 5 "${fmt[@]}" >"$out" 2>${key}_sub.err &
   local sub=$!; PIDS+=("$sub")
   sleep 1
   local t0 c0; t0=$(now); c0=$(broker_cpu)
@@ -127,15 +130,16 @@ run_mqttkit() {
   # Exactly once: every seq 0..N-1 once.
   local check; check=$(python3 - "$out" "$N" <<'EOF'
 import re, sys
-# One text line per message, like mosquitto_sub's: "device-001 seq=N ...".
-seqs = [int(m.group(1)) for m in map(re.compile(r" seq=(\d+) ").search, open(sys.argv[1])) if m]
+# One text line per message, like mosquitto_sub's: "device-001 seq=N ...",
+# or one JSON object ("seq":N).
+seqs = [int(m.group(1)) for m in map(re.compile(r'(?: seq=|"seq":)(\d+)').search, open(sys.argv[1])) if m]
 n = int(sys.argv[2])
 distinct = len(set(seqs))
 missing = n - len(set(s for s in seqs if s < n))
 print(f"distinct {distinct}, duplicates {len(seqs) - distinct}, missing {missing}")
 EOF
 )
-  echo "mqttkit pub -> mqttkit sub (-V $v) QoS $q: $n of $N arrived in $secs s: ${RATE[$key]} msg/s ($check; broker ${BROKER_US[$key]} us CPU per message, busy ${BUSY[$key]})" >&2
+  echo "mqttkit pub -> mqttkit sub (-V $v) QoS $q: $n of $N arrived in $secs s: ${RATE[$key]:-} msg/s ($check; broker ${BROKER_US[$key]:-} us CPU per message, busy ${BUSY[$key]:-})" >&2
   CHECK[$key]=$check
 }
 declare -A CHECK
@@ -165,7 +169,7 @@ run_mqttkit_schema() {
   COUNT[schema$q]=$n; SECS[schema$q]=$secs
   RATE[schema$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
   broker_note "schema$q" "$c0" "$(broker_cpu)" "$secs" "$n"
-  echo "mqttkit pub/sub telemetry --schema QoS $q: $n of $N arrived in $secs s: ${RATE[schema$q]} msg/s (publisher alone ${PUBRATE[schema$q]} msg/s; broker ${BROKER_US[schema$q]} us CPU per message)" >&2
+  echo "mqttkit pub/sub telemetry --schema QoS $q: $n of $N arrived in $secs s: ${RATE[schema$q]:-} msg/s (publisher alone ${PUBRATE[schema$q]:-} msg/s; broker ${BROKER_US[schema$q]:-} us CPU per message)" >&2
 }
 declare -A PUBRATE
 
@@ -181,20 +185,20 @@ run_mqttkit_raw() {
   COUNT[raw$q]=$n; SECS[raw$q]=$secs
   RATE[raw$q]=$(python3 -c "print(round($n / $secs) if $secs > 0 else 0)")
   broker_note "raw$q" "$c0" "$(broker_cpu)" "$secs" "$n"
-  echo "mqttkit pub -l -> mqttkit sub -t   QoS $q: $n of $N arrived in $secs s: ${RATE[raw$q]} msg/s (broker ${BROKER_US[raw$q]} us CPU per message, busy ${BUSY[raw$q]})" >&2
+  echo "mqttkit pub -l -> mqttkit sub -t   QoS $q: $n of $N arrived in $secs s: ${RATE[raw$q]:-} msg/s (broker ${BROKER_US[raw$q]:-} us CPU per message, busy ${BUSY[raw$q]:-})" >&2
 }
 
 echo "== mosquitto $(mosquitto -h 2>&1 | head -1 | awk '{print $3}'), mTLS on 127.0.0.1:$PORT, $N messages per run" >&2
-run_mosquitto 0
-run_mosquitto 1
-run_mqttkit 0
-run_mqttkit 1
-run_mqttkit 0 311
-run_mqttkit 1 311
-run_mqttkit_raw 0
-run_mqttkit_raw 1
-run_mqttkit_schema 0
-run_mqttkit_schema 1
+# ONLY="v5 schema" runs only those parts (c v5 raw json schema bench); the
+# summary then shows n/a for the rest.
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+if want c; then run_mosquitto 0; run_mosquitto 1; fi
+if want v5; then
+  run_mqttkit 0; run_mqttkit 1; run_mqttkit 0 311; run_mqttkit 1 311
+fi
+if want raw; then run_mqttkit_raw 0; run_mqttkit_raw 1; fi
+if want json || want schema; then run_mqttkit 0 5 json; run_mqttkit 1 5 json; fi
+if want schema; then run_mqttkit_schema 0; run_mqttkit_schema 1; fi
 
 bench() {
   local name=$1; shift
@@ -216,37 +220,41 @@ print(f"  peak RSS {m['peak_rss_kib']/1024:.1f} MiB, {m['per_connection_kib']} K
 EOF
   cat "bench_$name.err" >&2 || true
 }
-bench q0_1dev --devices 1 --subscribers 1 --qos 0 --count "$N"
-bench q1_1dev --devices 1 --subscribers 1 --qos 1 --count "$N"
-bench q1_100dev --devices 100 --subscribers 1 --qos 1 --count $((N / 100))
-bench q1_1000dev --devices 1000 --subscribers 1 --qos 1 --rate 10 --duration 20
+if want bench; then
+  bench q0_1dev --devices 1 --subscribers 1 --qos 0 --count "$N"
+  bench q1_1dev --devices 1 --subscribers 1 --qos 1 --count "$N"
+  bench q1_100dev --devices 100 --subscribers 1 --qos 1 --count $((N / 100))
+  bench q1_1000dev --devices 1000 --subscribers 1 --qos 1 --rate 10 --duration 20
+fi
 
-ratio() { python3 -c "a=$1; b=$2; print(f'{a/b:.2f}x' if b else 'n/a')"; }
+ratio() { python3 -c "a='$1'; b='$2'; print(f'{float(a)/float(b):.2f}x' if a and b and float(b) else 'n/a')"; }
 cat <<EOF
 
 == summary (delivered msg/s through one mosquitto, mTLS, loopback)
-mosquitto_pub -> mosquitto_sub  QoS 0: ${RATE[mosq0]} msg/s (${COUNT[mosq0]}/$N)
-mosquitto_pub -> mosquitto_sub  QoS 1: ${RATE[mosq1]} msg/s (${COUNT[mosq1]}/$N)
-mqttkit pub -> mqttkit sub      QoS 0: ${RATE[mqttkit0]} msg/s (${COUNT[mqttkit0]}/$N; ${CHECK[mqttkit0]})
-mqttkit pub -> mqttkit sub      QoS 1: ${RATE[mqttkit1]} msg/s (${COUNT[mqttkit1]}/$N; ${CHECK[mqttkit1]})
-mqttkit -V 311                  QoS 0: ${RATE[mqttkit311_0]} msg/s (${COUNT[mqttkit311_0]}/$N; ${CHECK[mqttkit311_0]})
-mqttkit -V 311                  QoS 1: ${RATE[mqttkit311_1]} msg/s (${COUNT[mqttkit311_1]}/$N; ${CHECK[mqttkit311_1]})
-ratio MQTT 5 / MQTT 3.1.1       QoS 0: $(ratio "${RATE[mqttkit0]}" "${RATE[mqttkit311_0]}"), publisher $(ratio "${PUBRATE[mqttkit0]}" "${PUBRATE[mqttkit311_0]}")   (target >= 0.90x)
-ratio MQTT 5 / MQTT 3.1.1       QoS 1: $(ratio "${RATE[mqttkit1]}" "${RATE[mqttkit311_1]}"), publisher $(ratio "${PUBRATE[mqttkit1]}" "${PUBRATE[mqttkit311_1]}")   (target >= 0.90x)
-mqttkit pub -l -> sub -t        QoS 0: ${RATE[raw0]} msg/s (${COUNT[raw0]}/$N)
-mqttkit pub -l -> sub -t        QoS 1: ${RATE[raw1]} msg/s (${COUNT[raw1]}/$N)
-mqttkit telemetry --schema      QoS 0: ${RATE[schema0]} msg/s (${COUNT[schema0]}/$N), publisher alone ${PUBRATE[schema0]} msg/s
-mqttkit telemetry --schema      QoS 1: ${RATE[schema1]} msg/s (${COUNT[schema1]}/$N), publisher alone ${PUBRATE[schema1]} msg/s
-ratio user schema / built-in    QoS 0: delivered $(ratio "${RATE[schema0]}" "${RATE[mqttkit0]}"), publisher $(ratio "${PUBRATE[schema0]}" "${PUBRATE[mqttkit0]}")   (target >= 0.80x)
-ratio user schema / built-in    QoS 1: delivered $(ratio "${RATE[schema1]}" "${RATE[mqttkit1]}"), publisher $(ratio "${PUBRATE[schema1]}" "${PUBRATE[mqttkit1]}")   (target >= 0.80x)
-ratio raw lines mqttkit / C     QoS 0: $(ratio "${RATE[raw0]}" "${RATE[mosq0]}")   (target >= 1.0x)
-ratio raw lines mqttkit / C     QoS 1: $(ratio "${RATE[raw1]}" "${RATE[mosq1]}")   (target >= 1.0x)
-ratio mqttkit / mosquitto       QoS 0: $(ratio "${RATE[mqttkit0]}" "${RATE[mosq0]}")   (target >= 1.2x)
-ratio mqttkit / mosquitto       QoS 1: $(ratio "${RATE[mqttkit1]}" "${RATE[mosq1]}")
-ratio mqttkit QoS 1 / QoS 0          : $(ratio "${RATE[mqttkit1]}" "${RATE[mqttkit0]}")   (target >= 0.50x)
-ratio mqttkit QoS 1 / C clients QoS 0: $(ratio "${RATE[mqttkit1]}" "${RATE[mosq0]}")
-broker CPU per message, mqttkit pair : QoS 0 ${BROKER_US[mqttkit0]} us (busy ${BUSY[mqttkit0]}), QoS 1 ${BROKER_US[mqttkit1]} us (busy ${BUSY[mqttkit1]})
-  -> with the broker saturated, QoS 1 can reach at most $(ratio "${BROKER_US[mqttkit0]}" "${BROKER_US[mqttkit1]}") of the QoS 0 rate
+mosquitto_pub -> mosquitto_sub  QoS 0: ${RATE[mosq0]:-} msg/s (${COUNT[mosq0]:-}/$N)
+mosquitto_pub -> mosquitto_sub  QoS 1: ${RATE[mosq1]:-} msg/s (${COUNT[mosq1]:-}/$N)
+mqttkit pub -> mqttkit sub      QoS 0: ${RATE[mqttkit0]:-} msg/s (${COUNT[mqttkit0]:-}/$N; ${CHECK[mqttkit0]:-})
+mqttkit pub -> mqttkit sub      QoS 1: ${RATE[mqttkit1]:-} msg/s (${COUNT[mqttkit1]:-}/$N; ${CHECK[mqttkit1]:-})
+mqttkit -V 311                  QoS 0: ${RATE[mqttkit311_0]:-} msg/s (${COUNT[mqttkit311_0]:-}/$N; ${CHECK[mqttkit311_0]:-})
+mqttkit -V 311                  QoS 1: ${RATE[mqttkit311_1]:-} msg/s (${COUNT[mqttkit311_1]:-}/$N; ${CHECK[mqttkit311_1]:-})
+ratio MQTT 5 / MQTT 3.1.1       QoS 0: $(ratio "${RATE[mqttkit0]:-}" "${RATE[mqttkit311_0]:-}"), publisher $(ratio "${PUBRATE[mqttkit0]:-}" "${PUBRATE[mqttkit311_0]:-}")   (target >= 0.90x)
+ratio MQTT 5 / MQTT 3.1.1       QoS 1: $(ratio "${RATE[mqttkit1]:-}" "${RATE[mqttkit311_1]:-}"), publisher $(ratio "${PUBRATE[mqttkit1]:-}" "${PUBRATE[mqttkit311_1]:-}")   (target >= 0.90x)
+mqttkit pub -l -> sub -t        QoS 0: ${RATE[raw0]:-} msg/s (${COUNT[raw0]:-}/$N)
+mqttkit pub -l -> sub -t        QoS 1: ${RATE[raw1]:-} msg/s (${COUNT[raw1]:-}/$N)
+mqttkit telemetry --schema      QoS 0: ${RATE[schema0]:-} msg/s (${COUNT[schema0]:-}/$N), publisher alone ${PUBRATE[schema0]:-} msg/s
+mqttkit telemetry --schema      QoS 1: ${RATE[schema1]:-} msg/s (${COUNT[schema1]:-}/$N), publisher alone ${PUBRATE[schema1]:-} msg/s
+mqttkit sub telemetry --json    QoS 0: ${RATE[mqttkitjson0]:-} msg/s (${COUNT[mqttkitjson0]:-}/$N; ${CHECK[mqttkitjson0]:-})
+mqttkit sub telemetry --json    QoS 1: ${RATE[mqttkitjson1]:-} msg/s (${COUNT[mqttkitjson1]:-}/$N; ${CHECK[mqttkitjson1]:-})
+ratio user schema / built-in    QoS 0: delivered $(ratio "${RATE[schema0]:-}" "${RATE[mqttkitjson0]:-}") of --json, $(ratio "${RATE[schema0]:-}" "${RATE[mqttkit0]:-}") of text; publisher $(ratio "${PUBRATE[schema0]:-}" "${PUBRATE[mqttkit0]:-}")   (target >= 0.80x)
+ratio user schema / built-in    QoS 1: delivered $(ratio "${RATE[schema1]:-}" "${RATE[mqttkitjson1]:-}") of --json, $(ratio "${RATE[schema1]:-}" "${RATE[mqttkit1]:-}") of text; publisher $(ratio "${PUBRATE[schema1]:-}" "${PUBRATE[mqttkit1]:-}")   (target >= 0.80x)
+ratio raw lines mqttkit / C     QoS 0: $(ratio "${RATE[raw0]:-}" "${RATE[mosq0]:-}")   (target >= 1.0x)
+ratio raw lines mqttkit / C     QoS 1: $(ratio "${RATE[raw1]:-}" "${RATE[mosq1]:-}")   (target >= 1.0x)
+ratio mqttkit / mosquitto       QoS 0: $(ratio "${RATE[mqttkit0]:-}" "${RATE[mosq0]:-}")   (target >= 1.2x)
+ratio mqttkit / mosquitto       QoS 1: $(ratio "${RATE[mqttkit1]:-}" "${RATE[mosq1]:-}")
+ratio mqttkit QoS 1 / QoS 0          : $(ratio "${RATE[mqttkit1]:-}" "${RATE[mqttkit0]:-}")   (target >= 0.50x)
+ratio mqttkit QoS 1 / C clients QoS 0: $(ratio "${RATE[mqttkit1]:-}" "${RATE[mosq0]:-}")
+broker CPU per message, mqttkit pair : QoS 0 ${BROKER_US[mqttkit0]:-} us (busy ${BUSY[mqttkit0]:-}), QoS 1 ${BROKER_US[mqttkit1]:-} us (busy ${BUSY[mqttkit1]:-})
+  -> with the broker saturated, QoS 1 can reach at most $(ratio "${BROKER_US[mqttkit0]:-}" "${BROKER_US[mqttkit1]:-}") of the QoS 0 rate
 EOF
 for f in bench_*.json; do
   python3 - "$f" <<'EOF'

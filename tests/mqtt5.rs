@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{bin, free_port, ok, python, run, stderr, stdout, Broker, BrokerOptions, Proc};
 
+mod sink_support;
+
 const T: Duration = Duration::from_secs(60);
 
 fn broker() -> Broker {
@@ -136,6 +138,70 @@ fn acknowledgements_name_acl_denials() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// `mqttkit sub -t FILTER -C 1 -W 3` as `identity`, over `version`.
+fn sub_as(b: &Broker, identity: &[String], version: &str, filter: &str) -> std::process::Output {
+    run(
+        b.mqttkit()
+            .args(["sub", "-V", version, "-t", filter, "-C", "1", "-W", "3"])
+            .args(identity),
+        T,
+    )
+}
+
+#[test]
+fn subscriptions_outside_the_acl_are_refused() {
+    let b = broker();
+    let dev1 = as_identity(&b, "device-001");
+    // mosquitto's acl_file alone grants every SUBSCRIBE; the plugin that
+    // `broker up` loads refuses a filter that matches nothing readable.
+    for (version, reason) in [("5", " (0x87 not authorized)"), ("311", "")] {
+        let o = sub_as(&b, &dev1, version, "devices/device-002/commands");
+        let err = stderr(&o);
+        assert!(!o.status.success(), "-V {version}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the broker refused the subscription to devices/device-002/commands{reason} for identity 'device-001'"
+            )),
+            "-V {version}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A device may not read telemetry, not even its own; nor another's replies.
+    for filter in ["devices/device-001/telemetry", "devices/+/replies"] {
+        let o = sub_as(&b, &dev1, "5", filter);
+        assert!(!o.status.success(), "{filter}: {}", stderr(&o));
+        assert!(stderr(&o).contains("0x87 not authorized"), "{}", stderr(&o));
+    }
+    // Its own commands, a wildcard that includes them, and the server's
+    // telemetry filter (shared too) are granted: the wait runs out instead.
+    let server = as_identity(&b, "server");
+    for (who, filter) in [
+        (&dev1, "devices/device-001/commands"),
+        (&dev1, "devices/#"),
+        (&server, "devices/+/telemetry"),
+        (&server, "$share/g/devices/+/telemetry"),
+    ] {
+        let o = sub_as(&b, who, "5", filter);
+        let err = stderr(&o);
+        assert!(err.contains("subscribed to"), "{filter}: {err}");
+        assert!(!err.contains("refused"), "{filter}: {err}");
+    }
+    // The server identity may not read commands; an independent client
+    // (mosquitto_sub, MQTT 5) is refused the same way.
+    let o = run(
+        Command::new("mosquitto_sub")
+            .args(common::mosquitto_tls_args(&b, Some("server")))
+            .args(["-V", "5", "-t", "devices/device-001/commands", "-C", "1", "-W", "3"]),
+        T,
+    );
+    assert!(
+        stderr(&o).contains("All subscription requests were denied"),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -344,9 +410,32 @@ fn stored(err: &str) -> u64 {
 }
 
 #[test]
-fn sink_workers_share_one_stream() {
+fn sink_workers_share_one_stream_into_sqlite() {
     let b = broker();
     let url = format!("sqlite:{}", b.path().join("t.db").display());
+    share_flow(&b, &url);
+}
+
+#[test]
+fn sink_workers_share_one_stream_into_postgres() {
+    let pg = sink_support::Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE telemetry");
+    let b = broker();
+    let url = pg.url("telemetry");
+    share_flow(&b, &url);
+    // Counted by the database itself, apart from `sink stats`.
+    let n = pg.psql(
+        "telemetry",
+        "SELECT count(*), count(DISTINCT (device_id, seq)) FROM telemetry",
+    );
+    assert_eq!(n, "6000|6000");
+}
+
+/// 3 workers in one `--share` group, 2 publishers of 3,000 QoS 1 messages
+/// each; worker 2 SIGKILLed part way and restarted: 6,000 rows, each once,
+/// and every worker stored some (by its own exit summary).
+fn share_flow(b: &Broker, url: &str) {
+    let url = url.to_string();
     let mut workers: Vec<Proc> = (1..=3).map(|n| worker(&b, &url, n)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let publishers: Vec<Proc> = ["device-001", "device-002"]

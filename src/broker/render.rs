@@ -39,6 +39,10 @@ pub struct ConfVars<'a> {
     /// Its options: `cert` or `username`, and the server identities (a,b).
     pub plugin_identity: &'a str,
     pub plugin_servers: &'a str,
+    /// The ACL's read rules, for the plugin's SUBSCRIBE check: every
+    /// identity's (with %u) and the server identities'.
+    pub plugin_device_read: &'a [String],
+    pub plugin_server_read: &'a [String],
 }
 
 #[derive(Debug, Serialize)]
@@ -157,6 +161,8 @@ mod tests {
             plugin_file: "mqttkit_bind.so",
             plugin_identity: if auth == "cert" { "cert" } else { "username" },
             plugin_servers: "server,ops",
+            plugin_device_read: &[],
+            plugin_server_read: &[],
         }
     }
 
@@ -171,6 +177,16 @@ mod tests {
         assert!(c.contains(
             "\nplugin ./mqttkit_bind.so\nplugin_opt_identity cert\nplugin_opt_servers server,ops\n"
         ));
+        let tree = AclTree::builtin();
+        let with_reads = mosquitto_conf(&ConfVars {
+            plugin_device_read: &tree.device_read,
+            plugin_server_read: &tree.server_read,
+            ..vars("cert")
+        })
+        .unwrap();
+        assert!(with_reads.contains(
+            "plugin_opt_servers server,ops\nplugin_opt_device_read devices/%u/commands\nplugin_opt_server_read devices/+/telemetry\nplugin_opt_server_read devices/+/replies\n"
+        ), "{with_reads}");
         let unbound = mosquitto_conf(&ConfVars {
             bind_client_ids: false,
             ..vars("cert")

@@ -271,6 +271,8 @@ fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
         plugin_file: plugin::FILE,
         plugin_identity: &plugin_identity,
         plugin_servers: &plugin_servers,
+        plugin_device_read: &plan.acl.device_read,
+        plugin_server_read: &plan.acl.server_read,
     })?;
     let mut files = StagedFiles::new();
     files.add(dir.join("mosquitto.conf"), conf, MODE_PUBLIC);

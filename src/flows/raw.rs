@@ -459,7 +459,8 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<Labels>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<serde_json::Value>,
+    #[serde(serialize_with = "as_json")]
+    message: Option<prost_reflect::DynamicMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -473,9 +474,17 @@ struct JsonLine<'a> {
     properties: Option<&'a crate::mqtt::Props>,
 }
 
+fn as_json<S: serde::Serializer>(
+    m: &Option<prost_reflect::DynamicMessage>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    m.as_ref().map(codec::Json).serialize(s)
+}
+
 /// What the schema made of one payload.
 enum Decoded<'a> {
-    Message(&'a str, Labels, serde_json::Value),
+    Message(&'a str, Labels, prost_reflect::DynamicMessage),
     Failed(&'a str, String),
     Unmapped,
 }
@@ -486,7 +495,7 @@ impl RawPrinter {
             return Decoded::Unmapped;
         };
         let name = rule.message.full_name();
-        match codec::decode(&rule.message, &p.payload) {
+        match codec::decode_message(&rule.message, &p.payload) {
             Ok(v) => Decoded::Message(name, labels, v),
             Err(e) => Decoded::Failed(name, format!("{e:#}")),
         }
@@ -547,7 +556,7 @@ impl Print for RawPrinter {
             (Format::Json, d) => self.json_line(p, d).into_bytes(),
             (Format::Hex, _) => hex::encode(&p.payload).into_bytes(),
             (Format::Base64, _) => base64_of(&p.payload).into_bytes(),
-            (Format::Text, Decoded::Message(_, _, v)) => v.to_string().into_bytes(),
+            (Format::Text, Decoded::Message(_, _, v)) => serde_json::to_vec(&codec::Json(&v))?,
             (Format::Text, Decoded::Failed(..)) => hex::encode(&p.payload).into_bytes(),
             (Format::Text, Decoded::Unmapped) => p.payload.to_vec(),
         };

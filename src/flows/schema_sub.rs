@@ -39,25 +39,31 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
     received: String,
-    message: serde_json::Value,
+    message: codec::Json<'a>,
 }
 
-impl SchemaPrinter {
-    fn reject(&mut self, p: &Message, reason: String) -> Handled {
-        let r = Rejected::new(p, reason);
-        r.warn(&self.dead_letter.path().display().to_string());
-        self.rejects.push(r);
-        Handled::Skipped
-    }
+/// Warns about a message that does not decode and keeps it for the
+/// dead-letter file (written at the next commit).
+fn reject(rejects: &mut Vec<Rejected>, file: &DeadLetterFile, p: &Message, why: String) -> Handled {
+    let r = Rejected::new(p, why);
+    r.warn(&file.path().display().to_string());
+    rejects.push(r);
+    Handled::Skipped
+}
 
-    /// Whether (device, seq) is new; always without --count or a seq.
-    fn first_time(&mut self, device: Option<&str>, seq: Option<u64>) -> bool {
-        match (&mut self.seen, seq) {
-            (Some(seen), Some(seq)) => {
-                (seen.entry(device.unwrap_or("").to_string()).or_default()).insert(seq)
-            }
-            _ => true,
-        }
+/// Whether (device, seq) is new; always without --count or a seq.
+fn first_time(
+    seen: &mut Option<HashMap<String, HashSet<u64>>>,
+    device: Option<&str>,
+    seq: Option<u64>,
+) -> bool {
+    let (Some(seen), Some(seq)) = (seen, seq) else {
+        return true;
+    };
+    let device = device.unwrap_or("");
+    match seen.get_mut(device) {
+        Some(seqs) => seqs.insert(seq),
+        None => seen.entry(device.to_string()).or_default().insert(seq),
     }
 }
 
@@ -70,18 +76,20 @@ impl Print for SchemaPrinter {
 
     fn print(&mut self, out: &mut Out, p: &Message) -> Result<Handled> {
         let Some((rule, labels)) = self.schema.rule_for(&p.topic) else {
-            return Ok(self.reject(p, "no [[topic]] of the schema matches this topic".into()));
+            let why = "no [[topic]] of the schema matches this topic".into();
+            return Ok(reject(&mut self.rejects, &self.dead_letter, p, why));
         };
-        let name = rule.message.full_name().to_string();
-        if let Some(problem) = payload_problem(&p.payload, &name) {
-            return Ok(self.reject(p, problem));
-        }
-        let msg = match codec::decode_message(&rule.message, &p.payload) {
+        let name = rule.message.full_name();
+        let decoded = match payload_problem(&p.payload, name) {
+            Some(problem) => Err(problem),
+            None => codec::decode_message(&rule.message, &p.payload).map_err(|e| format!("{e:#}")),
+        };
+        let msg = match decoded {
             Ok(m) => m,
-            Err(e) => return Ok(self.reject(p, format!("{e:#}"))),
+            Err(why) => return Ok(reject(&mut self.rejects, &self.dead_letter, p, why)),
         };
         let seq = seq_of(rule, &msg);
-        let message = codec::to_json(&msg)?;
+        let message = codec::Json(&msg);
         let device = labels.get(template::DEVICE).map(String::as_str);
         let w = out.writer();
         if self.json {
@@ -89,7 +97,7 @@ impl Print for SchemaPrinter {
                 topic: &p.topic,
                 device,
                 labels: &labels,
-                type_name: &name,
+                type_name: name,
                 seq,
                 received: crate::telemetry::rfc3339_nanos(crate::clock::now_unix_nano() as i128)
                     .unwrap_or_default(),
@@ -98,11 +106,11 @@ impl Print for SchemaPrinter {
             serde_json::to_writer(&mut *w, &line)?;
         } else {
             let who = crate::telemetry::Escaped(device.unwrap_or(&p.topic));
-            write!(w, "{who} {message}")?;
+            write!(w, "{who} ")?;
+            serde_json::to_writer(&mut *w, &message)?;
         }
         out.end_line()?;
-        let device = device.map(str::to_string);
-        Ok(if self.first_time(device.as_deref(), seq) {
+        Ok(if first_time(&mut self.seen, device, seq) {
             Handled::Counted
         } else {
             Handled::Repeated

@@ -643,6 +643,21 @@ impl Endpoint {
         };
         format!("{scheme}://{}:{}", self.host_for_url(), self.port)
     }
+
+    /// Who this connection acts as, for errors: the MQTT user name, or the
+    /// client certificate's CN (its file when it has none), or "anonymous".
+    pub fn identity_name(&self) -> String {
+        if let Some(user) = &self.username {
+            return format!("user '{user}'");
+        }
+        match &self.identity {
+            Some((cert, _)) => match identity::common_name_of_file(cert) {
+                Some(cn) => format!("identity '{cn}'"),
+                None => format!("the identity of {}", cert.display()),
+            },
+            None => "an anonymous client".to_string(),
+        }
+    }
 }
 
 /// QoS from its number on the command line (0, 1 or 2).

@@ -360,6 +360,8 @@ struct Session {
     backlog: VecDeque<(u64, Message)>,
     deferred_subscribed: Option<bool>,
     max_packet: usize,
+    /// Who we subscribe as ([`Endpoint::identity_name`]), for a refusal.
+    identity: String,
 }
 
 impl Session {
@@ -386,6 +388,7 @@ impl Session {
             // interrupted write (an acknowledgement) must not be lost.
             poller: Poller::new(eventloop),
             reconnect: Reconnect::new(endpoint, cfg.reconnect_timeout),
+            identity: endpoint.identity_name(),
             filters: (cfg.filters.iter()).map(|f| (f.clone(), cfg.qos)).collect(),
             manual_acks,
             subscribed: false,
@@ -463,7 +466,7 @@ impl Session {
                 }
             }
             Ok(Event::SubAck { codes, .. }) => {
-                check_suback(&self.filters, &codes, self.client.protocol())?;
+                check_suback(&self.filters, &codes, self.client.protocol(), &self.identity)?;
                 Ok(self.first_subscription(false))
             }
             Ok(_) => Ok(None),
@@ -530,6 +533,7 @@ fn check_suback(
     filters: &[(String, QoS)],
     codes: &[Result<QoS, Reason>],
     protocol: session::Protocol,
+    identity: &str,
 ) -> Result<()> {
     let refused: Vec<String> = (filters.iter().zip(codes))
         .filter_map(|((f, _), c)| c.as_ref().err().map(|r| (f, r)))
@@ -543,7 +547,7 @@ fn check_suback(
         return Ok(());
     }
     bail!(
-        "the broker refused the subscription to {}: its ACL does not allow this identity to read it; use an identity the ACL lets read it (e.g. the server certificate for telemetry)",
+        "the broker refused the subscription to {} for {identity}: its ACL does not let this identity read it; use an identity the ACL lets read it (e.g. the server certificate for telemetry)",
         refused.join(", ")
     )
 }
@@ -570,15 +574,15 @@ mod tests {
         ];
         let ok = Ok(QoS::AtLeastOnce);
         let v5 = session::Protocol::V5;
-        assert!(check_suback(&filters, &[ok.clone(), ok.clone()], v5).is_ok());
+        assert!(check_suback(&filters, &[ok.clone(), ok.clone()], v5, "identity 'x'").is_ok());
         let denied = [ok, Err(Reason::new(0x87))];
-        let err = check_suback(&filters, &denied, v5).unwrap_err();
+        let err = check_suback(&filters, &denied, v5, "identity 'x'").unwrap_err();
         assert!(err
             .to_string()
-            .starts_with("the broker refused the subscription to b/# (0x87 not authorized):"));
-        let err = check_suback(&filters, &denied, session::Protocol::V311).unwrap_err();
+            .starts_with("the broker refused the subscription to b/# (0x87 not authorized) for identity 'x':"));
+        let err = check_suback(&filters, &denied, session::Protocol::V311, "identity 'x'").unwrap_err();
         assert!(err
             .to_string()
-            .starts_with("the broker refused the subscription to b/#:"));
+            .starts_with("the broker refused the subscription to b/# for identity 'x':"));
     }
 }

@@ -20,9 +20,18 @@ pub fn decode(desc: &MessageDescriptor, payload: &[u8]) -> Result<Value> {
 
 /// A message's canonical proto3 JSON value.
 pub fn to_json(msg: &DynamicMessage) -> Result<Value> {
-    let mut out = serde_json::Serializer::new(Vec::new());
-    msg.serialize_with_options(&mut out, &SerializeOptions::new())?;
-    Ok(serde_json::from_slice(&out.into_inner())?)
+    Ok(serde_json::to_value(Json(msg))?)
+}
+
+/// A message as its canonical proto3 JSON, serialized straight into the
+/// output (no intermediate value: the printers' hot path).
+#[derive(Clone, Copy)]
+pub struct Json<'a>(pub &'a DynamicMessage);
+
+impl serde::Serialize for Json<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_with_options(s, &SerializeOptions::new())
+    }
 }
 
 /// One field of `msg` in the canonical JSON mapping: a repeated field as its

@@ -19,6 +19,17 @@
  * Anything else gets CONNACK "not authorized", which mosquitto sends before it
  * looks up (and takes over) an existing session of that id.
  *
+ * It also answers SUBSCRIBE, which mosquitto 2.0's acl_file grants whatever
+ * the filter (security_default.c: "FIXME - implement ACL subscription
+ * strings") and only filters on delivery: a client would get SUBACK success
+ * for a filter it may never read, and could not tell "nothing published"
+ * from "not allowed". Here a filter that can match no topic the client may
+ * read (by the `read` options, the ACL file's own read lines: `device_read`
+ * for every client, with %u its user name; `server_read` also for server
+ * identities) gets SUBACK 0x87 "not authorized" (3.1.1: 0x80). A wider
+ * filter that includes readable topics (`plant/#`) is granted, and the ACL
+ * file still delivers only what is readable. Publishes stay the ACL file's.
+ *
  * No libc: the library has no DT_NEEDED entries, so the same file loads into
  * a glibc mosquitto (Debian) and a musl one (the Alpine-based eclipse-mosquitto
  * image). Every function it calls is mosquitto's or libcrypto's, which the
@@ -29,6 +40,8 @@
 
 #define NAME_MAX_LEN 128
 #define SERVERS_MAX 32
+#define READS_MAX 64
+#define FILTER_MAX_LEN 1024
 
 /* --- mosquitto 2.0 plugin API (include/mosquitto_broker.h, mosquitto.h) --- */
 struct mosquitto;
@@ -45,10 +58,25 @@ struct mosquitto_evt_basic_auth {
 	void *future2[4];
 };
 #define MOSQ_EVT_BASIC_AUTH 3
+#define MOSQ_EVT_ACL_CHECK 4
+#define MOSQ_ACL_SUBSCRIBE 0x04
+#define MOSQ_ERR_ACL_DENIED 12
 #define MOSQ_ERR_SUCCESS 0
 #define MOSQ_ERR_INVAL 3
 #define MOSQ_ERR_AUTH 11
 #define MOSQ_ERR_PLUGIN_DEFER 17
+struct mosquitto_evt_acl_check {
+	void *future;
+	struct mosquitto *client;
+	const char *topic;
+	const void *payload;
+	void *properties;
+	int access;
+	unsigned int payloadlen;
+	unsigned char qos;
+	_Bool retain;
+	void *future2[4];
+};
 #define MOSQ_LOG_NOTICE (1 << 1)
 #define MOSQ_LOG_ERR (1 << 3)
 
@@ -82,6 +110,13 @@ static mosquitto_plugin_id_t *plugin_id;
 static int identity_from_cert = 1;
 static char servers[SERVERS_MAX][NAME_MAX_LEN + 1];
 static int server_count;
+/* Filters a client may subscribe within: for everyone / for servers. */
+struct reads {
+	char filter[READS_MAX][FILTER_MAX_LEN + 1];
+	int count;
+};
+static struct reads device_reads, server_reads;
+static int check_subscribe;
 
 static int str_eq(const char *a, const char *b)
 {
@@ -214,6 +249,129 @@ static int parse_servers(const char *list)
 	}
 }
 
+/* Copies `value` into the next slot of `r`; 0 when it does not fit. */
+static int add_read(struct reads *r, const char *value)
+{
+	int len = 0;
+	if (r->count == READS_MAX) {
+		return 0;
+	}
+	for (; value[len]; len++) {
+		if (len == FILTER_MAX_LEN) {
+			return 0;
+		}
+		r->filter[r->count][len] = value[len];
+	}
+	r->filter[r->count][len] = '\0';
+	r->count++;
+	check_subscribe = 1;
+	return len > 0;
+}
+
+/* The length of the topic level starting at `s`. */
+static int level_len(const char *s)
+{
+	int n = 0;
+	while (s[n] && s[n] != '/') {
+		n++;
+	}
+	return n;
+}
+
+static int level_is(const char *s, int len, const char *word)
+{
+	int i = 0;
+	for (; i < len && word[i] && s[i] == word[i]; i++) {
+	}
+	return i == len && word[i] == '\0';
+}
+
+/* Whether some topic matches both `filter` and `allowed`, whose whole-level
+ * "%u" stands for `user` (as in the ACL file's patterns). */
+static int intersects(const char *allowed, const char *filter, const char *user)
+{
+	for (;;) {
+		int a = level_len(allowed), f = level_len(filter);
+		if (level_is(allowed, a, "#") || level_is(filter, f, "#")) {
+			return 1;
+		}
+		if (!level_is(allowed, a, "+") && !level_is(filter, f, "+")) {
+			const char *want = allowed;
+			int want_len = a;
+			if (level_is(allowed, a, "%u")) {
+				want = user;
+				want_len = level_len(user);
+				if (user[want_len]) {
+					return 0; /* a user name with '/' stands for no level */
+				}
+			}
+			if (want_len != f) {
+				return 0;
+			}
+			for (int i = 0; i < f; i++) {
+				if (want[i] != filter[i]) {
+					return 0;
+				}
+			}
+		}
+		allowed += a;
+		filter += f;
+		if (!*allowed || !*filter) {
+			/* Both end here, or the longer one ends in "/#" ("a/#" matches "a"). */
+			const char *rest = *allowed ? allowed : filter;
+			return !*rest || (rest[0] == '/' && rest[1] == '#' && !rest[2]);
+		}
+		allowed++;
+		filter++;
+	}
+}
+
+static int readable(const struct reads *r, const char *filter, const char *user)
+{
+	for (int i = 0; i < r->count; i++) {
+		if (intersects(r->filter[i], filter, user)) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* "$share/GROUP/FILTER" reads what FILTER reads. */
+static const char *unshared(const char *filter)
+{
+	const char *p = filter;
+	const char *prefix = "$share/";
+	for (; *prefix; prefix++, p++) {
+		if (*p != *prefix) {
+			return filter;
+		}
+	}
+	p += level_len(p);
+	return *p == '/' ? p + 1 : filter;
+}
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	const char *user = mosquitto_client_username(ed->client);
+	(void)event;
+	(void)userdata;
+	if (ed->access != MOSQ_ACL_SUBSCRIBE) {
+		return MOSQ_ERR_PLUGIN_DEFER; /* the ACL file decides */
+	}
+	if (user && *user) {
+		const char *filter = unshared(ed->topic);
+		if (readable(&device_reads, filter, user) ||
+		    (is_server(user) && readable(&server_reads, filter, user))) {
+			return MOSQ_ERR_PLUGIN_DEFER; /* granted by the ACL file */
+		}
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE,
+			     "mqttkit_bind: denied SUBSCRIBE '%s' for identity '%s' (it matches no topic the ACL lets it read)",
+			     ed->topic, user ? user : "");
+	return MOSQ_ERR_ACL_DENIED;
+}
+
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
 {
 	for (int i = 0; i < supported_version_count; i++) {
@@ -234,6 +392,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			identity_from_cert = str_eq(value, "cert");
 		} else if (str_eq(key, "servers") && parse_servers(value)) {
 			continue;
+		} else if (str_eq(key, "device_read") && add_read(&device_reads, value)) {
+			continue;
+		} else if (str_eq(key, "server_read") && add_read(&server_reads, value)) {
+			continue;
 		} else {
 			mosquitto_log_printf(MOSQ_LOG_ERR, "mqttkit_bind: bad option plugin_opt_%s %s",
 					     key, value);
@@ -241,7 +403,13 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		}
 	}
 	plugin_id = identifier;
-	return mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, 0, 0);
+	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, 0, 0);
+	if (rc == MOSQ_ERR_SUCCESS && check_subscribe) {
+		/* Registered before mosquitto's own ACL check (plugins load
+		 * first), which would grant every SUBSCRIBE. */
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, 0, 0);
+	}
+	return rc;
 }
 
 int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
@@ -249,5 +417,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	(void)userdata;
 	(void)options;
 	(void)option_count;
+	if (check_subscribe) {
+		mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, 0);
+	}
 	return mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, 0);
 }
