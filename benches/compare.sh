@@ -16,6 +16,7 @@
 # Usage: benches/compare.sh            (N=200000 messages per pub/sub run)
 #        N=50000 SKIP_BUILD=1 benches/compare.sh
 #        ONLY="v5 schema" benches/compare.sh   (parts: c v5 raw json schema bench)
+#        REPEAT=5 benches/compare.sh           (median of 5 rounds; default 3)
 # Needs: mosquitto, mosquitto-clients, python3. Stops everything it starts.
 set -euo pipefail
 
@@ -192,13 +193,31 @@ echo "== mosquitto $(mosquitto -h 2>&1 | head -1 | awk '{print $3}'), mTLS on 12
 # ONLY="v5 schema" runs only those parts (c v5 raw json schema bench); the
 # summary then shows n/a for the rest.
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+# REPEAT=K runs each mqttkit pair K times, interleaved (a round is every
+# pair once), and reports the median delivered and publisher rates: one
+# QoS 0 run of a loaded 2-core machine is too noisy for a ratio.
+REPEAT=${REPEAT:-3}
+declare -A RUNS PUBRUNS
+# keep KEY: records this round's rates of KEY.
+keep() { RUNS[$1]="${RUNS[$1]:-} ${RATE[$1]:-0}"; PUBRUNS[$1]="${PUBRUNS[$1]:-} ${PUBRATE[$1]:-0}"; }
+median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(round(statistics.median(v)) if v else 0)" $1; }
 if want c; then run_mosquitto 0; run_mosquitto 1; fi
-if want v5; then
-  run_mqttkit 0; run_mqttkit 1; run_mqttkit 0 311; run_mqttkit 1 311
-fi
-if want raw; then run_mqttkit_raw 0; run_mqttkit_raw 1; fi
-if want json || want schema; then run_mqttkit 0 5 json; run_mqttkit 1 5 json; fi
-if want schema; then run_mqttkit_schema 0; run_mqttkit_schema 1; fi
+for round in $(seq "$REPEAT"); do
+  echo "== round $round of $REPEAT" >&2
+  if want v5; then
+    run_mqttkit 0; keep mqttkit0; run_mqttkit 0 311; keep mqttkit311_0
+    run_mqttkit 1; keep mqttkit1; run_mqttkit 1 311; keep mqttkit311_1
+  fi
+  if want raw; then run_mqttkit_raw 0; keep raw0; run_mqttkit_raw 1; keep raw1; fi
+  if want json || want schema; then
+    run_mqttkit 0 5 json; keep mqttkitjson0; run_mqttkit 1 5 json; keep mqttkitjson1
+  fi
+  if want schema; then run_mqttkit_schema 0; keep schema0; run_mqttkit_schema 1; keep schema1; fi
+done
+for k in "${!RUNS[@]}"; do
+  RATE[$k]=$(median "${RUNS[$k]}"); PUBRATE[$k]=$(median "${PUBRUNS[$k]}")
+  echo "median of $REPEAT: $k delivered ${RATE[$k]} msg/s (runs:${RUNS[$k]}), publisher ${PUBRATE[$k]} msg/s" >&2
+done
 
 bench() {
   local name=$1; shift

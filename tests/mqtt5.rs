@@ -140,11 +140,12 @@ fn acknowledgements_name_acl_denials() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-/// `mqttkit sub -t FILTER -C 1 -W 3` as `identity`, over `version`.
+/// `mqttkit sub -t FILTER -C 1 -W 1` as `identity`, over `version`: a
+/// refusal ends it at once, a granted subscription when the wait runs out.
 fn sub_as(b: &Broker, identity: &[String], version: &str, filter: &str) -> std::process::Output {
     run(
         b.mqttkit()
-            .args(["sub", "-V", version, "-t", filter, "-C", "1", "-W", "3"])
+            .args(["sub", "-V", version, "-t", filter, "-C", "1", "-W", "1"])
             .args(identity),
         T,
     )
@@ -193,7 +194,16 @@ fn subscriptions_outside_the_acl_are_refused() {
     let o = run(
         Command::new("mosquitto_sub")
             .args(common::mosquitto_tls_args(&b, Some("server")))
-            .args(["-V", "5", "-t", "devices/device-001/commands", "-C", "1", "-W", "3"]),
+            .args([
+                "-V",
+                "5",
+                "-t",
+                "devices/device-001/commands",
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ]),
         T,
     );
     assert!(
@@ -436,7 +446,7 @@ fn sink_workers_share_one_stream_into_postgres() {
 /// and every worker stored some (by its own exit summary).
 fn share_flow(b: &Broker, url: &str) {
     let url = url.to_string();
-    let mut workers: Vec<Proc> = (1..=3).map(|n| worker(&b, &url, n)).collect();
+    let mut workers: Vec<Proc> = (1..=3).map(|n| worker(b, &url, n)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let publishers: Vec<Proc> = ["device-001", "device-002"]
         .iter()
@@ -459,25 +469,21 @@ fn share_flow(b: &Broker, url: &str) {
         .collect();
     // Part way, worker 2 dies without a word, and comes back.
     let deadline = Instant::now() + T;
-    while rows(&b, &url) < 1500 {
-        assert!(
-            Instant::now() < deadline,
-            "rows stuck at {}",
-            rows(&b, &url)
-        );
+    while rows(b, &url) < 1500 {
+        assert!(Instant::now() < deadline, "rows stuck at {}", rows(b, &url));
         std::thread::sleep(Duration::from_millis(50));
     }
     workers[1].signal(nix::sys::signal::Signal::SIGKILL);
     let _ = workers.remove(1).finish(T);
     std::thread::sleep(Duration::from_millis(500));
-    workers.insert(1, worker(&b, &url, 2));
+    workers.insert(1, worker(b, &url, 2));
     for p in publishers {
         let (status, _, err) = p.finish(T);
         assert!(status.success(), "{err}");
     }
     let deadline = Instant::now() + T;
-    while rows(&b, &url) < 6000 {
-        assert!(Instant::now() < deadline, "{} of 6000 rows", rows(&b, &url));
+    while rows(b, &url) < 6000 {
+        assert!(Instant::now() < deadline, "{} of 6000 rows", rows(b, &url));
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut total = 0;
@@ -489,7 +495,7 @@ fn share_flow(b: &Broker, url: &str) {
         total += stored(&err);
     }
     // Each row once: the store's key is (device, seq), and there are 6,000.
-    assert_eq!(rows(&b, &url), 6000);
+    assert_eq!(rows(b, &url), 6000);
     assert!(total <= 6000, "{total}");
     let o = run(b.mqttkit().args(["sink", "stats", &url, "--json"]), T);
     let v: serde_json::Value = serde_json::from_str(&stdout(ok(&o))).unwrap();

@@ -27,7 +27,7 @@ pub struct PropsArgs {
     #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration, help_heading = "MQTT 5")]
     pub message_expiry: Option<Duration>,
     /// MQTT 5 content type (default for protobuf payloads:
-    /// `application/x-protobuf; proto=TYPE`).
+    /// `application/x-protobuf; proto=TYPE`; `--content-type ''`: none).
     #[arg(long, value_name = "MIME", help_heading = "MQTT 5")]
     pub content_type: Option<String>,
 }
@@ -55,8 +55,11 @@ impl PropsArgs {
             ),
             Some(d) => Some(u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
         };
-        let content_type =
-            (self.content_type.clone()).or_else(|| protobuf_type.map(protobuf_content_type));
+        let content_type = match self.content_type.as_deref() {
+            Some("") => None,
+            Some(c) => Some(c.to_string()),
+            None => protobuf_type.map(protobuf_content_type),
+        };
         let props = Props {
             user: self.user.clone(),
             content_type,
@@ -104,6 +107,11 @@ mod tests {
         let none = PropsArgs::default();
         assert_eq!(none.resolve(Some(Protocol::V311), Some("T")).unwrap(), None);
         assert_eq!(none.resolve(None, None).unwrap(), None);
+        let no_type = PropsArgs {
+            content_type: Some(String::new()),
+            ..PropsArgs::default()
+        };
+        assert_eq!(no_type.resolve(None, Some("T")).unwrap(), None);
         let short = PropsArgs {
             message_expiry: Some(Duration::from_millis(500)),
             ..PropsArgs::default()

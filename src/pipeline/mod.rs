@@ -577,10 +577,11 @@ mod tests {
         assert!(check_suback(&filters, &[ok.clone(), ok.clone()], v5, "identity 'x'").is_ok());
         let denied = [ok, Err(Reason::new(0x87))];
         let err = check_suback(&filters, &denied, v5, "identity 'x'").unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("the broker refused the subscription to b/# (0x87 not authorized) for identity 'x':"));
-        let err = check_suback(&filters, &denied, session::Protocol::V311, "identity 'x'").unwrap_err();
+        assert!(err.to_string().starts_with(
+            "the broker refused the subscription to b/# (0x87 not authorized) for identity 'x':"
+        ));
+        let err =
+            check_suback(&filters, &denied, session::Protocol::V311, "identity 'x'").unwrap_err();
         assert!(err
             .to_string()
             .starts_with("the broker refused the subscription to b/# for identity 'x':"));

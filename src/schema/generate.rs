@@ -3,7 +3,7 @@
 //! message, the seq field counts, the time field is now, strings and enums
 //! hold sensible values, nested messages are filled the same way.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
@@ -14,12 +14,68 @@ use super::{Rule, TimeField, TimeUnit};
 /// Nested messages deeper than this are left empty (recursive types).
 const MAX_DEPTH: usize = 4;
 
+const TIMESTAMP: &str = "google.protobuf.Timestamp";
+
+/// Whether the generator sets `f`: one member of each oneof, the first.
+fn chosen(f: &FieldDescriptor) -> bool {
+    match f.containing_oneof() {
+        Some(o) => o.fields().next().map(|first| first.number()) == Some(f.number()),
+        None => true,
+    }
+}
+
+/// The fields of a filled message whose values change from message to
+/// message: all but strings, bytes and enums (the same in every message).
+fn varying(msg: &DynamicMessage) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for f in msg.descriptor().fields() {
+        // Unset is no sign of constant: false, 0 and 0.0 are left out.
+        if !chosen(&f) {
+            continue;
+        }
+        if f.is_list() || f.is_map() {
+            steps.push(Step::Whole(f));
+            continue;
+        }
+        match f.kind() {
+            Kind::String | Kind::Bytes | Kind::Enum(_) => {}
+            Kind::Message(m) if m.full_name() == TIMESTAMP => steps.push(Step::Whole(f)),
+            Kind::Message(_) if msg.has_field(&f) => {
+                let inner = msg.get_field(&f).as_message().map(varying);
+                steps.push(Step::Nested(f, inner.unwrap_or_default()));
+            }
+            // Past the depth limit: left empty, as in the first message.
+            Kind::Message(_) => {}
+            _ => steps.push(Step::Scalar(f)),
+        }
+    }
+    steps
+}
+
 /// Makes one message after another for one device.
 #[derive(Debug, Clone)]
 pub struct Generator {
     rule: Rule,
     device: String,
     seq: u64,
+    /// The last message and what varies in it (found from the first one):
+    /// later messages are refreshed in place, strings, bytes and enums
+    /// keeping their values. A fresh message each time cost the publisher
+    /// more than its MQTT work.
+    last: Option<(DynamicMessage, Vec<Step>)>,
+    /// Encoded payloads are split off this buffer (no allocation each).
+    buf: BytesMut,
+}
+
+/// One field that changes from message to message.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A scalar, recomputed from the seq.
+    Scalar(FieldDescriptor),
+    /// A nested message, refreshed by its own steps.
+    Nested(FieldDescriptor, Vec<Step>),
+    /// Rebuilt whole: Timestamps, lists and maps.
+    Whole(FieldDescriptor),
 }
 
 impl Generator {
@@ -28,6 +84,8 @@ impl Generator {
             rule: rule.clone(),
             device: device.to_string(),
             seq: start_seq,
+            last: None,
+            buf: BytesMut::new(),
         }
     }
 
@@ -35,30 +93,62 @@ impl Generator {
     pub fn next_payload(&mut self, now_unix_nano: u64) -> (u64, Bytes) {
         let seq = self.seq;
         self.seq += 1;
-        let mut msg = DynamicMessage::new(self.rule.message.clone());
-        self.fill(&mut msg, seq, now_unix_nano, 0);
+        let (mut msg, steps) = match self.last.take() {
+            Some((mut msg, steps)) => {
+                self.refresh(&mut msg, &steps, seq, now_unix_nano, 0);
+                (msg, steps)
+            }
+            None => {
+                let mut msg = DynamicMessage::new(self.rule.message.clone());
+                self.fill(&mut msg, seq, now_unix_nano, 0);
+                let steps = varying(&msg);
+                (msg, steps)
+            }
+        };
         if let Some(f) = &self.rule.seq {
             msg.set_field(f, integer_value(f, seq as i128));
         }
         if let Some(t) = &self.rule.time {
             set_time(&mut msg, t, now_unix_nano);
         }
-        (seq, Bytes::from(msg.encode_to_vec()))
+        // BytesMut grows as needed; the hint saves a second length pass.
+        self.buf.reserve(256);
+        msg.encode(&mut self.buf)
+            .expect("a BytesMut grows as needed");
+        self.last = Some((msg, steps));
+        (seq, self.buf.split().freeze())
     }
 
     fn fill(&self, msg: &mut DynamicMessage, seq: u64, now: u64, depth: usize) {
-        let desc = msg.descriptor();
-        // One member of each oneof: the first.
-        let mut oneofs_done = Vec::new();
-        for f in desc.fields() {
-            if let Some(o) = f.containing_oneof() {
-                if oneofs_done.contains(&o.name().to_string()) {
-                    continue;
-                }
-                oneofs_done.push(o.name().to_string());
+        for f in msg.descriptor().fields() {
+            if !chosen(&f) {
+                continue;
             }
             if let Some(v) = self.value_for(&f, seq, now, depth) {
                 msg.set_field(&f, v);
+            }
+        }
+    }
+
+    /// Sets what varies in `msg` (its `steps`) for message `seq`.
+    fn refresh(&self, msg: &mut DynamicMessage, steps: &[Step], seq: u64, now: u64, depth: usize) {
+        for step in steps {
+            match step {
+                Step::Scalar(f) => {
+                    if let Some(v) = scalar(f, seq, &self.device) {
+                        msg.set_field(f, v);
+                    }
+                }
+                Step::Nested(f, inner) => {
+                    if let Some(m) = msg.get_field_mut(f).as_message_mut() {
+                        self.refresh(m, inner, seq, now, depth + 1);
+                    }
+                }
+                Step::Whole(f) => {
+                    if let Some(v) = self.value_for(f, seq, now, depth) {
+                        msg.set_field(f, v);
+                    }
+                }
             }
         }
     }
@@ -94,7 +184,7 @@ impl Generator {
 
     fn single(&self, f: &FieldDescriptor, seq: u64, now: u64, depth: usize) -> Option<Value> {
         match f.kind() {
-            Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
+            Kind::Message(m) if m.full_name() == TIMESTAMP => {
                 Some(Value::Message(timestamp(&m, now)))
             }
             Kind::Message(m) if depth < MAX_DEPTH => {
@@ -240,5 +330,17 @@ mod tests {
         let msg = codec::decode_message(&rule.message, &b).unwrap();
         assert_eq!(seq_of(rule, &msg), Some(6));
         assert_eq!(time_of(rule, &msg), Some(1_700_000_000_456_000_000));
+        // Refreshed in place, message after message, it is what a fresh
+        // generator makes for the same seq and time.
+        for _ in 0..3 {
+            g.next_payload(1_700_000_000_789_000_000);
+        }
+        // (Both parities: a bool that starts false must still turn true.)
+        for _ in 0..4 {
+            let (seq, again) = g.next_payload(1_700_000_000_999_000_000);
+            let fresh = Generator::new(rule, "pump-7", seq).next_payload(1_700_000_000_999_000_000);
+            assert_eq!(again, fresh.1, "seq {seq}");
+        }
+        assert_eq!(b_json["site"], "pump-7-site");
     }
 }

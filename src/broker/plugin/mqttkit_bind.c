@@ -58,7 +58,7 @@ struct mosquitto_evt_basic_auth {
 	void *future2[4];
 };
 #define MOSQ_EVT_BASIC_AUTH 3
-#define MOSQ_EVT_ACL_CHECK 4
+#define MOSQ_EVT_ACL_CHECK 2
 #define MOSQ_ACL_SUBSCRIBE 0x04
 #define MOSQ_ERR_ACL_DENIED 12
 #define MOSQ_ERR_SUCCESS 0
