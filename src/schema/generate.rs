@@ -24,32 +24,55 @@ fn chosen(f: &FieldDescriptor) -> bool {
     }
 }
 
-/// The fields of a filled message whose values change from message to
-/// message: all but strings, bytes and enums (the same in every message).
-fn varying(msg: &DynamicMessage) -> Vec<Step> {
-    let mut steps = Vec::new();
+/// How one message (or nested message) is written: the fields that are
+/// the same in every message (strings, bytes, enums) encoded once, then
+/// each field that varies, encoded per message.
+#[derive(Debug, Clone)]
+struct Level {
+    constant: Bytes,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    /// A number or bool, recomputed from the seq.
+    Scalar(FieldDescriptor),
+    /// A nested message, written by its own level.
+    Nested(FieldDescriptor, Level),
+    /// Built and encoded whole by prost-reflect: Timestamps, lists, maps.
+    Whole(FieldDescriptor),
+}
+
+/// The plan of a filled message: what varies comes out of `constant`.
+fn level_of(msg: &DynamicMessage) -> Level {
+    let mut constant = msg.clone();
+    let mut parts = Vec::new();
     for f in msg.descriptor().fields() {
-        // Unset is no sign of constant: false, 0 and 0.0 are left out.
         if !chosen(&f) {
             continue;
         }
-        if f.is_list() || f.is_map() {
-            steps.push(Step::Whole(f));
-            continue;
-        }
-        match f.kind() {
-            Kind::String | Kind::Bytes | Kind::Enum(_) => {}
-            Kind::Message(m) if m.full_name() == TIMESTAMP => steps.push(Step::Whole(f)),
-            Kind::Message(_) if msg.has_field(&f) => {
-                let inner = msg.get_field(&f).as_message().map(varying);
-                steps.push(Step::Nested(f, inner.unwrap_or_default()));
+        let part = if f.is_list() || f.is_map() {
+            Part::Whole(f.clone())
+        } else {
+            match f.kind() {
+                Kind::String | Kind::Bytes | Kind::Enum(_) => continue,
+                Kind::Message(m) if m.full_name() == TIMESTAMP => Part::Whole(f.clone()),
+                Kind::Message(_) => match msg.get_field(&f).as_message() {
+                    Some(inner) if msg.has_field(&f) => Part::Nested(f.clone(), level_of(inner)),
+                    // Past the depth limit: left empty, as in the first message.
+                    _ => continue,
+                },
+                // Unset is no sign of constant: false, 0 and 0.0 are left out.
+                _ => Part::Scalar(f.clone()),
             }
-            // Past the depth limit: left empty, as in the first message.
-            Kind::Message(_) => {}
-            _ => steps.push(Step::Scalar(f)),
-        }
+        };
+        constant.clear_field(&f);
+        parts.push(part);
     }
-    steps
+    Level {
+        constant: Bytes::from(constant.encode_to_vec()),
+        parts,
+    }
 }
 
 /// Makes one message after another for one device.
@@ -58,24 +81,12 @@ pub struct Generator {
     rule: Rule,
     device: String,
     seq: u64,
-    /// The last message and what varies in it (found from the first one):
-    /// later messages are refreshed in place, strings, bytes and enums
-    /// keeping their values. A fresh message each time cost the publisher
-    /// more than its MQTT work.
-    last: Option<(DynamicMessage, Vec<Step>)>,
+    /// How every message after the first is written (made from the first):
+    /// building and encoding a `DynamicMessage` by reflection each time
+    /// cost the publisher more than its MQTT work.
+    plan: Option<Level>,
     /// Encoded payloads are split off this buffer (no allocation each).
     buf: BytesMut,
-}
-
-/// One field that changes from message to message.
-#[derive(Debug, Clone)]
-enum Step {
-    /// A scalar, recomputed from the seq.
-    Scalar(FieldDescriptor),
-    /// A nested message, refreshed by its own steps.
-    Nested(FieldDescriptor, Vec<Step>),
-    /// Rebuilt whole: Timestamps, lists and maps.
-    Whole(FieldDescriptor),
 }
 
 impl Generator {
@@ -84,7 +95,7 @@ impl Generator {
             rule: rule.clone(),
             device: device.to_string(),
             seq: start_seq,
-            last: None,
+            plan: None,
             buf: BytesMut::new(),
         }
     }
@@ -93,30 +104,36 @@ impl Generator {
     pub fn next_payload(&mut self, now_unix_nano: u64) -> (u64, Bytes) {
         let seq = self.seq;
         self.seq += 1;
-        let (mut msg, steps) = match self.last.take() {
-            Some((mut msg, steps)) => {
-                self.refresh(&mut msg, &steps, seq, now_unix_nano, 0);
-                (msg, steps)
+        self.buf.reserve(256);
+        match self.plan.take() {
+            Some(plan) => {
+                let mut out = std::mem::take(&mut self.buf);
+                self.write(&plan, seq, now_unix_nano, 0, &mut out);
+                self.buf = out;
+                self.plan = Some(plan);
             }
             None => {
-                let mut msg = DynamicMessage::new(self.rule.message.clone());
-                self.fill(&mut msg, seq, now_unix_nano, 0);
-                let steps = varying(&msg);
-                (msg, steps)
+                let msg = self.message(seq, now_unix_nano);
+                msg.encode(&mut self.buf)
+                    .expect("a BytesMut grows as needed");
+                self.plan = Some(level_of(&msg));
             }
-        };
+        }
+        (seq, self.buf.split().freeze())
+    }
+
+    /// Message `seq` built by reflection (the first one, and the reference
+    /// the plan's output is tested against).
+    fn message(&self, seq: u64, now: u64) -> DynamicMessage {
+        let mut msg = DynamicMessage::new(self.rule.message.clone());
+        self.fill(&mut msg, seq, now, 0);
         if let Some(f) = &self.rule.seq {
             msg.set_field(f, integer_value(f, seq as i128));
         }
         if let Some(t) = &self.rule.time {
-            set_time(&mut msg, t, now_unix_nano);
+            set_time(&mut msg, t, now);
         }
-        // BytesMut grows as needed; the hint saves a second length pass.
-        self.buf.reserve(256);
-        msg.encode(&mut self.buf)
-            .expect("a BytesMut grows as needed");
-        self.last = Some((msg, steps));
-        (seq, self.buf.split().freeze())
+        msg
     }
 
     fn fill(&self, msg: &mut DynamicMessage, seq: u64, now: u64, depth: usize) {
@@ -130,26 +147,65 @@ impl Generator {
         }
     }
 
-    /// Sets what varies in `msg` (its `steps`) for message `seq`.
-    fn refresh(&self, msg: &mut DynamicMessage, steps: &[Step], seq: u64, now: u64, depth: usize) {
-        for step in steps {
-            match step {
-                Step::Scalar(f) => {
-                    if let Some(v) = scalar(f, seq, &self.device) {
-                        msg.set_field(f, v);
+    /// Writes message `seq` by `level`: its constant bytes, then each
+    /// varying field. The wire order differs from a generated encoder's
+    /// (constant fields first), which every protobuf parser accepts: the
+    /// encoding spec lets fields come in any order.
+    fn write(&self, level: &Level, seq: u64, now: u64, depth: usize, buf: &mut BytesMut) {
+        use prost::bytes::BufMut;
+        buf.put_slice(&level.constant);
+        for part in &level.parts {
+            match part {
+                Part::Scalar(f) => {
+                    let v = match depth {
+                        0 => self.top_level_value(f, seq, now),
+                        _ => None,
+                    };
+                    if let Some(v) = v.or_else(|| scalar(f, seq, &self.device)) {
+                        write_scalar(f, &v, buf);
                     }
                 }
-                Step::Nested(f, inner) => {
-                    if let Some(m) = msg.get_field_mut(f).as_message_mut() {
-                        self.refresh(m, inner, seq, now, depth + 1);
-                    }
+                Part::Nested(f, inner) => {
+                    let mut sub = BytesMut::new();
+                    self.write(inner, seq, now, depth + 1, &mut sub);
+                    prost::encoding::encode_key(
+                        f.number(),
+                        prost::encoding::WireType::LengthDelimited,
+                        buf,
+                    );
+                    prost::encoding::encode_varint(sub.len() as u64, buf);
+                    buf.put_slice(&sub);
                 }
-                Step::Whole(f) => {
-                    if let Some(v) = self.value_for(f, seq, now, depth) {
-                        msg.set_field(f, v);
+                Part::Whole(f) => {
+                    let value = match (&self.rule.time, depth) {
+                        (Some(t @ TimeField::Timestamp(tf)), 0) if tf.number() == f.number() => {
+                            time_value(t, now)
+                        }
+                        _ => self.value_for(f, seq, now, depth),
+                    };
+                    if let Some(v) = value {
+                        let mut one = DynamicMessage::new(f.parent_message().clone());
+                        one.set_field(f, v);
+                        one.encode(buf).expect("a BytesMut grows as needed");
                     }
                 }
             }
+        }
+    }
+
+    /// The seq and (integer) time fields' values, set as in `message`.
+    fn top_level_value(&self, f: &FieldDescriptor, seq: u64, now: u64) -> Option<Value> {
+        if self
+            .rule
+            .seq
+            .as_ref()
+            .is_some_and(|s| s.number() == f.number())
+        {
+            return Some(integer_value(f, seq as i128));
+        }
+        match &self.rule.time {
+            Some(t @ TimeField::Integer(tf, _)) if tf.number() == f.number() => time_value(t, now),
+            _ => None,
         }
     }
 
@@ -245,12 +301,21 @@ fn timestamp(desc: &MessageDescriptor, ns: u64) -> DynamicMessage {
 }
 
 fn set_time(msg: &mut DynamicMessage, t: &TimeField, ns: u64) {
+    let f = match t {
+        TimeField::Timestamp(f) | TimeField::Integer(f, _) => f,
+    };
+    if let Some(v) = time_value(t, ns) {
+        msg.set_field(f, v);
+    }
+}
+
+/// The time field's value for `ns` (Unix nanoseconds).
+fn time_value(t: &TimeField, ns: u64) -> Option<Value> {
     match t {
-        TimeField::Timestamp(f) => {
-            if let Kind::Message(m) = f.kind() {
-                msg.set_field(f, Value::Message(timestamp(&m, ns)));
-            }
-        }
+        TimeField::Timestamp(f) => match f.kind() {
+            Kind::Message(m) => Some(Value::Message(timestamp(&m, ns))),
+            _ => None,
+        },
         TimeField::Integer(f, unit) => {
             let v = match unit {
                 TimeUnit::Ns => ns,
@@ -258,8 +323,36 @@ fn set_time(msg: &mut DynamicMessage, t: &TimeField, ns: u64) {
                 TimeUnit::Ms => ns / 1_000_000,
                 TimeUnit::S => ns / 1_000_000_000,
             };
-            msg.set_field(f, integer_value(f, v as i128));
+            Some(integer_value(f, v as i128))
         }
+    }
+}
+
+/// Writes one scalar as a generated encoder would (prost's own encoding
+/// functions, which prost-build's code calls too); a proto3 field without
+/// presence is left out at its default value, as there.
+fn write_scalar(f: &FieldDescriptor, v: &Value, buf: &mut BytesMut) {
+    use prost::encoding as enc;
+    if !f.supports_presence() && *v == f.default_value() {
+        return;
+    }
+    let n = f.number();
+    match (f.kind(), v) {
+        (Kind::Double, Value::F64(x)) => enc::double::encode(n, x, buf),
+        (Kind::Float, Value::F32(x)) => enc::float::encode(n, x, buf),
+        (Kind::Bool, Value::Bool(x)) => enc::bool::encode(n, x, buf),
+        (Kind::Int32, Value::I32(x)) => enc::int32::encode(n, x, buf),
+        (Kind::Sint32, Value::I32(x)) => enc::sint32::encode(n, x, buf),
+        (Kind::Sfixed32, Value::I32(x)) => enc::sfixed32::encode(n, x, buf),
+        (Kind::Int64, Value::I64(x)) => enc::int64::encode(n, x, buf),
+        (Kind::Sint64, Value::I64(x)) => enc::sint64::encode(n, x, buf),
+        (Kind::Sfixed64, Value::I64(x)) => enc::sfixed64::encode(n, x, buf),
+        (Kind::Uint32, Value::U32(x)) => enc::uint32::encode(n, x, buf),
+        (Kind::Fixed32, Value::U32(x)) => enc::fixed32::encode(n, x, buf),
+        (Kind::Uint64, Value::U64(x)) => enc::uint64::encode(n, x, buf),
+        (Kind::Fixed64, Value::U64(x)) => enc::fixed64::encode(n, x, buf),
+        // `scalar` makes no other pairs.
+        _ => {}
     }
 }
 
@@ -330,17 +423,37 @@ mod tests {
         let msg = codec::decode_message(&rule.message, &b).unwrap();
         assert_eq!(seq_of(rule, &msg), Some(6));
         assert_eq!(time_of(rule, &msg), Some(1_700_000_000_456_000_000));
-        // Refreshed in place, message after message, it is what a fresh
-        // generator makes for the same seq and time.
-        for _ in 0..3 {
-            g.next_payload(1_700_000_000_789_000_000);
-        }
-        // (Both parities: a bool that starts false must still turn true.)
-        for _ in 0..4 {
-            let (seq, again) = g.next_payload(1_700_000_000_999_000_000);
-            let fresh = Generator::new(rule, "pump-7", seq).next_payload(1_700_000_000_999_000_000);
-            assert_eq!(again, fresh.1, "seq {seq}");
-        }
+        assert_plan_writes_the_reference(rule, "pump-7");
         assert_eq!(b_json["site"], "pump-7-site");
+    }
+
+    /// Messages written by the plan decode into what `message` builds by
+    /// reflection for the same seq and time (both seq parities: a bool
+    /// that is false in the first message must still turn true).
+    fn assert_plan_writes_the_reference(rule: &Rule, device: &str) {
+        let mut g = Generator::new(rule, device, 41);
+        for i in 0..6u64 {
+            let now = 1_700_000_000_000_000_000 + i * 1_234_567;
+            let (seq, bytes) = g.next_payload(now);
+            let want = codec::to_json(&g.message(seq, now)).unwrap();
+            let got = codec::decode(&rule.message, &bytes).unwrap();
+            assert_eq!(got, want, "seq {seq}");
+        }
+    }
+
+    #[test]
+    fn the_plan_writes_a_flat_message_with_an_integer_time_as_reflection_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "proto = [\"{}/proto/mqttkit.proto\"]\n[[topic]]\nfilter = \"devices/{{device}}/telemetry\"\nmessage = \"mqttkit.v1.Telemetry\"\nrole = \"telemetry\"\nseq = \"seq\"\ntime = \"time_unix_nano\"\ntime_unit = \"ns\"\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::write(dir.path().join("s.toml"), toml).unwrap();
+        let schema = crate::schema::Schema::load(&crate::schema::SchemaSource {
+            schema: Some(dir.path().join("s.toml")),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_plan_writes_the_reference(&schema.rules[0], "device-001");
     }
 }
