@@ -140,12 +140,12 @@ fn acknowledgements_name_acl_denials() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-/// `mqttkit sub -t FILTER -C 1 -W 1` as `identity`, over `version`: a
+/// `mqttkit sub -t FILTER -C 1 -W 2` as `identity`, over `version`: a
 /// refusal ends it at once, a granted subscription when the wait runs out.
 fn sub_as(b: &Broker, identity: &[String], version: &str, filter: &str) -> std::process::Output {
     run(
         b.mqttkit()
-            .args(["sub", "-V", version, "-t", filter, "-C", "1", "-W", "1"])
+            .args(["sub", "-V", version, "-t", filter, "-C", "1", "-W", "2"])
             .args(identity),
         T,
     )
