@@ -17,8 +17,23 @@ pub const FILE: &str = "mqttkit_bind.so";
 /// The compiled plugin (no libc: it loads into glibc and musl mosquittos).
 pub const LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mqttkit_bind.so"));
 
-/// Lines of mosquitto's log that mean a plugin could not be loaded or
-/// initialised (src/security.c, src/plugin.c of mosquitto 2.0).
+/// What one line of mosquitto's log says, as far as loading the plugin goes.
+/// mosquitto reports a plugin that cannot load only in its log (its exit
+/// status is shared with other start-up errors), so its lines are read
+/// into these variants once, here, and callers match on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LogLine<'a> {
+    /// `mosquitto version ... starting`: a (re)start; earlier lines are old.
+    Start,
+    /// The plugin could not be loaded or initialised (src/security.c,
+    /// src/plugin.c of mosquitto 2.0, or the plugin's own option check).
+    PluginFailed(&'a str),
+    /// The dynamic loader's reason, on the line after a failed load.
+    LoaderReason(&'a str),
+    Other,
+}
+
+/// mosquitto's messages for a plugin it could not load or initialise.
 const LOAD_ERRORS: &[&str] = &[
     "Error: Unable to load auth plugin",
     "Error: Unable to load plugin function",
@@ -27,21 +42,38 @@ const LOAD_ERRORS: &[&str] = &[
     "mqttkit_bind: bad option",
 ];
 
+impl<'a> LogLine<'a> {
+    fn parse(line: &'a str) -> Self {
+        let msg = strip_time(line);
+        if msg.starts_with("mosquitto version ") {
+            LogLine::Start
+        } else if LOAD_ERRORS.iter().any(|e| msg.starts_with(e)) {
+            LogLine::PluginFailed(msg)
+        } else if let Some(reason) = msg.strip_prefix("Load error: ") {
+            LogLine::LoaderReason(reason)
+        } else {
+            LogLine::Other
+        }
+    }
+}
+
 /// Where a broker that could not load the plugin said why, from its log's
 /// last lines: mosquitto's error and the loader's ("Load error: ...").
 pub fn load_failure(log_tail: &str) -> Option<String> {
+    let lines: Vec<LogLine> = log_tail.lines().map(LogLine::parse).collect();
     // Only the last start counts (the log file and `docker logs` keep earlier ones).
-    let all: Vec<&str> = log_tail.lines().collect();
-    let start = all.iter().rposition(|l| l.contains("mosquitto version"));
-    let lines = &all[start.unwrap_or(0)..];
-    let at = lines
+    let start = lines
         .iter()
-        .position(|l| LOAD_ERRORS.iter().any(|e| l.contains(e)))?;
-    let mut why = strip_time(lines[at]).to_string();
-    if let Some(load) = lines.get(at + 1).filter(|l| l.contains("Load error: ")) {
-        why.push_str(" (");
-        why.push_str(strip_time(load).trim_start_matches("Load error: "));
-        why.push(')');
+        .rposition(|l| *l == LogLine::Start)
+        .unwrap_or(0);
+    let lines = &lines[start..];
+    let (at, failed) = lines.iter().enumerate().find_map(|(i, l)| match l {
+        LogLine::PluginFailed(msg) => Some((i, *msg)),
+        _ => None,
+    })?;
+    let mut why = failed.to_string();
+    if let Some(LogLine::LoaderReason(reason)) = lines.get(at + 1) {
+        why.push_str(&format!(" ({reason})"));
     }
     Some(why)
 }
