@@ -644,18 +644,32 @@ impl Endpoint {
         format!("{scheme}://{}:{}", self.host_for_url(), self.port)
     }
 
-    /// Who this connection acts as, for errors: the MQTT user name, or the
-    /// client certificate's CN (its file when it has none), or "anonymous".
-    pub fn identity_name(&self) -> String {
-        if let Some(user) = &self.username {
-            return format!("user '{user}'");
+    /// Who this connection acts as, named only when an error needs it.
+    pub fn who(&self) -> Who {
+        Who {
+            username: self.username.clone(),
+            cert: self.identity.as_ref().map(|(cert, _)| cert.clone()),
         }
-        match &self.identity {
-            Some((cert, _)) => match identity::common_name_of_file(cert) {
-                Some(cn) => format!("identity '{cn}'"),
-                None => format!("the identity of {}", cert.display()),
+    }
+}
+
+/// Who a connection acts as: its MQTT user name or client certificate.
+/// Displayed (the certificate read for its CN) only in an error.
+#[derive(Debug, Clone)]
+pub struct Who {
+    username: Option<String>,
+    cert: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.username, &self.cert) {
+            (Some(user), _) => write!(f, "user '{user}'"),
+            (None, Some(cert)) => match identity::common_name_of_file(cert) {
+                Some(cn) => write!(f, "identity '{cn}'"),
+                None => write!(f, "the identity of {}", cert.display()),
             },
-            None => "an anonymous client".to_string(),
+            (None, None) => f.write_str("an anonymous client"),
         }
     }
 }

@@ -360,8 +360,8 @@ struct Session {
     backlog: VecDeque<(u64, Message)>,
     deferred_subscribed: Option<bool>,
     max_packet: usize,
-    /// Who we subscribe as ([`Endpoint::identity_name`]), for a refusal.
-    identity: String,
+    /// Who we subscribe as, named in a refusal.
+    identity: crate::mqtt::Who,
 }
 
 impl Session {
@@ -388,7 +388,7 @@ impl Session {
             // interrupted write (an acknowledgement) must not be lost.
             poller: Poller::new(eventloop),
             reconnect: Reconnect::new(endpoint, cfg.reconnect_timeout),
-            identity: endpoint.identity_name(),
+            identity: endpoint.who(),
             filters: (cfg.filters.iter()).map(|f| (f.clone(), cfg.qos)).collect(),
             manual_acks,
             subscribed: false,
@@ -533,7 +533,7 @@ fn check_suback(
     filters: &[(String, QoS)],
     codes: &[Result<QoS, Reason>],
     protocol: session::Protocol,
-    identity: &str,
+    identity: &dyn std::fmt::Display,
 ) -> Result<()> {
     let refused: Vec<String> = (filters.iter().zip(codes))
         .filter_map(|((f, _), c)| c.as_ref().err().map(|r| (f, r)))
@@ -574,14 +574,14 @@ mod tests {
         ];
         let ok = Ok(QoS::AtLeastOnce);
         let v5 = session::Protocol::V5;
-        assert!(check_suback(&filters, &[ok.clone(), ok.clone()], v5, "identity 'x'").is_ok());
+        assert!(check_suback(&filters, &[ok.clone(), ok.clone()], v5, &"identity 'x'").is_ok());
         let denied = [ok, Err(Reason::new(0x87))];
-        let err = check_suback(&filters, &denied, v5, "identity 'x'").unwrap_err();
+        let err = check_suback(&filters, &denied, v5, &"identity 'x'").unwrap_err();
         assert!(err.to_string().starts_with(
             "the broker refused the subscription to b/# (0x87 not authorized) for identity 'x':"
         ));
         let err =
-            check_suback(&filters, &denied, session::Protocol::V311, "identity 'x'").unwrap_err();
+            check_suback(&filters, &denied, session::Protocol::V311, &"identity 'x'").unwrap_err();
         assert!(err
             .to_string()
             .starts_with("the broker refused the subscription to b/# for identity 'x':"));
