@@ -177,13 +177,8 @@ impl Generator {
                     buf.put_slice(&sub);
                 }
                 Part::Whole(f) => {
-                    let value = match (&self.rule.time, depth) {
-                        (Some(t @ TimeField::Timestamp(tf)), 0) if tf.number() == f.number() => {
-                            time_value(t, now)
-                        }
-                        _ => self.value_for(f, seq, now, depth),
-                    };
-                    if let Some(v) = value {
+                    // A Timestamp is `now`, the time field's value too.
+                    if let Some(v) = self.value_for(f, seq, now, depth) {
                         let mut one = DynamicMessage::new(f.parent_message().clone());
                         one.set_field(f, v);
                         one.encode(buf).expect("a BytesMut grows as needed");
