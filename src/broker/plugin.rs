@@ -78,6 +78,34 @@ pub fn load_failure(log_tail: &str) -> Option<String> {
     Some(why)
 }
 
+/// The most read rules of each kind, and bytes per rule, the plugin holds
+/// (READS_MAX and FILTER_MAX_LEN in plugin/mqttkit_bind.c).
+const READS_MAX: usize = 64;
+const FILTER_MAX_LEN: usize = 1024;
+
+/// Refuses read rules the plugin could not hold, before anything is
+/// written (the plugin would fail to start with "bad option").
+pub fn check_reads(device_read: &[String], server_read: &[String]) -> Result<()> {
+    for (what, reads) in [("device", device_read), ("server", server_read)] {
+        if reads.len() > READS_MAX {
+            anyhow::bail!(
+                "the ACL has {} {what} read topics; the client-id plugin holds at most {READS_MAX}; map fewer topics in the schema, or pass --allow-any-client-id (no plugin)",
+                reads.len()
+            );
+        }
+        if let Some(t) = reads
+            .iter()
+            .find(|t| t.len() > FILTER_MAX_LEN || t.is_empty())
+        {
+            anyhow::bail!(
+                "ACL topic '{t}' ({} bytes): the client-id plugin holds topics of 1 to {FILTER_MAX_LEN} bytes; shorten the schema's filter, or pass --allow-any-client-id (no plugin)",
+                t.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The one-line error for `broker up` when the plugin did not load.
 pub fn load_error(why: &str) -> anyhow::Error {
     anyhow::anyhow!(
@@ -123,6 +151,18 @@ mod tests {
                 "the plugin links libc; it would not load into a musl mosquitto"
             );
         }
+    }
+
+    #[test]
+    fn read_rules_beyond_what_the_plugin_holds_are_refused() {
+        let one = vec!["devices/%u/commands".to_string()];
+        assert!(check_reads(&one, &one).is_ok());
+        let many = vec!["a".to_string(); READS_MAX + 1];
+        let e = check_reads(&one, &many).unwrap_err().to_string();
+        assert!(e.contains("65 server read topics"), "{e}");
+        let long = vec!["x".repeat(FILTER_MAX_LEN + 1)];
+        let e = check_reads(&long, &one).unwrap_err().to_string();
+        assert!(e.contains("1025 bytes"), "{e}");
     }
 
     #[test]

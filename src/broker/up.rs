@@ -243,6 +243,9 @@ fn acl_tree(cfg: &UpConfig) -> Result<AclTree> {
 /// gives the broker's user exactly the files it needs.
 fn render_files(cfg: &UpConfig, plan: &Plan<'_>) -> Result<()> {
     let dir = &plan.dir;
+    if cfg.bind_client_ids {
+        plugin::check_reads(&plan.acl.device_read, &plan.acl.server_read)?;
+    }
     crate::pki::revoke::refresh_crl_if_due(&plan.certs);
     // In a container mosquitto listens on all of the container's addresses
     // (docker publishes the ports on --bind) and already runs as its user.
